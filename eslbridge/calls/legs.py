@@ -1,0 +1,156 @@
+"""Per-leg state: only the fields a call record needs, folded from FreeSWITCH channel events.
+
+Every CHANNEL_* event carries a snapshot of the channel's variables, so a leg is a fold of
+snapshots: a field takes the value of the newest event (by ``Event-Sequence``) that has it, and an
+older event delivered late only fills fields that are still empty. That makes the fold insensitive
+to duplicates and to out-of-order delivery.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from eslbridge.calls.errors import EventError
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+# (slot, header). Values are interned: the same codec, host or cause repeats across
+# thousands of live legs, and one shared string costs nothing per leg.
+_TEXT_FIELDS: tuple[tuple[str, str], ...] = (
+    ("direction", "Call-Direction"),
+    ("channel_name", "Channel-Name"),
+    ("cause", "Hangup-Cause"),
+    ("term_status", "variable_sip_term_status"),
+    ("proto_cause", "variable_proto_specific_hangup_cause"),
+    ("disposition", "variable_sip_hangup_disposition"),
+    ("originate_disposition", "variable_originate_disposition"),
+    ("last_app", "variable_last_app"),
+    ("last_arg", "variable_last_arg"),
+    ("call_id", "variable_sip_call_id"),
+    ("from_user", "variable_sip_from_user"),
+    ("from_host", "variable_sip_from_host"),
+    ("to_uri", "variable_sip_to_uri"),
+    ("to_user", "variable_sip_to_user"),
+    ("dest", "Caller-Destination-Number"),
+    ("cid_name", "Caller-Caller-ID-Name"),
+    ("cid_num", "Caller-Caller-ID-Number"),
+    ("ip", "variable_sip_network_ip"),
+    ("sdp", "variable_switch_r_sdp"),
+    ("user_agent", "variable_sip_user_agent"),
+    ("codec", "variable_read_codec"),
+    ("authorized", "variable_sip_authorized"),
+    ("acl_authed", "variable_sip_acl_authed_by"),
+    ("user_name", "variable_user_name"),
+    ("domain_name", "variable_domain_name"),
+    ("dialed_user", "variable_dialed_user"),
+    ("dialed_domain", "variable_dialed_domain"),
+    ("billsec", "variable_billsec"),
+    ("originated_legs", "variable_originated_legs"),
+    ("transfer_history", "variable_transfer_history"),
+)
+_NOT_INTERNED = frozenset({"sdp", "call_id", "originated_legs", "transfer_history"})
+
+# FreeSWITCH's RTP statistics (switch_core_media.c set_stats): name in media_info -> variable.
+MEDIA_FIELDS: tuple[tuple[str, str], ...] = (
+    ("mos", "variable_rtp_audio_in_mos"),
+    ("quality_percentage", "variable_rtp_audio_in_quality_percentage"),
+    ("jitter_min_variance", "variable_rtp_audio_in_jitter_min_variance"),
+    ("jitter_max_variance", "variable_rtp_audio_in_jitter_max_variance"),
+    ("jitter_loss_rate", "variable_rtp_audio_in_jitter_loss_rate"),
+    ("jitter_burst_rate", "variable_rtp_audio_in_jitter_burst_rate"),
+    ("packets_in", "variable_rtp_audio_in_packet_count"),
+    ("packets_skipped", "variable_rtp_audio_in_skip_packet_count"),
+    ("flaw_total", "variable_rtp_audio_in_flaw_total"),
+    ("packets_out", "variable_rtp_audio_out_packet_count"),
+)
+
+
+def usec(ev: dict[str, str], header: str) -> int:
+    """A microsecond epoch header as int; 0 when absent (FreeSWITCH writes 0 for 'not yet')."""
+    raw = ev.get(header)
+    if not raw:
+        return 0
+    try:
+        return int(raw)
+    except ValueError:
+        raise EventError(f"{header} is not a microsecond epoch: {raw[:40]!r}") from None
+
+
+def to_datetime(us: int) -> datetime:
+    """Microseconds since the epoch -> aware UTC datetime (exact, no float rounding)."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+@dataclass(slots=True, eq=False)
+class Leg:
+    """One FreeSWITCH channel of a call."""
+
+    uuid: str
+    seq: int = -1  # newest Event-Sequence folded in
+    parent: str | None = None  # originator / loopback partner
+    created_us: int = 0
+    answered_us: int = 0
+    hangup_us: int = 0
+    hungup: bool = False
+    transferred: bool = False
+    direction: str | None = None
+    channel_name: str | None = None
+    cause: str | None = None
+    term_status: str | None = None
+    proto_cause: str | None = None
+    disposition: str | None = None
+    originate_disposition: str | None = None
+    last_app: str | None = None
+    last_arg: str | None = None
+    call_id: str | None = None
+    from_user: str | None = None
+    from_host: str | None = None
+    to_uri: str | None = None
+    to_user: str | None = None
+    dest: str | None = None
+    cid_name: str | None = None
+    cid_num: str | None = None
+    ip: str | None = None
+    sdp: str | None = None
+    user_agent: str | None = None
+    codec: str | None = None
+    authorized: str | None = None
+    acl_authed: str | None = None
+    user_name: str | None = None
+    domain_name: str | None = None
+    dialed_user: str | None = None
+    dialed_domain: str | None = None
+    billsec: str | None = None
+    originated_legs: str | None = None
+    transfer_history: str | None = None
+    media: tuple[str | None, ...] | None = None  # values in MEDIA_FIELDS order, from HANGUP_COMPLETE
+
+    @property
+    def is_loopback(self) -> bool:
+        return bool(self.channel_name) and self.channel_name.startswith("loopback/")
+
+    def fold(self, ev: dict[str, str], seq: int) -> None:
+        """Take the fields of one event snapshot (newest wins; a late older one only fills gaps)."""
+        newer = seq >= self.seq
+        if newer:
+            self.seq = seq
+        for slot, header in _TEXT_FIELDS:
+            value = ev.get(header)
+            if value and (newer or getattr(self, slot) is None):
+                setattr(self, slot, value if slot in _NOT_INTERNED else sys.intern(value))
+        created = usec(ev, "Caller-Channel-Created-Time")
+        if created and (newer or not self.created_us):
+            self.created_us = created
+        answered = usec(ev, "Caller-Channel-Answered-Time")
+        if answered and not self.answered_us:
+            self.answered_us = answered
+        if usec(ev, "Caller-Channel-Transfer-Time"):
+            self.transferred = True
+        if "variable_rtp_audio_in_mos" in ev and (newer or self.media is None):
+            self.media = tuple(ev.get(header) for _, header in MEDIA_FIELDS)
+
+    def hang_up(self, ev: dict[str, str], at_us: int) -> None:
+        self.hungup = True
+        self.hangup_us = usec(ev, "Caller-Channel-Hangup-Time") or at_us

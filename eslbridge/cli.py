@@ -1,0 +1,73 @@
+"""Command line entry point (DESIGN section 3).
+
+Each feature module owns its subcommands: it exposes
+``register(subparsers) -> None`` and sets ``func`` (``args -> int``) on the
+parsers it adds. This file only assembles them and maps errors to exit codes,
+so adding a command never means editing another feature's code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from eslbridge.errors import EXIT_FAILURE, EslBridgeError
+
+# Modules that contribute subcommands, in the order `--help` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "eslbridge.commands.run",
+    "eslbridge.store.migrate",
+    "eslbridge.commands.check_config",
+    "eslbridge.commands.users",
+    "eslbridge.commands.gdpr",
+    "eslbridge.commands.keys",
+    "eslbridge.commands.retention",
+    "eslbridge.commands.demo",
+)
+
+log = logging.getLogger("eslbridge")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eslbridge",
+        description="FreeSWITCH ESL to PostgreSQL bridge: encrypted CDRs and SIP directory.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $ESLBRIDGE_CONFIG, then /etc/eslbridge/eslbridge.yaml)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a real import error inside the module
+                raise
+            continue  # feature not built yet
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except EslBridgeError as exc:
+        print(f"eslbridge {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Schema migrations (DESIGN section 7): `eslbridge migrate` and `eslbridge db status`.
+
+Files `sql/migrations/NNNN_name.sql` apply in order, each in its own
+transaction, recorded with a SHA-256 checksum in schema_migrations. An applied
+file that has changed since is refused: the database no longer matches the
+code and a human must decide. A session-level advisory lock makes concurrent
+migrators queue instead of racing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from eslbridge.errors import EslBridgeError
+
+# pg_advisory_lock key: any fixed 64-bit number no other tool uses ("eslbridg" in ASCII).
+ADVISORY_LOCK_KEY = 0x65736C6272696467
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    varchar(16) PRIMARY KEY,
+    name       text NOT NULL,
+    checksum   char(64) NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    applied_by text NOT NULL DEFAULT session_user
+)
+"""
+
+
+class MigrationError(EslBridgeError):
+    """A migration cannot be applied, or the applied history does not match the files."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: str
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    applied: list[str]
+    pending: list[str]
+    changed: list[str]  # applied, but the file's checksum differs now
+    missing: list[str]  # applied, but no file any more
+
+
+def migrations_dir() -> Path:
+    """sql/migrations of the source tree, else the copy `pip install .` put under share/."""
+    candidates = (
+        Path(__file__).resolve().parents[2] / "sql" / "migrations",
+        Path(sys.prefix) / "share" / "eslbridge" / "migrations",
+    )
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise MigrationError(f"no migrations directory found (looked in {', '.join(map(str, candidates))})")
+
+
+def load_migrations(directory: Path | None = None) -> list[Migration]:
+    directory = directory or migrations_dir()
+    found: list[Migration] = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if not match:
+            raise MigrationError(f"{path}: migration files are named NNNN_name.sql")
+        found.append(Migration(match.group(1), path.name, path.read_text(encoding="utf-8")))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"{directory}: two migration files share a version number")
+    return found
+
+
+def _applied(conn: psycopg.Connection) -> dict[str, tuple[str, str]]:
+    exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
+    if not exists:
+        return {}
+    rows = conn.execute("SELECT version, name, checksum FROM schema_migrations").fetchall()
+    return {version: (name, checksum) for version, name, checksum in rows}
+
+
+def status(conn: psycopg.Connection, migrations: list[Migration] | None = None) -> Status:
+    migrations = migrations if migrations is not None else load_migrations()
+    applied = _applied(conn)
+    by_version = {m.version: m for m in migrations}
+    return Status(
+        applied=[name for _, (name, _) in sorted(applied.items())],
+        pending=[m.name for m in migrations if m.version not in applied],
+        changed=[m.name for m in migrations if m.version in applied and applied[m.version][1] != m.checksum],
+        missing=[name for version, (name, _) in sorted(applied.items()) if version not in by_version],
+    )
+
+
+def migrate(conninfo: str, migrations: list[Migration] | None = None) -> list[str]:
+    """Apply pending migrations; return the names applied (empty when up to date)."""
+    migrations = migrations if migrations is not None else load_migrations()
+    done: list[str] = []
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        try:
+            conn.execute(_CREATE_TABLE)
+            current = status(conn, migrations)
+            if current.changed:
+                raise MigrationError(
+                    "applied migration files have changed since they ran: "
+                    + ", ".join(current.changed)
+                    + " (restore the original files; schema changes go into a new NNNN_name.sql)"
+                )
+            for migration in migrations:
+                if migration.name not in current.pending:
+                    continue
+                try:
+                    with conn.transaction():
+                        conn.execute(migration.sql.encode())  # bytes: no client-side placeholders
+                        conn.execute(
+                            "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                            (migration.version, migration.name, migration.checksum),
+                        )
+                except psycopg.Error as exc:
+                    raise MigrationError(f"{migration.name} failed and was rolled back: {exc}") from exc
+                done.append(migration.name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+    return done
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    from eslbridge.config import resolve_database_url
+
+    return resolve_database_url(args.config)
+
+
+def _connect_error(exc: psycopg.Error) -> MigrationError:
+    # psycopg's message names host and port but never the password.
+    return MigrationError(f"cannot reach the database: {str(exc).strip()}")
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    try:
+        applied = migrate(_database_url(args))
+    except psycopg.OperationalError as exc:
+        raise _connect_error(exc) from exc
+    if applied:
+        for name in applied:
+            print(f"applied {name}")
+    else:
+        print("schema is up to date")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    try:
+        with psycopg.connect(_database_url(args), autocommit=True) as conn:
+            current = status(conn)
+    except psycopg.OperationalError as exc:
+        raise _connect_error(exc) from exc
+    for name in current.applied:
+        flag = "CHANGED" if name in current.changed else ("MISSING FILE" if name in current.missing else "applied")
+        print(f"{flag:12} {name}")
+    for name in current.pending:
+        print(f"{'pending':12} {name}")
+    return 1 if current.changed or current.missing else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("migrate", help="apply pending sql/migrations in order (idempotent)")
+    p.set_defaults(func=_cmd_migrate)
+    db = sub.add_parser("db", help="database inspection")
+    db_sub = db.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)
+    st = db_sub.add_parser("status", help="applied, pending and changed migrations")
+    st.set_defaults(func=_cmd_status)
