@@ -46,7 +46,16 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+try:  # cryptography >= 48 keeps CFB (OpenPGP's mode) among the "decrepit" ciphers; 49 removes the old name
+    from cryptography.hazmat.decrepit.ciphers.modes import CFB
+except ImportError:  # pragma: no cover - older cryptography
+    from cryptography.hazmat.primitives.ciphers.modes import CFB
 
 from eslbridge.errors import EslBridgeError
 
@@ -179,7 +188,7 @@ def _packets(data: bytes) -> list[tuple[int, bytes]]:
 
 
 def _cfb(key: bytes, iv: bytes = b"\0" * BLOCK):
-    return Cipher(algorithms.AES(key), modes.CFB(iv))
+    return Cipher(algorithms.AES(key), CFB(iv))
 
 
 def encrypt(plaintext: bytes, derived: DerivedKey) -> bytes:
@@ -364,3 +373,51 @@ class MessageKey:
                 del self._s2k_cache[next(iter(list(self._s2k_cache)[1:]))]
             self._s2k_cache[params] = key
         return key
+
+
+class Sealer:
+    """AES-256-GCM for journal payloads (personal data at rest outside PostgreSQL).
+
+    The journal needs no OpenPGP interop, so it uses an AEAD. Each Sealer draws a random
+    16-byte salt; the record key is HKDF-SHA256(passphrase, salt) and the nonce is the
+    record's sequence number, unique within one journal, so nonces never repeat under a key
+    (random nonces would near GCM's 2**32 bound at a few thousand records per second over
+    months). The sequence number is also the associated data, so records cannot be swapped.
+    Sealed form: key id (2 bytes) + salt (16) + ciphertext and tag.
+    """
+
+    def __init__(self, passphrases: dict[int, bytes], active_id: int):
+        self._passphrases = dict(passphrases)
+        self._active_id = active_id
+        self._salt = os.urandom(16)
+        self._aeads: dict[tuple[int, bytes], AESGCM] = {}
+
+    def __repr__(self) -> str:
+        return f"<Sealer active={self._active_id}>"
+
+    def _aead(self, key_id: int, salt: bytes) -> AESGCM:
+        aead = self._aeads.get((key_id, salt))
+        if aead is None:
+            passphrase = self._passphrases.get(key_id)
+            if passphrase is None:
+                raise DecryptionError(f"journal record sealed with key {key_id}, which is not in the keyring")
+            key = HKDF(hashes.SHA256(), 32, salt, b"eslbridge/journal/v1").derive(passphrase)
+            if len(self._aeads) >= 64:
+                self._aeads.clear()
+            aead = self._aeads[(key_id, salt)] = AESGCM(key)
+        return aead
+
+    def seal(self, seq: int, data: bytes) -> bytes:
+        aad = seq.to_bytes(8, "big")
+        return (self._active_id.to_bytes(2, "big") + self._salt
+                + self._aead(self._active_id, self._salt).encrypt(aad + b"\0" * 4, data, aad))
+
+    def open(self, seq: int, blob: bytes) -> bytes:
+        if len(blob) < 2 + 16 + 16:
+            raise DecryptionError("sealed journal record too short")
+        key_id, salt = int.from_bytes(blob[:2], "big"), blob[2:18]
+        aad = seq.to_bytes(8, "big")
+        try:
+            return self._aead(key_id, salt).decrypt(aad + b"\0" * 4, blob[18:], aad)
+        except InvalidTag:
+            raise DecryptionError("journal record failed authentication (wrong key or modified)") from None

@@ -6,6 +6,7 @@ root; CI runs as root): the `postgres` user that Debian's package creates.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -78,10 +79,8 @@ class PgCluster:
         self._pg("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "stop")
 
     def destroy(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             self.stop("immediate")
-        except subprocess.CalledProcessError:
-            pass  # already stopped
         shutil.rmtree(self.base, ignore_errors=True)
 
     def dsn(self, dbname: str = "postgres") -> str:

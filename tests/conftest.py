@@ -17,8 +17,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from eslbridge.store.migrate import migrate
 from eslbridge.localpg import PgCluster
+from eslbridge.store.migrate import migrate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURES = SHARED / "fixtures"

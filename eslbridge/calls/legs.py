@@ -29,6 +29,7 @@ _TEXT_FIELDS: tuple[tuple[str, str], ...] = (
     ("last_app", "variable_last_app"),
     ("last_arg", "variable_last_arg"),
     ("call_id", "variable_sip_call_id"),
+    ("from_uri", "variable_sip_from_uri"),
     ("from_user", "variable_sip_from_user"),
     ("from_host", "variable_sip_from_host"),
     ("to_uri", "variable_sip_to_uri"),
@@ -105,6 +106,7 @@ class Leg:
     last_app: str | None = None
     last_arg: str | None = None
     call_id: str | None = None
+    from_uri: str | None = None
     from_user: str | None = None
     from_host: str | None = None
     to_uri: str | None = None

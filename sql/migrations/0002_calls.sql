@@ -200,6 +200,12 @@ BEGIN
         CONTINUE WHEN r.bound = 'DEFAULT';
         upper_bound := substring(r.bound FROM 'TO \(''([^'']+)''\)')::timestamptz;
         IF upper_bound <= now() - keep THEN
+            -- call_events references calls: delete through the partition so
+            -- ON DELETE CASCADE clears those events, then detach and drop.
+            IF EXISTS (SELECT 1 FROM pg_constraint WHERE confrelid = parent AND contype = 'f') THEN
+                EXECUTE format('DELETE FROM %s', r.part);
+                EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', parent, r.part);
+            END IF;
             EXECUTE format('DROP TABLE %s', r.part);
             RETURN NEXT r.relname::text;
         END IF;

@@ -1,0 +1,159 @@
+"""Turns a call's legs into the CallRecord of DESIGN section 6 (pure; lookups cached per call)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from eslbridge.calls.legs import MEDIA_FIELDS, Leg, to_datetime
+from eslbridge.calls.outcome import CALL_STATUS, decide
+from eslbridge.calls.records import CallRecord
+
+LookupUser = Callable[[str, str], "str | None"]
+
+
+def answering_leg(root: Leg, others: list[Leg]) -> Leg | None:
+    """The first non-root leg that answered, preferring real endpoints over loopback legs."""
+    answered = [leg for leg in others if leg.answered_us]
+    if not answered:
+        return None
+    return min(answered, key=lambda leg: (leg.is_loopback, leg.answered_us, leg.created_us))
+
+
+def caller_identity(root: Leg) -> tuple[str, str] | None:
+    """(username, realm) of the caller when FreeSWITCH vouches for it.
+
+    An inbound leg counts only when it was authenticated (digest or ACL): an unauthenticated
+    From header is caller-controlled and must not attribute a call to a local user. An outbound
+    root (the `originate` API) carries the caller ID FreeSWITCH's operator set.
+    """
+    if root.direction == "inbound":
+        if root.authorized != "true" and not root.acl_authed:
+            return None
+        user, realm = root.user_name or root.from_user, root.domain_name or root.from_host
+    else:
+        user, realm = root.from_user, root.from_host
+    return (user, realm) if user and realm else None
+
+
+def callee_identity(root: Leg, others: list[Leg]) -> tuple[str, str] | None:
+    """(username, realm) of the called party: a user/ bridge's dialed user, else the destination."""
+    for leg in (*others, root):
+        if leg.dialed_user and leg.dialed_domain:
+            return leg.dialed_user, leg.dialed_domain
+    realm = root.domain_name or _host(root.to_uri)
+    return (root.dest, realm) if root.dest and realm else None
+
+
+def build_record(
+    call_uuid: str,
+    node: str,
+    root: Leg,
+    others: list[Leg],
+    finished: bool,
+    lookup: Callable[[tuple[str, str] | None], str | None],
+) -> CallRecord:
+    """The full current record of a call; ``lookup`` resolves an identity through the call's cache."""
+    answerer = answering_leg(root, others)
+    start_us = root.created_us or min((leg.created_us for leg in others if leg.created_us), default=0)
+    caller_id = lookup(caller_identity(root))
+    callee_id = lookup(callee_identity(root, others))
+    record = CallRecord(
+        call_uuid=call_uuid,
+        node=node,
+        call_id=root.call_id or call_uuid,
+        start_time=to_datetime(start_us),
+        direction=_direction(caller_id, callee_id),
+        status="Active",
+        call_status="answered" if root.answered_us else "initiated",
+        caller=_caller_uri(root),
+        callee=_callee_uri(root, answerer),
+        caller_number=root.cid_num,
+        callee_number=root.dest,
+        caller_id_name=root.cid_name,
+        caller_ip=root.ip,
+        callee_ip=answerer.ip if answerer else None,
+        caller_sdp=root.sdp,
+        callee_sdp=answerer.sdp if answerer else None,
+        caller_user_agent=root.user_agent,
+        callee_user_agent=answerer.user_agent if answerer else None,
+        codec=root.codec or next((leg.codec for leg in others if leg.codec), None),
+        user_id=caller_id or callee_id,
+        caller_user_id=caller_id,
+        callee_user_id=callee_id,
+    )
+    if root.answered_us:
+        record.answer_time = to_datetime(root.answered_us)
+        record.setup_duration_ms = (root.answered_us - start_us) // 1000
+    media = _media_info(root, answerer)
+    if media:
+        record.media_info = media
+        scores = [side["mos"] for side in media.values() if "mos" in side]
+        record.quality_score = min(scores) if scores else None
+    if finished:
+        _finish(record, root, others, start_us)
+    return record
+
+
+def _finish(record: CallRecord, root: Leg, others: list[Leg], start_us: int) -> None:
+    end_us = max(leg.hangup_us for leg in (root, *others))
+    outcome = decide(root, others)
+    record.status = outcome.status
+    record.call_status = CALL_STATUS[outcome.status]
+    record.sip_response_code = outcome.sip_code
+    record.disconnect_reason = outcome.reason
+    record.end_time = to_datetime(end_us)
+    record.total_duration_ms = (end_us - start_us) // 1000
+    record.call_duration_ms = (end_us - root.answered_us) // 1000 if root.answered_us else 0
+    billsec = root.billsec
+    record.duration_seconds = int(billsec) if billsec and billsec.isdigit() else 0
+
+
+def _direction(caller_id: str | None, callee_id: str | None) -> str:
+    if caller_id and callee_id:
+        return "Internal"
+    return "Outbound" if caller_id else "Inbound"
+
+
+def _caller_uri(root: Leg) -> str:
+    if root.from_uri:
+        return "sip:" + root.from_uri
+    if root.cid_num:
+        return "sip:" + root.cid_num + ("@" + root.from_host if root.from_host else "")
+    return "sip:unknown"
+
+
+def _callee_uri(root: Leg, answerer: Leg | None) -> str:
+    if answerer and answerer.to_uri:
+        return "sip:" + answerer.to_uri
+    if root.direction == "outbound" and root.to_uri:
+        return "sip:" + root.to_uri
+    host = _host(root.to_uri)
+    dest = root.dest or root.to_user or "unknown"
+    return "sip:" + dest + ("@" + host if host else "")
+
+
+def _host(uri: str | None) -> str | None:
+    """Host part of user@host[:port] (no port: realms and lookups are by host name)."""
+    if not uri or "@" not in uri:
+        return None
+    return uri.split("@", 1)[1].split(":", 1)[0] or None
+
+
+def _media_info(root: Leg, answerer: Leg | None) -> dict[str, Any]:
+    sides = {}
+    for side, leg in (("caller", root), ("callee", answerer)):
+        if leg is not None and leg.media is not None:
+            stats = {name: _number(raw) for (name, _), raw in zip(MEDIA_FIELDS, leg.media) if raw}
+            sides[side] = {k: v for k, v in stats.items() if v is not None}
+    return sides
+
+
+def _number(raw: str) -> float | int | None:
+    try:
+        return int(raw)
+    except ValueError:
+        try:
+            return float(raw)
+        except ValueError:
+            return None

@@ -1,0 +1,385 @@
+"""Inbound ESL client for one FreeSWITCH node, built on greenswitch.
+
+`_Connection` subclasses greenswitch's `InboundESL` for one TCP session: greenswitch's handshake
+(`authenticate`) and its FIFO of pending command replies are kept; the parts that break under real
+traffic are replaced. The greenswitch 0.0.19 defects fixed here (each has a test in
+tests/test_esl_greenswitch_defects.py that runs stock greenswitch against the simulator):
+
+1. `ESLEvent.parse_data` URL-decodes the whole block before splitting lines, so a `%0A` in a
+   caller-controlled value forges headers -> events.parse_plain_event splits first, decodes after.
+2. No `text/event-json` support (JSON bodies are split as if they were plain) -> parse_json_event.
+3. No reconnect: the reader greenlet just ends -> `InboundClient` supervises, reconnects with jittered
+   backoff (0.5 s doubling to 30 s), re-subscribes and resyncs (`api show channels as json`).
+4. Invalid UTF-8 raises inside the reader greenlet and kills it -> bytes framing; bodies decoded with
+   replacement characters and counted.
+5. `send()` and the auth wait block forever -> every command has a timeout.
+6. A reply nobody waits for pops an empty list (IndexError) and kills the reader -> counted, ignored.
+7. The reader reads line by line through a gevent file object and hands events to an unbounded queue
+   polled once a second -> framing.FrameParser on a bytearray, and a bounded queue that spills to disk
+   (spill.py) so the reader never waits for the consumer.
+
+Heartbeat: any frame proves the link alive; FreeSWITCH sends HEARTBEAT every `heartbeat_interval`
+seconds (20 by default), so silence beyond two intervals closes the socket and reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket as pysocket
+from typing import Callable
+
+import gevent
+import greenswitch.esl
+from gevent import socket
+from gevent.event import AsyncResult
+from gevent.lock import Semaphore
+
+from eslbridge.errors import ConfigError, EslBridgeError
+from eslbridge.esl.events import EventParseError, event_key, parse_json_event, parse_plain_event
+from eslbridge.esl.framing import FrameParser
+from eslbridge.esl.spill import SpillQueue
+from eslbridge.esl.stats import IntakeStats
+
+log = logging.getLogger(__name__)
+
+# DESIGN section 5: what the correlator needs. Names after CUSTOM are subclasses.
+SUBSCRIBED_EVENTS: tuple[str, ...] = (
+    "CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE", "CHANNEL_HANGUP_COMPLETE",
+    "CHANNEL_UUID", "CHANNEL_ORIGINATE", "HEARTBEAT",
+    "CUSTOM", "sofia::register", "sofia::unregister",
+)
+
+Consumer = Callable[[str, dict], None]
+SnapshotHandler = Callable[[str, list], None]
+
+TAG_JSON, TAG_PLAIN, TAG_SNAPSHOT = 1, 2, 3
+_EVENT_TAGS = {"text/event-json": TAG_JSON, "text/event-plain": TAG_PLAIN}
+_IGNORED = ("log/data", "text/disconnect-notice", "text/rude-rejection")
+_RECV_SIZE = 256 * 1024
+
+
+class EslError(EslBridgeError):
+    """An ESL command failed or the node is not connected."""
+
+
+class _Pending(AsyncResult):
+    """A command waiting for its reply; `inband` replies also go through the event queue."""
+
+    inband = False
+
+
+class _Connection(greenswitch.esl.InboundESL):
+    """One TCP session to FreeSWITCH (greenswitch's handshake and reply FIFO, our reader)."""
+
+    def __init__(self, client: InboundClient) -> None:
+        super().__init__(client.host, client.port, client.password, timeout=client.connect_timeout)
+        self._client = client
+        self._stats = client.stats
+        self._parser = FrameParser(self._stats.error)
+        self._send_lock = Semaphore()
+        self._rejected = False
+        self.last_rx = 0.0
+        self.sock = None
+
+    # -- greenswitch overrides -------------------------------------------------------------------
+    def connect(self) -> None:
+        client = self._client
+        self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        self.sock.settimeout(None)
+        self.sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_KEEPALIVE, 1)
+        self.connected = True
+        self.last_rx = gevent.get_hub().loop.now()
+        self.start_event_handlers()
+        if not self._auth_request_event.wait(client.command_timeout) or self._rejected or not self.connected:
+            raise EslError("FreeSWITCH sent no auth/request (rude-rejection: check event_socket.conf.xml ACL)")
+        try:
+            self.authenticate()
+        except ValueError:
+            raise ConfigError(f"ESL node {client.node}: FreeSWITCH refused the password") from None
+
+    def start_event_handlers(self) -> None:
+        # Only the reader: events are consumed by the client's own greenlet, which outlives connections.
+        self._receive_events_greenlet = gevent.spawn(self.receive_events)
+
+    def send(self, data: str, timeout: float | None = None, inband: bool = False):
+        if not self.connected:
+            raise EslError("not connected")
+        pending = _Pending()
+        pending.inband = inband
+        with self._send_lock:  # keeps the FIFO of pending replies in wire order
+            self._commands_sent.append(pending)
+            self.sock.sendall((data + "\n\n").encode("utf-8"))
+        try:
+            return pending.get(timeout=timeout or self._client.command_timeout)
+        except gevent.Timeout:
+            # Leave it in the FIFO: the late reply must still be matched to it, not to the next command.
+            raise TimeoutError(f"no reply to {data.split(' ', 1)[0]!r} within {timeout}s") from None
+
+    def receive_events(self) -> None:
+        sock, parser, stats = self.sock, self._parser, self._stats
+        queue = self._client.queue
+        loop = gevent.get_hub().loop
+        try:
+            while self.connected:
+                data = sock.recv(_RECV_SIZE)
+                if not data:
+                    break
+                stats.bytes_in += len(data)
+                self.last_rx = loop.now()
+                for frame in parser.feed(data):
+                    tag = _EVENT_TAGS.get(frame.content_type)
+                    if tag is not None:
+                        queue.put(tag, frame.body)
+                    else:
+                        self._control(frame)
+                gevent.sleep(0)  # let the consumer run between socket reads
+        except OSError as exc:
+            log.info("%s: ESL socket error: %s", self._client.node, exc)
+        finally:
+            parser.close()
+            self.connected = False
+            self._auth_request_event.set()
+            for pending in self._commands_sent:
+                pending.set_exception(EslError("connection lost"))
+            self._commands_sent.clear()
+
+    def _control(self, frame) -> None:
+        ct = frame.content_type
+        if ct in ("command/reply", "api/response"):
+            if not self._commands_sent:
+                self._stats.error("unexpected_reply", frame.headers.get("Reply-Text", ct))
+                return
+            pending = self._commands_sent.pop(0)
+            if pending.inband:
+                self._client.queue.put(TAG_SNAPSHOT, frame.body)
+            pending.set(frame)
+        elif ct == "auth/request":
+            self._auth_request_event.set()
+        elif ct in _IGNORED:
+            self._stats.ignored(ct)
+            if ct == "text/rude-rejection":
+                self._rejected = True
+                self._auth_request_event.set()
+        else:
+            self._stats.error("unknown_content_type", ct)
+
+    def stop(self) -> None:
+        if self.connected:
+            try:
+                self.send("exit", timeout=1.0)
+            except (EslError, TimeoutError, OSError):
+                pass
+        self.close()
+
+    # -- ours ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.connected = False
+        if self.sock is not None:
+            self.sock.close()
+        if self._receive_events_greenlet is not None:
+            self._receive_events_greenlet.join(timeout=2)
+            self._receive_events_greenlet.kill(block=False)
+
+
+class InboundClient:
+    """Keeps one FreeSWITCH node's events flowing into `consumer`, through restarts and bad input."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        password: str,
+        node: str,
+        event_format: str,
+        consumer: Consumer,
+        on_snapshot: SnapshotHandler,
+        stats: IntakeStats | None = None,
+        *,
+        events: tuple[str, ...] = SUBSCRIBED_EVENTS,
+        queue_size: int = 50_000,
+        spill_dir: str | None = None,
+        heartbeat_interval: float = 20.0,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 10.0,
+        backoff_min: float = 0.5,
+        backoff_max: float = 30.0,
+        on_fatal: Callable[[str, Exception], None] | None = None,
+    ) -> None:
+        if event_format not in ("json", "plain"):
+            raise ConfigError(f"ESL node {node}: event_format must be json or plain, not {event_format!r}")
+        self.host, self.port, self.password, self.node = host, port, password, node
+        self.event_format = event_format
+        self.consumer, self.on_snapshot = consumer, on_snapshot
+        self.stats = stats if stats is not None else IntakeStats()
+        self.stats.node = node
+        self.events = events
+        self.queue = SpillQueue(queue_size, self.stats, spill_dir)
+        self.heartbeat_interval = heartbeat_interval
+        self.connect_timeout, self.command_timeout = connect_timeout, command_timeout
+        self.backoff_min, self.backoff_max = backoff_min, backoff_max
+        self.on_fatal = on_fatal
+        self.error: Exception | None = None  # the fatal error that stopped the client (wrong password)
+        self._conn: _Connection | None = None
+        self._running = False
+        self._greenlets: list[gevent.Greenlet] = []
+
+    def __repr__(self) -> str:  # never shows the password
+        return f"InboundClient({self.node!r}, {self.host}:{self.port}, {self.event_format})"
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._conn.connected
+
+    def start(self) -> None:
+        self._running = True
+        self._greenlets = [gevent.spawn(self._supervise), gevent.spawn(self._consume)]
+
+    def stop(self, drain_timeout: float = 5.0) -> None:
+        """Close the link, then give the consumer up to `drain_timeout` s to finish the queue."""
+        self._running = False
+        supervisor, consumer = self._greenlets or (None, None)
+        if self._conn is not None:
+            self._conn.stop()
+        if supervisor is not None:
+            supervisor.kill()
+        if consumer is not None:
+            with gevent.Timeout(drain_timeout, False):
+                while len(self.queue):
+                    gevent.sleep(0.01)
+            consumer.kill()
+        self.queue.close()
+        self.stats.connected = False
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the client stops by itself; raise its fatal error (ConfigError: exit 78)."""
+        if self._greenlets:
+            self._greenlets[0].join(timeout)
+        if self.error is not None:
+            raise self.error
+
+    def api(self, cmd: str, timeout: float = 10.0) -> str:
+        """Run `api cmd` and return FreeSWITCH's output; TimeoutError / EslError otherwise."""
+        return self._require().send("api " + cmd, timeout).data
+
+    def bgapi(self, cmd: str, timeout: float = 10.0) -> str:
+        """Start `bgapi cmd` and return its Job-UUID (the result comes as a BACKGROUND_JOB event)."""
+        reply = self._require().send("bgapi " + cmd, timeout)
+        text = reply.headers.get("Reply-Text", "")
+        if not text.startswith("+OK"):
+            raise EslError(f"bgapi refused: {text}")
+        return reply.headers.get("Job-UUID") or text.rsplit(" ", 1)[-1]
+
+    def _require(self) -> _Connection:
+        conn = self._conn
+        if conn is None or not conn.connected:
+            raise EslError(f"ESL node {self.node} is not connected")
+        return conn
+
+    # -- supervision -----------------------------------------------------------------------------
+    def _supervise(self) -> None:
+        backoff = self.backoff_min
+        first = True
+        while self._running:
+            if not first:
+                self.stats.reconnects += 1
+            first = False
+            conn = _Connection(self)
+            try:
+                self._open(conn)
+                backoff = self.backoff_min
+                self._watch(conn)
+            except ConfigError as exc:
+                log.error("%s", exc)
+                self.error = exc
+                self._running = False
+                if self.on_fatal is not None:
+                    self.on_fatal(self.node, exc)
+                return
+            except (OSError, EslError, TimeoutError) as exc:
+                log.warning("%s: ESL %s:%s unavailable: %s", self.node, self.host, self.port, exc)
+            finally:
+                self._conn = None
+                self.stats.connected = False
+                conn.close()
+            if self._running:
+                gevent.sleep(random.uniform(backoff / 2, backoff))
+                backoff = min(backoff * 2, self.backoff_max)
+
+    def _open(self, conn: _Connection) -> None:
+        conn.connect()
+        reply = conn.send(f"event {self.event_format} {' '.join(self.events)}")
+        if not reply.headers.get("Reply-Text", "").startswith("+OK"):
+            raise EslError(f"subscription refused: {reply.headers.get('Reply-Text')}")
+        self._conn = conn
+        self.stats.connected = True
+        log.info("%s: ESL connected to %s:%s (%s)", self.node, self.host, self.port, self.event_format)
+        # In band: the reader queues the reply where it sits in the stream, between the events around it.
+        conn.send("api show channels as json", inband=True)
+
+    def _watch(self, conn: _Connection) -> None:
+        limit = 2 * self.heartbeat_interval
+        loop = gevent.get_hub().loop
+        while self._running and conn.connected:
+            gevent.sleep(min(1.0, self.heartbeat_interval / 4))
+            if loop.now() - conn.last_rx > limit:
+                self.stats.dead_links += 1
+                log.warning("%s: no data from FreeSWITCH for %.0f s, reconnecting", self.node, limit)
+                return
+
+    # -- delivery --------------------------------------------------------------------------------
+    def _consume(self) -> None:
+        stats, node, queue = self.stats, self.node, self.queue
+        on_error = stats.error
+        handled = 0
+        while True:
+            item = queue.get(timeout=1.0)
+            if item is None:
+                continue
+            tag, payload = item
+            try:
+                if tag == TAG_SNAPSHOT:
+                    self._deliver_snapshot(payload)
+                    continue
+                event = (parse_json_event if tag == TAG_JSON else parse_plain_event)(payload, on_error)
+            except EventParseError as exc:
+                on_error(exc.kind, str(exc))
+                continue
+            stats.events_in[event_key(event)] += 1
+            try:
+                self.consumer(node, event)
+            except Exception:
+                stats.consumer_errors += 1
+                log.exception("%s: event consumer failed on %s", node, event.get("Event-Name"))
+            handled += 1
+            if handled & 63 == 0:
+                gevent.sleep(0)  # never starve the socket reader
+
+    def _deliver_snapshot(self, payload: bytes) -> None:
+        try:
+            doc = parse_json_snapshot(payload)
+        except ValueError as exc:
+            self.stats.error("bad_snapshot", str(exc))
+            return
+        self.stats.snapshots += 1
+        try:
+            self.on_snapshot(self.node, doc)
+        except Exception:
+            self.stats.consumer_errors += 1
+            log.exception("%s: snapshot handler failed", self.node)
+
+
+def parse_json_snapshot(body: bytes) -> list[dict]:
+    """Rows of `show channels as json` ({"row_count": 0} when there are none)."""
+    import orjson
+
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ValueError(body[:80].decode("utf-8", "replace")) from None
+    if not isinstance(doc, dict):
+        raise ValueError("not an object")
+    rows = doc.get("rows", [])
+    if not isinstance(rows, list):
+        raise ValueError("rows is not a list")
+    return [row for row in rows if isinstance(row, dict)]

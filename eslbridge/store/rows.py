@@ -1,0 +1,196 @@
+"""RecordUpdate -> encrypted rows for call_records, calls and call_events (DESIGN sections 6-8).
+
+Personal fields (SIP URIs, numbers, caller ID, IPs, SDPs) become OpenPGP messages under the
+keyring's active key; URIs and numbers also get blind indexes (``*_hash``) so a call is found by
+number without decrypting. Everything else is stored as is. The column lists here are the single
+source for the SQL in ``eslbridge.store.upsert``.
+
+``calls.destination_number_hash`` holds the ``number`` index of the dialed number, or the ``uri``
+index of the callee URI when no number is known; the kind is part of the MAC, so a search by
+number never matches a URI-derived hash by accident.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from eslbridge.calls.records import CallRecord, RecordUpdate
+from eslbridge.keyring import Keyring
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    pg_type: str  # what the value is cast to / the COPY type
+    personal: bool = False  # encrypted: compared by length only when deciding whether a row changed
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    """Which columns a writer sets in one table, and its idempotency key."""
+
+    name: str
+    key: tuple[str, ...]
+    columns: tuple[Column, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def types(self) -> list[str]:
+        return [c.pg_type for c in self.columns]
+
+
+def _cols(spec: str, personal: frozenset[str] = frozenset()) -> tuple[Column, ...]:
+    return tuple(Column(n, t, n in personal) for n, t in (item.split(":") for item in spec.split()))
+
+
+CALL_RECORDS = TableSpec(
+    "call_records",
+    key=("call_uuid", "start_time"),
+    columns=_cols(
+        "call_uuid:varchar node:varchar call_id:varchar caller:bytea callee:bytea caller_hash:bytea "
+        "callee_hash:bytea caller_number_hash:bytea callee_number_hash:bytea caller_ip:bytea callee_ip:bytea "
+        "direction:varchar start_time:timestamptz answer_time:timestamptz end_time:timestamptz "
+        "setup_duration_ms:int4 call_duration_ms:int4 total_duration_ms:int4 status:varchar "
+        "disconnect_reason:text codec:varchar caller_sdp:bytea callee_sdp:bytea caller_user_agent:text "
+        "callee_user_agent:text media_info:jsonb sip_response_code:int4 user_id:uuid enc_key_id:int4 "
+        "reconciled:bool stage:int2",
+        frozenset({"caller", "callee", "caller_ip", "callee_ip", "caller_sdp", "callee_sdp"}),
+    ),
+)
+
+CALLS = TableSpec(
+    "calls",
+    key=("call_uuid", "initiated_at"),
+    columns=_cols(
+        "call_uuid:varchar initiated_at:timestamptz user_id:uuid destination_number_enc:bytea "
+        "caller_id_enc:bytea destination_number_hash:bytea caller_id_hash:bytea node:varchar status:varchar "
+        "direction:varchar answered_at:timestamptz ended_at:timestamptz duration_seconds:int4 codec:varchar "
+        "quality_score:numeric disconnect_reason:varchar enc_key_id:int4 reconciled:bool stage:int2",
+        frozenset({"destination_number_enc", "caller_id_enc"}),
+    ),
+)
+
+CALL_EVENTS = TableSpec(
+    "call_events",
+    key=("call_uuid", "event_type", "seq"),
+    columns=_cols("call_uuid:varchar node:varchar seq:int4 event_type:varchar event_data:jsonb timestamp:timestamptz"),
+)
+
+
+def _hash(keyring: Keyring, kind: str, value: str | None) -> bytes | None:
+    if not value:
+        return None
+    try:
+        return keyring.blind_index(kind, value)
+    except ValueError:
+        # A value the normaliser cannot read (e.g. a garbled URI) is still stored, encrypted;
+        # it just cannot be found by equality search.
+        return None
+
+
+def _enc(keyring: Keyring, value: str | None) -> bytes | None:
+    return keyring.encrypt(value) if value else None
+
+
+def _uuid(value: str | None) -> uuid.UUID | None:
+    return uuid.UUID(value) if value else None
+
+
+def _quality(score: float | None) -> Decimal | None:
+    # calls.quality_score is numeric(3,2) between 1 and 5; a MOS outside that is a measurement
+    # artefact, better stored as unknown than refused together with the whole call.
+    if score is None or not 1 <= score <= 5:
+        return None
+    return Decimal(f"{score:.2f}")
+
+
+def call_record_row(rec: CallRecord, stage: int, keyring: Keyring) -> tuple[Any, ...]:
+    """One call_records row, in ``CALL_RECORDS.columns`` order."""
+    return (
+        rec.call_uuid, rec.node, rec.call_id,
+        _enc(keyring, rec.caller), _enc(keyring, rec.callee),
+        _hash(keyring, "uri", rec.caller), _hash(keyring, "uri", rec.callee),
+        _hash(keyring, "number", rec.caller_number), _hash(keyring, "number", rec.callee_number),
+        _enc(keyring, rec.caller_ip), _enc(keyring, rec.callee_ip),
+        rec.direction, rec.start_time, rec.answer_time, rec.end_time,
+        rec.setup_duration_ms, rec.call_duration_ms, rec.total_duration_ms, rec.status,
+        rec.disconnect_reason, rec.codec, _enc(keyring, rec.caller_sdp), _enc(keyring, rec.callee_sdp),
+        rec.caller_user_agent, rec.callee_user_agent,
+        Jsonb(rec.media_info) if rec.media_info is not None else None,
+        rec.sip_response_code, _uuid(rec.user_id), keyring.active_id, rec.reconciled, stage,
+    )
+
+
+def call_row(rec: CallRecord, stage: int, keyring: Keyring) -> tuple[Any, ...] | None:
+    """The SIPCall ``calls`` row, or None when no local user takes part (DESIGN section 6)."""
+    if not rec.user_id:
+        return None
+    destination = rec.callee_number or rec.callee
+    if rec.callee_number:
+        destination_hash = _hash(keyring, "number", rec.callee_number)
+    else:
+        destination_hash = _hash(keyring, "uri", rec.callee)
+    caller_id = rec.caller_number or rec.caller_id_name
+    return (
+        rec.call_uuid, rec.start_time, _uuid(rec.user_id),
+        _enc(keyring, destination), _enc(keyring, caller_id),
+        destination_hash, _hash(keyring, "number", rec.caller_number),
+        rec.node, rec.call_status, rec.direction.lower(), rec.answer_time, rec.end_time,
+        rec.duration_seconds, rec.codec, _quality(rec.quality_score),
+        rec.disconnect_reason[:100] if rec.disconnect_reason else None,
+        keyring.active_id, rec.reconciled, stage,
+    )
+
+
+def event_rows(update: RecordUpdate) -> list[tuple[Any, ...]]:
+    """The update's new call_events rows, in ``CALL_EVENTS.columns`` order."""
+    rec = update.record
+    return [(rec.call_uuid, rec.node, e.seq, e.event_type, Jsonb(e.data), e.timestamp) for e in update.events]
+
+
+@dataclass(slots=True)
+class BatchRows:
+    """Everything one batch writes, deduplicated: one row per key, the highest stage wins."""
+
+    call_records: list[tuple[Any, ...]]
+    calls: list[tuple[Any, ...]]
+    events: list[tuple[Any, ...]]
+    linked_uuids: list[str]  # calls with a `calls` row: their events get its id
+
+
+def batch_rows(updates: Sequence[RecordUpdate], keyring: Keyring) -> BatchRows:
+    """Rows for a batch of updates (any order, duplicates allowed).
+
+    One INSERT ... ON CONFLICT may not touch the same row twice, so per (call_uuid, start_time)
+    only the update with the highest stage (the latest one on a tie) is kept; events of every
+    update are kept, deduplicated on their own key. Rows are sorted by key so two writers
+    lock rows in the same order (no deadlock between two daemons).
+    """
+    latest: dict[tuple[str, Any], RecordUpdate] = {}
+    events: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+    for update in updates:
+        rec = update.record
+        key = (rec.call_uuid, rec.start_time)
+        kept = latest.get(key)
+        if kept is None or update.stage >= kept.stage:
+            latest[key] = update
+        for row in event_rows(update):
+            events[(row[0], row[3], row[2])] = row
+    records, calls, linked = [], [], []
+    for key in sorted(latest):
+        update = latest[key]
+        records.append(call_record_row(update.record, int(update.stage), keyring))
+        call = call_row(update.record, int(update.stage), keyring)
+        if call is not None:
+            calls.append(call)
+            linked.append(update.record.call_uuid)
+    return BatchRows(records, calls, [events[k] for k in sorted(events)], linked)
