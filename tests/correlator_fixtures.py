@@ -14,14 +14,14 @@ import copy
 import json
 import urllib.parse
 import uuid as uuidlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CAPTURED = SHARED / "fixtures" / "captured"
 PUBLIC = SHARED / "fixtures" / "public"
 NODE = "fs1"
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_plain(text: str) -> dict[str, str]:

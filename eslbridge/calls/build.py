@@ -144,7 +144,7 @@ def _media_info(root: Leg, answerer: Leg | None) -> dict[str, Any]:
     sides = {}
     for side, leg in (("caller", root), ("callee", answerer)):
         if leg is not None and leg.media is not None:
-            stats = {name: _number(raw) for (name, _), raw in zip(MEDIA_FIELDS, leg.media) if raw}
+            stats = {name: _number(raw) for (name, _), raw in zip(MEDIA_FIELDS, leg.media, strict=False) if raw}
             sides[side] = {k: v for k, v in stats.items() if v is not None}
     return sides
 

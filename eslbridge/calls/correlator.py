@@ -23,11 +23,14 @@ Updates
     the full record and the lifecycle rows gathered since the previous update.
 
 Idempotency
-    Each lifecycle row's ``seq`` is ``Event-Sequence * 8 + kind``: Event-Sequence is unique per
-    event on a FreeSWITCH core, so the same input gives the same seq in any arrival order and a
-    re-delivered event is recognised (per-call set of folded sequences) and ignored. The rare
-    event without Event-Sequence gets a CRC of (name, UUID, timestamp) above 2**40 instead.
-    Reconciled rows use (newest seq of the call + 1) * 8 + 7. Finished legs leave a tombstone
+    A lifecycle row's ``seq`` never depends on arrival order. Rows that happen once per leg
+    (created, answered, hangup) use ``2**40 + CRC32(leg UUID) * 8 + kind``, so the same row comes
+    out whichever event revealed it (a lone HANGUP_COMPLETE or the full stream); the once-per-call
+    reconciled row uses the call UUID's CRC the same way; rows of repeatable events (bridged,
+    unbridged, transferred, uuid_changed) use ``Event-Sequence * 8 + kind`` (Event-Sequence is unique
+    per event on a FreeSWITCH core). A re-delivered event is recognised by its Event-Sequence
+    (per-call set of folded sequences; the rare event without one is keyed by a CRC of name, UUID
+    and timestamp above 2**40) and ignored. Finished legs leave a tombstone
     (UUID -> event time, kept ``TOMBSTONE_US`` of event time, at most ``TOMBSTONE_MAX``) so a
     late duplicate never re-opens a finished call.
 
@@ -35,14 +38,14 @@ Memory
     Per live call: a slots object, a dict of slots legs holding only record fields (repeated
     values interned), the set of folded sequences. Measured by tests/test_correlator_memory.py
     over 10,000 concurrent two-leg calls (created, originated, answered, bridged): about
-    2.9 KB per active call (target <= 5 KB, DESIGN section 11).
+    3.0 KB (3,033 bytes) per active call (target <= 5 KB, DESIGN section 11).
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from eslbridge.calls.build import build_record
@@ -65,13 +68,25 @@ _KIND = {
     "hangup": 6, "reconciled": 7,
 }
 _NO_SEQ_BASE = 1 << 40
+_ONCE = frozenset({"created", "answered", "hangup", "reconciled"})
 
 
 class _Call:
     """State of one live call (kept small: it exists once per active call)."""
 
-    __slots__ = ("uuid", "root", "legs", "seen", "pending", "expected", "lookups", "sent", "ringing", "hold",
-                 "top_seq", "reconciled")
+    __slots__ = (
+        "expected",
+        "hold",
+        "legs",
+        "lookups",
+        "pending",
+        "reconciled",
+        "ringing",
+        "root",
+        "seen",
+        "sent",
+        "uuid",
+    )
 
     def __init__(self, uuid: str) -> None:
         self.uuid = uuid  # call_uuid: the root's first UUID, the record's key
@@ -84,7 +99,6 @@ class _Call:
         self.sent = 0  # highest Stage emitted (0: none)
         self.ringing = 0  # 1 ringing seen, 2 ringing update sent
         self.hold = False  # an unlinked loopback -b leg: wait for its partner before emitting
-        self.top_seq = -1
         self.reconciled = False
 
 
@@ -131,7 +145,6 @@ class Correlator:
         if seq in call.seen:
             return updates  # the same event delivered twice
         call.seen.add(seq)
-        call.top_seq = max(call.top_seq, seq)
         leg = call.legs.get(uuid)
         if leg is None:
             leg = call.legs[uuid] = Leg(uuid)
@@ -139,7 +152,7 @@ class Correlator:
         was_answered = leg.answered_us
         leg.fold(event, seq)
         if created:
-            _note(call, seq, "created", leg.created_us or ts, leg=uuid, direction=leg.direction)
+            _note(call, uuid, "created", leg.created_us or ts, leg=uuid, direction=leg.direction)
         self._on_event(call, leg, name, event, seq, ts, was_answered)
         if call.uuid == uuid or call.root == uuid:
             call = self._link_root(call, leg, event)
@@ -153,7 +166,7 @@ class Correlator:
         if name == "CHANNEL_ANSWER" and not leg.answered_us:
             leg.answered_us = ts
         if leg.answered_us and not was_answered:
-            _note(call, seq, "answered", leg.answered_us, leg=leg.uuid)
+            _note(call, leg.uuid, "answered", leg.answered_us, leg=leg.uuid)
         if name in _RINGING and not call.ringing:
             call.ringing = 1
         elif name in ("CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE"):
@@ -167,7 +180,7 @@ class Correlator:
             leg.hang_up(ev, ts)
             if leg.transferred or leg.transfer_history:
                 _note(call, seq, "transferred", leg.hangup_us, leg=leg.uuid)
-            _note(call, seq, "hangup", leg.hangup_us, leg=leg.uuid, cause=leg.cause,
+            _note(call, leg.uuid, "hangup", leg.hangup_us, leg=leg.uuid, cause=leg.cause,
                   disposition=leg.disposition)
             if leg.uuid == call.root and leg.originated_legs:
                 call.expected = _originated(leg.originated_legs)
@@ -214,7 +227,6 @@ class Correlator:
             self._legs[uuid] = target
         target.seen |= call.seen
         target.pending.extend(call.pending)
-        target.top_seq = max(target.top_seq, call.top_seq)
         target.ringing = target.ringing or call.ringing
         del self._calls[call.uuid]
         return target
@@ -236,7 +248,7 @@ class Correlator:
 
     def _update(self, call: _Call) -> RecordUpdate | None:
         root = call.legs.get(call.root)
-        if root is None or call.hold or root.seq < 0 and not call.reconciled:
+        if root is None or call.hold or (root.seq < 0 and not call.reconciled):
             return None
         legs = call.legs.values()
         if all(leg.hungup for leg in legs):
@@ -348,8 +360,7 @@ class Correlator:
                     call.reconciled = True
             if call.reconciled and all(leg.hungup for leg in call.legs.values()):
                 call.expected = ()
-                seq = (call.top_seq + 1) * 8 + _KIND["reconciled"]
-                call.pending.append((seq, "reconciled", at_us, {"reason": RECONCILE_REASON}))
+                _note(call, call.uuid, "reconciled", at_us, reason=RECONCILE_REASON)
                 call.hold = False
                 update = self._update(call)
                 if update is not None:
@@ -394,14 +405,17 @@ def _sequence(ev: dict[str, str], name: str, uuid: str, ts: int) -> int:
         raise EventError(f"Event-Sequence is not a number: {raw[:40]!r}") from None
 
 
-def _note(call: _Call, seq: int, kind: str, at_us: int, **data: Any) -> None:
-    call.pending.append((seq * 8 + _KIND[kind], kind, at_us, {k: v for k, v in data.items() if v is not None}))
+def _note(call: _Call, key: int | str, kind: str, at_us: int, **data: Any) -> None:
+    """Queue a lifecycle row; ``key`` is the Event-Sequence, or for once-per-leg/call rows the UUID."""
+    if kind in _ONCE:
+        key = _NO_SEQ_BASE + zlib.crc32(str(key).encode())
+    call.pending.append((int(key) * 8 + _KIND[kind], kind, at_us, {k: v for k, v in data.items() if v is not None}))
 
 
 def _to_us(at: datetime) -> int:
     if at.tzinfo is None:
         raise EventError("resync time must be timezone-aware")
-    delta = at.astimezone(timezone.utc) - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    delta = at.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from eslbridge.calls.errors import EventError
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # (slot, header). Values are interned: the same codec, host or cause repeats across
 # thousands of live legs, and one shared string costs nothing per leg.

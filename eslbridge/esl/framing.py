@@ -56,6 +56,7 @@ def _counter_sink(counter: Counter) -> ErrorSink:
 
 
 _WS = b" \t\r\n"
+_FRAMING = ("Content-Length", "Content-Type")
 
 
 class FrameParser:
@@ -139,10 +140,14 @@ class FrameParser:
                     self._error("garbage_line", line)
                 continue
             name = name.strip()
-            if " " in name:
-                # e.g. "uuid_transfer Content-Length: 720": text typed into a captured session.
+            if " " in name or (name.endswith(_FRAMING) and name not in _FRAMING):
+                # "uuid_transfer Content-Length: 720" (text typed into a captured session), or the
+                # leftover of a body whose length was wrong glued to the next frame's first header.
                 self._error("stray_prefix", name)
-                name = name.rsplit(" ", 1)[1]
+                name = name.rsplit(" ", 1)[-1]
+                for known in _FRAMING:
+                    if name.endswith(known):
+                        name = known
             value = value.strip()
             if "%" in value:
                 value = unquote(value)

@@ -197,6 +197,7 @@ class PlannedEvent:
     template_json: EventTemplate
     template_plain: EventTemplate
     ctx: Ctx
+    last: bool = False  # the call's last event: the scheduler counts the call as done after it
 
     @property
     def name(self) -> str:
@@ -214,12 +215,15 @@ def plan_call(name: str, start_us: int, core: str, seq: list[int], speed: float 
     """The events of one new call (fresh UUIDs and Call-IDs), due from `start_us` on."""
     scn = scenario(name)
     ctx = Ctx(base_us=start_us, core=core, seq=seq)
-    return [
+    planned = [
         PlannedEvent(start_us + int(j.offset_us / speed), j, p, ctx)
         for j, p in zip(scn.events["json"], scn.events["plain"])
     ]
+    max(reversed(planned), key=lambda ev: ev.at_us).last = True
+    return planned
 
 
 def choose(mix: dict[str, float], rng: random.Random) -> str:
     names = list(mix)
     return rng.choices(names, weights=[mix[n] for n in names])[0]
+

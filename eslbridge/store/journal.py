@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Protocol
 
 import gevent
+import gevent.event
 import gevent.lock
 
 from eslbridge.crypto import DecryptionError
@@ -152,7 +153,7 @@ class Journal:
         self.stats = JournalStats()
         self._fsync = fsync
         self._sealer = sealer
-        self._sync_lock = gevent.lock.Semaphore()
+        self._inflight: gevent.event.AsyncResult | None = None  # the fsync under way
         self._checkpoint_lock = gevent.lock.Semaphore()
         self._reported: set[tuple[str, int]] = set()  # damage already logged and counted
         self._warned = 0.0
@@ -319,26 +320,41 @@ class Journal:
 
     def _sync(self, seq: int) -> None:
         """Return once records up to ``seq`` are durable; one fsync serves every waiting greenlet."""
-        with self._sync_lock:
-            if self._durable >= seq:
-                return
-            target = self._written
-            retired, self._retired = self._retired, []
-            dir_dirty, self._dir_dirty = self._dir_dirty, False
+        while self._durable < seq:
+            if self._inflight is not None:
+                # Everyone waiting wakes together when it ends (a lock would let them through one
+                # per fsync); whoever runs first then syncs all that was written meanwhile.
+                self._inflight.get()
+                continue
+            self._inflight = round_ = gevent.event.AsyncResult()
             try:
-                if self._fsync:
-                    for fd in [*retired, self._fd]:
-                        _blocking(os.fsync, fd)
-                    if dir_dirty:
-                        _blocking(_fsync_path, self.dir)
-                    self.stats.fsyncs += 1
-            except OSError as e:
-                self._retired = retired + self._retired
-                self._dir_dirty = self._dir_dirty or dir_dirty
-                raise JournalError(f"journal fsync in {self.dir} failed: {e.strerror}") from None
-            for fd in retired:
-                os.close(fd)
-            self._durable = max(self._durable, target)
+                self._fsync_written()
+            except JournalError as e:
+                round_.set_exception(e)
+                raise
+            else:
+                round_.set(None)
+            finally:
+                self._inflight = None
+
+    def _fsync_written(self) -> None:
+        target = self._written
+        retired, self._retired = self._retired, []
+        dir_dirty, self._dir_dirty = self._dir_dirty, False
+        try:
+            if self._fsync:
+                for fd in [*retired, self._fd]:
+                    _blocking(os.fsync, fd)
+                if dir_dirty:
+                    _blocking(_fsync_path, self.dir)
+                self.stats.fsyncs += 1
+        except OSError as e:
+            self._retired = retired + self._retired
+            self._dir_dirty = self._dir_dirty or dir_dirty
+            raise JournalError(f"journal fsync in {self.dir} failed: {e.strerror}") from None
+        for fd in retired:
+            os.close(fd)
+        self._durable = max(self._durable, target)
 
     def _check_bound(self) -> None:
         used = self.bytes_used / self.max_bytes
@@ -402,10 +418,11 @@ class Journal:
         if self._closed:
             return
         self._closed = True
-        with self._sync_lock:
-            for fd in [*self._retired, *([self._fd] if self._fd is not None else [])]:
-                os.close(fd)
-            self._retired, self._fd = [], None
+        if self._inflight is not None:
+            self._inflight.wait()
+        for fd in [*self._retired, *([self._fd] if self._fd is not None else [])]:
+            os.close(fd)
+        self._retired, self._fd = [], None
         os.close(self._lock_fd)
 
     def __enter__(self) -> Journal:

@@ -2,13 +2,14 @@
 
 Datetimes are stored as ISO 8601 strings and restored for the fields typed ``datetime``;
 the free-form dicts (``media_info``, ``LifecycleEvent.data``) must hold JSON values only
-(anything else raises TypeError or ValueError at encode time, not at replay). The standard
-``json`` module is enough here: a record is encoded once, in about 20 microseconds.
+(anything else raises TypeError or ValueError at encode time, not at replay). Standard
+``json``: a full record encodes in roughly 50-90 microseconds on the shared 2-core machine,
+about half of it in ``json.dumps`` (orjson would take ~7); switch if the writer's profile
+shows it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import typing
 from datetime import datetime
@@ -29,10 +30,10 @@ _EVENT_DATETIMES = _datetime_fields(LifecycleEvent)
 
 
 def _fields(obj: Any, datetimes: frozenset[str]) -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        out[f.name] = value.isoformat() if f.name in datetimes and value is not None else value
+    out = {name: getattr(obj, name) for name in obj.__dataclass_fields__}
+    for name in datetimes:
+        if out[name] is not None:
+            out[name] = out[name].isoformat()
     return out
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks (print numbers; never run as tests)."""

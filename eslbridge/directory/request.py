@@ -1,0 +1,70 @@
+"""What a mod_xml_curl directory request asks for.
+
+mod_xml_curl POSTs the fetch's event headers form-encoded (``section``, ``tag_name``,
+``key_name``, ``key_value``, then the params: ``action``, ``key``, ``user``, ``domain``,
+``sip_auth_*``, ...). ``switch_xml_locate_user`` appends ``key``/``user``/``domain`` after any
+merged channel variables, so for repeated fields the last one is the one FreeSWITCH looks up;
+``parse_form`` keeps the last.
+
+Served (a user lookup by id): ``action=sip_auth`` (REGISTER/INVITE digest), ``action=user_call``
+(bridging to ``user/U@D``) and lookups without an action (``user_data``, ``user_exists``,
+``set_user``). Everything else is answered "not found": other actions (``message-count``,
+``reverse-auth-lookup``, ``group_call``, ``jsonrpc-authenticate``, ...), ``purpose=gateways``
+and ``purpose=network-list`` (no gateways or ACLs here), other sections and keys.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+from urllib.parse import unquote_plus
+
+from eslbridge.users import REALM_RE, USERNAME_RE
+
+SERVED_ACTIONS = frozenset({"sip_auth", "user_call", ""})
+# The only fields the decision needs; the rest of the body is never decoded.
+_WANTED = frozenset({b"section", b"tag_name", b"key_name", b"key_value", b"action", b"purpose",
+                     b"key", b"user", b"domain"})
+
+
+class BadRequest(ValueError):
+    """The body is not a form this service can read."""
+
+
+class Lookup(NamedTuple):
+    username: str
+    realm: str  # lower-cased: realms are stored lower-case (users.check_realm)
+    domain: str  # as FreeSWITCH asked (key_value), for <domain name=...>
+    action: str
+
+
+def parse_form(body: bytes) -> dict[str, str]:
+    """The wanted fields of an ``application/x-www-form-urlencoded`` body (last occurrence wins)."""
+    fields: dict[str, str] = {}
+    for part in body.split(b"&"):
+        name, _, value = part.partition(b"=")
+        if name in _WANTED:
+            try:
+                fields[name.decode("ascii")] = unquote_plus(value.decode("ascii"), errors="strict")
+            except UnicodeError:
+                raise BadRequest(f"field {name.decode('ascii')!r} is not valid percent-encoded UTF-8") from None
+    return fields
+
+
+def classify(fields: dict[str, str]) -> Lookup | None:
+    """The user lookup this request asks for, or None when the answer is "not found"."""
+    if fields.get("section") != "directory" or fields.get("purpose"):
+        return None
+    if fields.get("tag_name") != "domain" or fields.get("key_name") != "name":
+        return None
+    action = fields.get("action", "")
+    if action not in SERVED_ACTIONS or fields.get("key", "id") != "id":
+        return None
+    user, domain, key_value = fields.get("user", ""), fields.get("domain", ""), fields.get("key_value", "")
+    if domain and key_value and domain.lower() != key_value.lower():
+        return None  # ambiguous: the document's domain must be the one FreeSWITCH searches for
+    domain = domain or key_value
+    realm = domain.lower()
+    # Names that users.py would never store cannot exist: no database round trip for them.
+    if not USERNAME_RE.fullmatch(user) or len(realm) > 253 or not REALM_RE.fullmatch(realm):
+        return None
+    return Lookup(user, realm, domain, action)

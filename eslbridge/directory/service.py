@@ -1,0 +1,276 @@
+"""The mod_xml_curl directory service (DESIGN section 5): users table -> FreeSWITCH XML.
+
+Fail closed everywhere: an accepted request always gets HTTP 200, and "not found" unless an
+enabled user with an ``a1-hash`` was found in time. (Any other status makes FreeSWITCH fall
+back to its static directory, whose stock users have password 1234.) Requests from outside
+``allow`` or without the right basic-auth credentials get 403 and nothing else.
+
+Runs inside a gevent process that called ``gevent.monkey.patch_all()`` first: psycopg
+(>= 3.1.14) then waits cooperatively, and lookups of concurrent requests overlap.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import ipaddress
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import gevent
+from psycopg_pool import ConnectionPool
+
+from eslbridge.config import DirectoryConfig
+from eslbridge.directory.cache import DirectoryCache
+from eslbridge.directory.http import HttpServer
+from eslbridge.directory.listener import NotifyListener
+from eslbridge.directory.request import BadRequest, Lookup, classify, parse_form
+from eslbridge.directory.xml import DIAL_STRING, NOT_FOUND, user_document
+
+# mod_xml_curl's `timeout` in conf/freeswitch/xml_curl.conf.xml must stay above this (e.g. 5 s):
+# we answer "not found" ourselves before FreeSWITCH gives up and falls back to static files.
+DEADLINE = 2.0
+MAX_BODY = 64 * 1024  # real requests are 1-3 KiB; user_call adds the originate variables
+DB_RETRY_AFTER = 1.0  # after a database failure, misses answer "not found" at once for this long
+USER_CONTEXT = "default"
+
+log = logging.getLogger(__name__)
+
+FlushHook = Callable[[str, str], None]
+
+_QUERY = """
+SELECT u.username, u.sip_ha1, u.display_name, u.permissions, r.id, r.permissions
+  FROM users u LEFT JOIN roles r ON r.id = u.role_id
+ WHERE u.username = %s AND u.realm = %s AND u.enabled
+"""
+
+
+def toll_allow(role_permissions: Iterable[str] | None, user_permissions: Any) -> str:
+    """The role's call permissions (``call:create,call:transfer``...), minus ``call:create`` when
+    the user's own ``permissions.can_call`` is false; dialplans match on it like vanilla's toll_allow."""
+    perms = sorted(p for p in (role_permissions or ()) if p.startswith("call:"))
+    if isinstance(user_permissions, dict) and user_permissions.get("can_call") is False:
+        perms = [p for p in perms if p != "call:create"]
+    return ",".join(perms)
+
+
+def render_user(lookup: Lookup, row: tuple, cacheable_ms: int | None) -> bytes:
+    username, ha1, display_name, user_permissions, _role_id, role_permissions = row
+    return user_document(
+        lookup.realm,
+        username,
+        params=[("a1-hash", ha1), ("dial-string", DIAL_STRING)],
+        variables=[
+            ("user_context", USER_CONTEXT),
+            ("effective_caller_id_name", display_name or username),
+            ("effective_caller_id_number", username),
+            ("accountcode", username),
+            ("toll_allow", toll_allow(role_permissions, user_permissions)),
+        ],
+        cacheable_ms=cacheable_ms,
+    )
+
+
+class DirectoryService:
+    def __init__(self, config: DirectoryConfig, pool_or_dsn: ConnectionPool | str, *,
+                 flush_hook: FlushHook | None = None, metrics: Any = None,
+                 deadline: float = DEADLINE) -> None:
+        self.config = config
+        self._flush_hook = flush_hook
+        self._metrics = metrics
+        self._deadline = deadline
+        if isinstance(pool_or_dsn, str):
+            self._pool = ConnectionPool(pool_or_dsn, min_size=1, max_size=10, open=False, name="directory",
+                                        kwargs={"autocommit": True})
+            self._own_pool = True
+        else:
+            self._pool, self._own_pool = pool_or_dsn, False
+        self.cache = DirectoryCache(config.cache_seconds)
+        # FreeSWITCH may cache our answer as long as we do only when we can flush it on changes.
+        self._cacheable_ms = config.cache_seconds * 1000 if flush_hook and config.cache_seconds else None
+        self.listener = NotifyListener(self._pool.conninfo, self._on_notify, self._on_listen)
+        self._networks = config.allow
+        self._allowed: dict[str, bool] = {}
+        self._path = config.path.encode()
+        self._credentials = f"{config.username}:{config.password.reveal()}".encode()
+        self._db_down_until = 0.0
+        self._server = HttpServer(config.listen, self, max_body=MAX_BODY)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._server.address
+
+    def start(self) -> None:
+        if self._own_pool:
+            self._pool.open(wait=False)
+        self.listener.start()
+        self._server.start()
+        log.info("directory service on http://%s:%d%s", self.address[0], self.address[1], self.config.path)
+
+    def stop(self) -> None:
+        self._server.stop()
+        self.listener.stop()
+        if self._own_pool:
+            self._pool.close()
+
+    # --- HTTP (http.App) ---------------------------------------------------------------------
+
+    def gate(self, client_ip: str, method: bytes, path: bytes, headers: dict[bytes, bytes]) -> tuple[int, bytes] | None:
+        if not self._is_allowed(client_ip) or not self._authorized(headers.get(b"authorization")):
+            self._count("forbidden")
+            return 403, b""
+        if path != self._path:
+            self._count("bad_path")
+            return 404, b""
+        if method != b"POST":
+            self._count("bad_method")
+            return 405, b""
+        return None
+
+    def oversized(self) -> tuple[int, bytes]:
+        self._count("oversized")
+        return 200, NOT_FOUND
+
+    def answer(self, body: bytes) -> bytes:
+        started = time.perf_counter()
+        outcome, xml = self._answer(body)
+        self._count(outcome)
+        if self._metrics is not None:
+            self._metrics.directory_seconds.observe(time.perf_counter() - started)
+        return xml
+
+    def wsgi_app(self, environ: dict, start_response: Callable) -> list[bytes]:
+        """The same endpoint as a WSGI application (for embedding; the built-in server is faster)."""
+        headers = {k[5:].replace("_", "-").lower().encode(): v.encode("latin-1")
+                   for k, v in environ.items() if k.startswith("HTTP_")}
+        refusal = self.gate(environ.get("REMOTE_ADDR", ""), environ["REQUEST_METHOD"].encode(),
+                            environ.get("PATH_INFO", "").encode("latin-1"), headers)
+        if refusal is None:
+            try:
+                length = int(environ.get("CONTENT_LENGTH") or "")
+            except ValueError:
+                refusal = 411, b""
+            else:
+                if length > MAX_BODY:
+                    refusal = self.oversized()
+                else:
+                    refusal = 200, self.answer(environ["wsgi.input"].read(length))
+        status, body = refusal
+        start_response(f"{status} {'OK' if status == 200 else 'Refused'}",
+                       [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    # --- lookups -----------------------------------------------------------------------------
+
+    def _answer(self, body: bytes) -> tuple[str, bytes]:
+        try:
+            lookup = classify(parse_form(body))
+        except BadRequest:
+            return "malformed", NOT_FOUND
+        if lookup is None:
+            return "not_served", NOT_FOUND
+        key = (lookup.username, lookup.realm)
+        if self.listener.pending():
+            self.listener.drain()  # a change committed before this request must win over the cache
+        entry = self.cache.get(key)
+        if entry is not None:
+            self._cache_result("hit")
+            return ("found" if entry.role_id is not None else "not_found"), entry.body
+        self._cache_result("miss")
+        if time.monotonic() < self._db_down_until:
+            return "db_unavailable", NOT_FOUND
+        generation = self.cache.generation
+        try:
+            with gevent.Timeout(self._deadline), self._pool.connection(timeout=self._deadline) as conn:
+                row = conn.execute(_QUERY, (lookup.username, lookup.realm), prepare=True).fetchone()
+        except gevent.Timeout:
+            return "timeout", NOT_FOUND
+        except Exception as exc:  # any database failure: fail closed, never a 500
+            self._db_down_until = time.monotonic() + DB_RETRY_AFTER
+            log.warning("directory lookup failed: %s", type(exc).__name__)
+            return "db_error", NOT_FOUND
+        if row is None or not row[1]:
+            self.cache.put(key, NOT_FOUND, None, generation)
+            return "not_found", NOT_FOUND
+        xml = render_user(lookup, row, self._cacheable_ms)
+        self.cache.put(key, xml, row[4] or _NO_ROLE, generation)
+        return "found", xml
+
+    # --- invalidation ------------------------------------------------------------------------
+
+    def _on_listen(self) -> None:
+        """(Re)connected: what changed while we were away is unknown, so forget everything."""
+        keys = self.cache.clear()
+        for username, realm in keys:
+            self._flush(username, realm)
+
+    def _on_notify(self, payload: dict[str, Any]) -> None:
+        if self._metrics is not None:
+            self._metrics.directory_requests.labels(outcome="invalidation").inc()
+        table, op = payload.get("table"), payload.get("op")
+        if table == "users" and op == "TRUNCATE":
+            self._on_listen()
+        elif table == "users":
+            for user_key, realm_key in (("username", "realm"), ("old_username", "old_realm")):
+                username, realm = payload.get(user_key), payload.get(realm_key)
+                if isinstance(username, str) and isinstance(realm, str):
+                    self.cache.invalidate((username, realm))
+                    if op != "INSERT":
+                        self._flush(username, realm)
+        elif table == "roles":
+            try:
+                role_id = uuid.UUID(str(payload.get("role_id")))
+            except ValueError:
+                return
+            for username, realm in self.cache.invalidate_role(role_id):
+                self._flush(username, realm)
+
+    def _flush(self, username: str, realm: str) -> None:
+        if self._flush_hook is None:
+            return
+        try:
+            self._flush_hook(username, realm)
+        except Exception:  # the ESL link may be down; our own cache is already right
+            log.warning("xml_flush_cache for a directory user failed", exc_info=True)
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _is_allowed(self, client_ip: str) -> bool:
+        allowed = self._allowed.get(client_ip)
+        if allowed is None:
+            try:
+                ip = ipaddress.ip_address(client_ip.split("%", 1)[0])
+            except ValueError:
+                return False
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            allowed = any(ip in net for net in self._networks)
+            if len(self._allowed) < 10_000:  # bounded: the answer is cheap to recompute
+                self._allowed[client_ip] = allowed
+        return allowed
+
+    def _authorized(self, header: bytes | None) -> bool:
+        scheme, _, encoded = (header or b"").partition(b" ")
+        try:
+            given = base64.b64decode(encoded.strip(), validate=True)
+        except ValueError:
+            given = b""
+        ok = hmac.compare_digest(given, self._credentials)  # constant time in the secret's content
+        return ok and scheme.lower() == b"basic"
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.directory_requests.labels(outcome=outcome).inc()
+
+    def _cache_result(self, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.cache_lookups.labels(result=result).inc()
+
+
+# Marks a found user without a role in the cache (None there means "not found").
+_NO_ROLE = uuid.UUID(int=0)

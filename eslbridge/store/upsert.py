@@ -1,0 +1,154 @@
+"""Idempotent, monotonic upserts of a batch of rows (DESIGN sections 7 and 9), three ways.
+
+Every method runs the same ``INSERT ... SELECT ... ON CONFLICT (key) DO UPDATE ... WHERE`` per
+table; they differ only in how rows reach the server:
+
+``executemany``  one parameterised statement per row (psycopg sends them pipelined);
+``pipeline``     explicit pipeline mode, ``execute`` per row;
+``copy``         binary COPY into ON COMMIT DELETE ROWS temp tables, then one INSERT ... SELECT per table.
+
+Measured by ``python -m bench.writes --compare`` on this 2-core machine (fsync on, 500-record
+batches, 2 legs per call, all encryption included): see the bench's output; ``copy`` won
+(numbers in bench/writes.py's docstring), so it is ``DEFAULT_METHOD``.
+
+The update rule makes replays no-ops and keeps rows from moving backwards:
+a row changes only when the incoming stage is higher, or equal with different content.
+Content means every plain column and blind index, and the *length* of every encrypted column
+(ciphertext is randomised, so comparing bytes would make every replay rewrite the row; a
+length or NULL change still catches an IP or SDP appearing). A same-stage change that only
+alters an encrypted value without changing its length waits for the next stage: the final
+record always carries the full state. A GDPR-erased call_records row (erased_at set) is never
+written again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+
+from eslbridge.store.rows import CALL_EVENTS, CALL_RECORDS, CALLS, BatchRows, TableSpec
+
+# user_id must name an existing user: call_records keeps the row without the link (the FK
+# would refuse it and block the batch), calls (user_id NOT NULL) skips the row.
+_USER_JOIN = {"call_records": "LEFT JOIN users u ON u.id = s.user_id", "calls": "JOIN users u ON u.id = s.user_id"}
+_LINK_EVENTS = (
+    "UPDATE call_events e SET call_id = c.id, call_initiated_at = c.initiated_at FROM calls c"
+    " WHERE c.call_uuid = ANY(%s) AND e.call_uuid = c.call_uuid AND e.call_id IS NULL"
+)
+
+
+def _changed(spec: TableSpec) -> str:
+    def cmp(alias: str) -> str:
+        parts = []
+        for c in spec.columns:
+            if c.name in ("stage", "enc_key_id"):
+                continue
+            parts.append(f"octet_length({alias}.{c.name})" if c.personal else f"{alias}.{c.name}")
+        return ", ".join(parts)
+
+    same = f"({cmp('t')}) IS NOT DISTINCT FROM ({cmp('EXCLUDED')})"
+    rule = f"t.stage < EXCLUDED.stage OR (t.stage = EXCLUDED.stage AND NOT {same})"
+    if spec.name == "call_records":
+        rule = f"t.erased_at IS NULL AND ({rule})"
+    return rule
+
+
+def upsert_sql(spec: TableSpec, source: str) -> str:
+    """The upsert of ``spec``'s rows read from ``source`` (a VALUES list or a staging table, aliased s)."""
+    cols = spec.names
+    select = ", ".join("u.id" if n == "user_id" and spec.name in _USER_JOIN else f"s.{n}" for n in cols)
+    sql = (f"INSERT INTO {spec.name} AS t ({', '.join(cols)})"
+           f" SELECT {select} FROM {source} {_USER_JOIN.get(spec.name, '')}")
+    if spec is CALL_EVENTS:
+        return f"{sql} ON CONFLICT ({', '.join(spec.key)}) DO NOTHING"
+    updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in cols if n not in spec.key)
+    return f"{sql} ON CONFLICT ({', '.join(spec.key)}) DO UPDATE SET {updates} WHERE {_changed(spec)}"
+
+
+def _values_source(spec: TableSpec) -> str:
+    params = ", ".join(f"%b::{t}" for t in spec.types)
+    return f"(VALUES ({params})) AS s({', '.join(spec.names)})"
+
+
+def _staging_table(spec: TableSpec) -> str:
+    return f"_w_{spec.name}"
+
+
+TABLES = (CALL_RECORDS, CALLS, CALL_EVENTS)
+_ROW_SQL = {spec.name: upsert_sql(spec, _values_source(spec)) for spec in TABLES}
+_STAGED_SQL = {spec.name: upsert_sql(spec, f"{_staging_table(spec)} AS s") for spec in TABLES}
+
+
+def _tables(rows: BatchRows) -> list[tuple[TableSpec, list]]:
+    # Order matters: calls before call_events' link to them.
+    return [(CALL_RECORDS, rows.call_records), (CALLS, rows.calls), (CALL_EVENTS, rows.events)]
+
+
+def _link(cur: psycopg.Cursor, rows: BatchRows) -> None:
+    if rows.linked_uuids:
+        cur.execute(_LINK_EVENTS, (rows.linked_uuids,))
+
+
+def write_executemany(conn: psycopg.Connection, rows: BatchRows) -> None:
+    with conn.cursor() as cur:
+        for spec, table_rows in _tables(rows):
+            if table_rows:
+                cur.executemany(_ROW_SQL[spec.name], table_rows)
+        _link(cur, rows)
+
+
+def write_pipeline(conn: psycopg.Connection, rows: BatchRows) -> None:
+    with conn.pipeline(), conn.cursor() as cur:
+        for spec, table_rows in _tables(rows):
+            sql = _ROW_SQL[spec.name]
+            for row in table_rows:
+                cur.execute(sql, row)
+        _link(cur, rows)
+
+
+def _prepare_staging(conn: psycopg.Connection) -> None:
+    """Create the session's staging tables; call outside a transaction (autocommit) so a rolled
+    back batch cannot take them with it. Remembered on the connection: temp tables live per session."""
+    if getattr(conn, "_eslbridge_staging", False):
+        return
+    with conn.cursor() as cur:
+        for spec in TABLES:
+            cols = ", ".join(f"{c.name} {c.pg_type}" for c in spec.columns)
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_staging_table(spec)} ({cols}) ON COMMIT DELETE ROWS")
+    conn._eslbridge_staging = True
+
+
+def write_copy(conn: psycopg.Connection, rows: BatchRows) -> None:
+    with conn.cursor() as cur:
+        for spec, table_rows in _tables(rows):
+            if not table_rows:
+                continue
+            with cur.copy(f"COPY {_staging_table(spec)} ({', '.join(spec.names)}) FROM STDIN (FORMAT BINARY)") as cp:
+                cp.set_types(spec.types)
+                for row in table_rows:
+                    cp.write_row(row)
+            cur.execute(_STAGED_SQL[spec.name])
+        _link(cur, rows)
+
+
+def _nothing(conn: psycopg.Connection) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class WriteMethod:
+    name: str
+    write: Callable[[psycopg.Connection, BatchRows], None]  # inside the batch's transaction
+    prepare: Callable[[psycopg.Connection], None] = _nothing  # per connection, before any transaction
+
+
+METHODS = {
+    m.name: m for m in (
+        WriteMethod("executemany", write_executemany),
+        WriteMethod("pipeline", write_pipeline),
+        WriteMethod("copy", write_copy, _prepare_staging),
+    )
+}
+DEFAULT_METHOD = "copy"

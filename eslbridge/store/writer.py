@@ -1,0 +1,422 @@
+"""The record writer: correlator output -> PostgreSQL, exactly once (DESIGN sections 1, 8, 9).
+
+``submit`` never blocks and never drops. What happens to an update depends on its stage:
+
+* FINISHED updates are the durable ones. They are appended to the on-disk journal (group
+  commit: one fsync for everything submitted meanwhile, in gevent's threadpool) and only then
+  acknowledged (``on_durable``). While the in-memory queue has room they are also kept there,
+  so the writer does not read them back; once it is full (or the DB is down long enough for it
+  to fill), later ones live in the journal only and the writer replays the journal, in seq
+  order, until it has caught up. ``journal.commit(seq)`` follows every committed batch, so
+  after ``kill -9`` a restart replays exactly what was not yet in PostgreSQL (plus at most the
+  batch in flight, which the idempotent upserts absorb).
+* STARTED and ANSWERED updates are in memory only, coalesced per call (the highest stage, the
+  latest on a tie, wins): each carries the call's full state, so a later update supersedes
+  an earlier one, and a FINISHED update supersedes them all. Their number is bounded by the
+  calls in flight. On ``stop`` they go to the journal too (replays are monotonic, any order
+  converges), so a restart during an outage still shows the live calls.
+* If the journal cannot take a FINISHED update (full, disk error, unserialisable), it is kept
+  in memory like a STARTED one: still written when PostgreSQL is up, logged as not durable.
+
+One writer greenlet takes batches (queue first, then the journal when it spilled), encrypts
+them (``eslbridge.store.rows``), upserts call_records, calls and call_events in one
+transaction (``eslbridge.store.upsert``, COPY by default), then commits the journal.
+Connection errors and PoolTimeout mean "DB down": the batch is retried with jittered
+exponential backoff while submits keep going to the journal. Any other database error (or a
+record the mapping refuses) is isolated by retrying the batch's records one by one; the ones
+PostgreSQL still refuses are logged (call UUID and SQLSTATE, never values) and counted as
+rejected, so one bad record cannot wedge the journal.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import gevent.event
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from eslbridge.calls.records import RecordUpdate, Stage
+from eslbridge.keyring import Keyring
+from eslbridge.store.journal import Journal, JournalError
+from eslbridge.store.rows import batch_rows
+from eslbridge.store.serialize import decode_update, encode_update
+from eslbridge.store.upsert import DEFAULT_METHOD, METHODS
+
+log = logging.getLogger(__name__)
+
+LATENCY_WINDOW = 20_000  # recent submit-to-commit latencies kept for stats()
+PROBE_INTERVAL = 5.0  # idle seconds between `SELECT 1` probes, so db_up stays true to life
+
+# (seq or None, update, monotonic submit time or None); seq None: not in the journal.
+Item = tuple[int | None, RecordUpdate, float | None]
+
+
+@dataclass(frozen=True)
+class WriterStats:
+    queue_depth: int  # journaled updates waiting in memory
+    pending: int  # in-memory-only updates (STARTED/ANSWERED, coalesced; not yet journaled FINISHED)
+    journal_bytes: int
+    journal_backlog: int  # journaled seqs not yet in PostgreSQL
+    records_written: int  # updates committed (each replayed one counts again)
+    rejected: int
+    batches: int
+    db_up: bool
+    latency_p50: float | None  # seconds from submit to commit, over the recent window
+    latency_p99: float | None
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def _supersede(old: RecordUpdate, new: RecordUpdate) -> RecordUpdate:
+    """One update standing for both: the later state (an older stage never wins) with both
+    updates' lifecycle events, which are increments, not state."""
+    newer = new if new.stage >= old.stage else old
+    return RecordUpdate(newer.stage, newer.record, [*old.events, *new.events])
+
+
+class Writer:
+    """Batches ``RecordUpdate``s into idempotent upserts; see the module docstring.
+
+    ``pool_or_dsn``: a ``psycopg_pool.ConnectionPool`` (a connection per batch) or a conninfo
+    string (one dedicated connection, reconnected when lost). ``keyring`` may be replaced at
+    any time (SIGHUP): the next batch encrypts with the new one.
+    """
+
+    def __init__(self, pool_or_dsn: ConnectionPool | str, keyring: Keyring, journal: Journal, *,
+                 batch_size: int = 500, flush_interval: float = 0.05, queue_max: int = 20_000,
+                 method: str = DEFAULT_METHOD, metrics: Any = None,
+                 on_durable: Callable[[list[RecordUpdate]], None] | None = None,
+                 connect_timeout: float = 5.0, max_backoff: float = 10.0) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown write method {method!r}; expected one of {sorted(METHODS)}")
+        if batch_size < 1 or queue_max < 1 or flush_interval <= 0:
+            raise ValueError("batch_size and queue_max must be >= 1, flush_interval > 0")
+        self.keyring = keyring
+        self._source = pool_or_dsn
+        self._conn: psycopg.Connection | None = None
+        self._journal = journal
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._queue_max = queue_max
+        self._method = METHODS[method]
+        self._metrics = metrics
+        self._on_durable = on_durable
+        self._connect_timeout = connect_timeout
+        self._max_backoff = max_backoff
+
+        self._incoming: list[tuple[RecordUpdate, float]] = []  # FINISHED, waiting for the journal
+        self._pending: dict[tuple[str, Any], Item] = {}  # in memory only, coalesced per call
+        self._ready: deque[Item] = deque()  # journaled, in seq order
+        self._overflow = True  # some journaled seqs are only on disk: replay first (also at start)
+        self._written_seq = journal.committed_seq
+        self._last_seq = journal.last_seq  # highest seq the journal acknowledged to us
+        self._in_flight: list[Item] = []
+        self._journaling = False
+        self._busy = False
+        self._db_up = False
+        self._records_written = 0
+        self._rejected = 0
+        self._batches = 0
+        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._wake = gevent.event.Event()
+        self._journal_wake = gevent.event.Event()
+        self._greenlets: list[gevent.Greenlet] = []
+        self._undurable_logged = False
+        if metrics is not None:
+            metrics.queue_depth.set_function(lambda: len(self._ready) + len(self._pending) + len(self._incoming))
+            metrics.journal_bytes.set_function(lambda: self._journal.bytes_used)
+
+    # --- public ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Spawn the journal and writer greenlets; the writer replays the journal first."""
+        if not self._greenlets:
+            self._greenlets = [gevent.spawn(self._journal_loop), gevent.spawn(self._write_loop)]
+
+    def submit(self, update: RecordUpdate) -> None:
+        """Queue one update. Never blocks, never raises on load or outages."""
+        now = time.monotonic()
+        rec = update.record
+        key = (rec.call_uuid, rec.start_time)
+        kept = self._pending.pop(key, None)
+        if kept is not None:
+            update = _supersede(kept[1], update)
+        if update.stage >= Stage.FINISHED:
+            self._incoming.append((update, now))
+            self._journal_wake.set()
+        else:
+            self._pending[key] = (None, update, now if kept is None else kept[2])
+            self._wake.set()
+
+    def idle(self) -> bool:
+        """Nothing submitted is waiting: every update is committed (or rejected)."""
+        return not (self._incoming or self._pending or self._ready or self._in_flight or self._overflow
+                    or self._journaling or self._busy)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything submitted is in PostgreSQL; True if it got there in time.
+
+        Either way, every FINISHED update is in the journal when this returns (unless the
+        journal refused it); if time ran out, in-memory updates are journaled too (``stop``).
+        """
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while not self.idle() and time.monotonic() < deadline:
+            gevent.sleep(min(0.01, self._flush_interval))
+        return self.idle()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Drain (``flush``) within ``timeout``, journal whatever is still only in memory, stop.
+        Returns True when everything reached PostgreSQL. The journal stays open (its owner closes it)."""
+        deadline = time.monotonic() + timeout
+        done = self.flush(timeout * 0.8)
+        gevent.killall(self._greenlets, timeout=max(0.1, deadline - time.monotonic()))
+        self._greenlets = []
+        if not done:
+            self._spill_memory()
+        self._close_connection()
+        return done
+
+    def stats(self) -> WriterStats:
+        lat = sorted(self._latencies)
+        return WriterStats(
+            queue_depth=len(self._ready), pending=len(self._pending) + len(self._incoming),
+            journal_bytes=self._journal.bytes_used, journal_backlog=self._last_seq - self._written_seq,
+            records_written=self._records_written, rejected=self._rejected, batches=self._batches,
+            db_up=self._db_up, latency_p50=_percentile(lat, 0.50), latency_p99=_percentile(lat, 0.99),
+        )
+
+    def latencies(self) -> list[float]:
+        """The recent submit-to-commit latencies in seconds (for benchmarks)."""
+        return list(self._latencies)
+
+    # --- journal side ---------------------------------------------------------------------
+
+    def _journal_loop(self) -> None:
+        while True:
+            self._journal_wake.wait()
+            self._journal_wake.clear()
+            while self._incoming:
+                items, self._incoming = self._incoming, []
+                self._journaling = True
+                try:
+                    self._journal_items(items)
+                finally:
+                    self._journaling = False
+                self._wake.set()
+
+    def _journal_items(self, items: list[tuple[RecordUpdate, float]]) -> None:
+        payloads, durable = [], []
+        for update, t in items:
+            try:
+                payloads.append(encode_update(update))
+                durable.append((update, t))
+            except (TypeError, ValueError) as e:
+                self._keep_in_memory(update, t, f"cannot be serialised ({type(e).__name__})")
+        try:
+            seqs = self._journal.append_many(payloads)
+        except JournalError as e:
+            for update, t in durable:
+                self._keep_in_memory(update, t, str(e))
+            return
+        for seq, (update, t) in zip(seqs, durable, strict=True):
+            if self._overflow or len(self._ready) >= self._queue_max:
+                if not self._overflow and self._metrics is not None:
+                    self._metrics.queue_overflows.inc()
+                self._overflow = True  # from here on the writer reads the journal
+            else:
+                self._ready.append((seq, update, t))
+        if seqs:
+            self._last_seq = seqs[-1]
+        if self._on_durable is not None and durable:
+            self._on_durable([u for u, _ in durable])
+
+    def _keep_in_memory(self, update: RecordUpdate, t: float, why: str) -> None:
+        if not self._undurable_logged:
+            self._undurable_logged = True
+            log.error("writer: finished records kept in memory only, not durable until written: %s", why)
+        rec = update.record
+        self._pending[(rec.call_uuid, rec.start_time)] = (None, update, t)
+
+    def _spill_memory(self) -> None:
+        """Journal the in-memory-only updates (shutdown with PostgreSQL unreachable)."""
+        items = [*(i for i in self._in_flight if i[0] is None), *self._pending.values()]
+        self._in_flight, self._pending = [], {}
+        items += [(None, u, t) for u, t in self._incoming]
+        self._incoming = []
+        try:
+            self._journal.append_many([encode_update(u) for _, u, _ in items])
+        except (JournalError, TypeError, ValueError) as e:
+            log.error("writer: %d in-memory records could not be journaled at shutdown and are lost: %s",
+                      len(items), e)
+
+    # --- writer side ----------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        backoff = 0.0
+        idle_since = time.monotonic()
+        while True:
+            try:
+                if self._in_flight or self._take_batch():
+                    self._busy = True
+                    self._write_in_flight()
+                    backoff = 0.0
+                    idle_since = time.monotonic()
+                elif self._overflow:
+                    self._busy = True
+                    self._replay_journal()
+                    backoff = 0.0
+                else:
+                    self._busy = False
+                    if self._wake.wait(self._flush_interval) is False and \
+                            time.monotonic() - idle_since > PROBE_INTERVAL:
+                        idle_since = time.monotonic()
+                        self._probe()
+                    self._wake.clear()
+            except (psycopg.OperationalError, PoolTimeout) as e:
+                backoff = min(self._max_backoff, max(0.2, backoff * 2))
+                self._set_db_up(False, e)
+                gevent.sleep(random.uniform(backoff / 2, backoff))
+            except Exception:
+                # A bug must not end the writer: log it and retry after a pause.
+                log.exception("writer: unexpected error; retrying")
+                self._close_connection()
+                gevent.sleep(1.0)
+
+    def _take_batch(self) -> bool:
+        """Fill ``_in_flight`` from the queue (seqs above what is committed) and the in-memory updates."""
+        batch: list[Item] = []
+        while self._ready and len(batch) < self._batch_size:
+            item = self._ready.popleft()
+            if item[0] > self._written_seq:
+                batch.append(item)
+        while self._pending and len(batch) < self._batch_size:
+            batch.append(self._pending.pop(next(iter(self._pending))))
+        self._in_flight = batch
+        return bool(batch)
+
+    def _replay_journal(self) -> None:
+        """Write every journaled record not yet committed, in seq order; then leave overflow mode."""
+        upto = self._journal.last_seq
+        for seq, payload in self._journal.replay():
+            if seq <= self._written_seq:
+                continue
+            try:
+                update = decode_update(payload)
+            except ValueError as e:
+                log.error("writer: journal record %d is not a record update (%s); skipped", seq, e)
+                self._rejected += 1
+                self._written_seq = seq  # committed with the next batch
+                continue
+            self._in_flight.append((seq, update, None))
+            if len(self._in_flight) >= self._batch_size:
+                self._write_in_flight()
+        if self._in_flight:
+            self._write_in_flight()
+        # Records the journal skipped as damaged or unreadable (it logged them) are gone for good:
+        # count them as done, or this pass would repeat forever.
+        self._written_seq = max(self._written_seq, upto)
+        if self._written_seq > self._journal.committed_seq:
+            self._journal.commit(self._written_seq)
+        # Cooperative scheduling: no switch between this check and the flag change, so an
+        # append that finished during the replay either was replayed or lands in the queue.
+        if self._written_seq >= self._last_seq:
+            self._overflow = False
+
+    def _write_in_flight(self) -> None:
+        """Write ``_in_flight`` in one transaction (isolating bad records), then commit the journal."""
+        items = self._in_flight
+        started = time.monotonic()
+        try:
+            self._write_batch([u for _, u, _ in items])
+        except (psycopg.OperationalError, PoolTimeout):
+            raise
+        except (psycopg.Error, ValueError, TypeError):
+            self._write_one_by_one(items)
+        done = time.monotonic()
+        self._in_flight = []
+        self._set_db_up(True)
+        self._batches += 1
+        self._records_written += len(items)
+        self._latencies.extend(done - t for _, _, t in items if t is not None)
+        if self._metrics is not None:
+            self._metrics.db_write_seconds.observe(done - started)
+            self._metrics.records_written.labels(table="call_records").inc(len(items))
+        seqs = [seq for seq, _, _ in items if seq is not None]
+        if seqs:
+            self._written_seq = max(self._written_seq, max(seqs))
+            self._journal.commit(self._written_seq)
+
+    def _write_one_by_one(self, items: list[Item]) -> None:
+        for seq, update, _ in items:
+            try:
+                self._write_batch([update])
+            except (psycopg.OperationalError, PoolTimeout):
+                raise
+            except (psycopg.Error, ValueError, TypeError) as e:
+                self._rejected += 1
+                state = getattr(e, "sqlstate", None) or type(e).__name__
+                log.error("writer: record of call %s (journal seq %s) refused and skipped: %s",
+                          update.record.call_uuid, seq, state)
+                if self._metrics is not None:
+                    self._metrics.db_errors.labels(operation="rejected").inc()
+
+    def _write_batch(self, updates: list[RecordUpdate]) -> None:
+        rows = batch_rows(updates, self.keyring)
+        with self._connection() as conn:
+            self._method.prepare(conn)
+            with conn.transaction():
+                self._method.write(conn, rows)
+
+    def _probe(self) -> None:
+        with self._connection() as conn:
+            conn.execute("SELECT 1")
+        self._set_db_up(True)
+
+    def _set_db_up(self, up: bool, error: Exception | None = None) -> None:
+        if up != self._db_up:
+            if up:
+                log.info("writer: PostgreSQL reachable; writing")
+            else:
+                # psycopg's message names host and port, never the password.
+                log.warning("writer: PostgreSQL unreachable, records go to the journal: %s",
+                            str(error).strip().splitlines()[0] if error else "")
+        self._db_up = up
+        if self._metrics is not None:
+            self._metrics.db_up.set(1 if up else 0)
+            if not up:
+                self._metrics.db_errors.labels(operation="write").inc()
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        if isinstance(self._source, ConnectionPool):
+            with self._source.connection(timeout=self._connect_timeout) as conn:
+                conn.autocommit = True  # batches open their own transactions
+                yield conn
+            return
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._source, autocommit=True,
+                                         connect_timeout=max(1, round(self._connect_timeout)))
+        try:
+            yield self._conn
+        except psycopg.OperationalError:
+            self._close_connection()
+            raise
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -1,0 +1,331 @@
+"""SIP users and roles as a library: the CLI, the daemon and the demo all go through here.
+
+Every change runs in one transaction together with its ``audit_logs`` row. Names are checked
+before they reach the database, so what the directory later puts into FreeSWITCH's XML and
+dial strings is always plain:
+
+- username: 1-64 of ``A-Z a-z 0-9 . _ + * ~ -``, not starting with ``.`` or ``-``
+  (no whitespace, ``@``, ``:``, quotes, ``$``, ``{}``, control characters);
+- realm: a DNS host name (lower-cased) or a dotted IPv4 address;
+- display name: up to 255 printable characters without ``" < > \\ $ { }``;
+- password: 8-72 bytes of UTF-8 (72 is bcrypt's limit; longer input would be truncated).
+
+Password storage (YakYak): ``password_hash`` = bcrypt cost 12, ``sip_ha1`` =
+MD5(username:realm:password), what FreeSWITCH's ``a1-hash`` expects (RFC 2617 HA1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import bcrypt
+import psycopg
+from psycopg import errors as pgerrors
+
+from eslbridge.audit import audit
+from eslbridge.errors import EslBridgeError, UsageError
+
+BCRYPT_ROUNDS = 12
+MIN_PASSWORD_CHARS = 8
+MAX_PASSWORD_BYTES = 72
+
+USERNAME_RE = re.compile(r"[A-Za-z0-9_+*~][A-Za-z0-9._+*~-]{0,63}")
+_HOST_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+REALM_RE = re.compile(rf"{_HOST_LABEL}(\.{_HOST_LABEL})*")
+ROLE_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+DISPLAY_NAME_RE = re.compile(r"[^\x00-\x1f\x7f\"<>\\${}]{1,255}")
+EMAIL_RE = re.compile(r"[^@\s\"<>]{1,64}@[^@\s\"<>]{1,255}")
+
+
+class NotFoundError(EslBridgeError):
+    """The user or role does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: uuid.UUID
+    username: str
+    realm: str
+    display_name: str | None
+    email: str | None
+    enabled: bool
+    role: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_login: datetime | None
+
+    @property
+    def address(self) -> str:
+        return f"{self.username}@{self.realm}"
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    id: uuid.UUID
+    name: str
+    description: str | None
+    permissions: tuple[str, ...]
+    is_system: bool
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def check_username(username: str) -> str:
+    if not isinstance(username, str) or not USERNAME_RE.fullmatch(username):
+        raise UsageError(
+            f"invalid user name {username!r}: use 1-64 of A-Z a-z 0-9 . _ + * ~ - (not starting with . or -)"
+        )
+    return username
+
+
+def check_realm(realm: str) -> str:
+    """A host name (returned lower-cased) or an IPv4 address."""
+    if isinstance(realm, str) and len(realm) <= 253:
+        lowered = realm.lower()
+        if REALM_RE.fullmatch(lowered):
+            return lowered
+        try:
+            return str(ipaddress.IPv4Address(realm))
+        except ValueError:
+            pass
+    raise UsageError(f"invalid realm {realm!r}: expected a DNS host name or an IPv4 address")
+
+
+def check_password(password: str) -> str:
+    if not isinstance(password, str) or len(password) < MIN_PASSWORD_CHARS:
+        raise UsageError(f"the password must have at least {MIN_PASSWORD_CHARS} characters")
+    if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
+        raise UsageError(f"the password must be at most {MAX_PASSWORD_BYTES} bytes (bcrypt's limit)")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in password):
+        raise UsageError("the password must not contain control characters")
+    return password
+
+
+def check_role_name(name: str) -> str:
+    if not isinstance(name, str) or not ROLE_RE.fullmatch(name):
+        raise UsageError(f"invalid role name {name!r}: use 1-63 of a-z 0-9 _ - starting with a letter")
+    return name
+
+
+def _check_optional(value: str | None, pattern: re.Pattern[str], what: str) -> str | None:
+    if value is None:
+        return None
+    if not pattern.fullmatch(value):
+        raise UsageError(f"invalid {what} {value!r}")
+    return value
+
+
+# --- hashing ----------------------------------------------------------------------------------
+
+
+def hash_password(password: str, rounds: int = BCRYPT_ROUNDS) -> str:
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds)).decode("ascii")
+
+
+def sip_ha1(username: str, realm: str, password: str) -> str:
+    """RFC 2617 HA1 = MD5(username:realm:password), FreeSWITCH's ``a1-hash``."""
+    return hashlib.md5(f"{username}:{realm}:{password}".encode(), usedforsecurity=False).hexdigest()
+
+
+# --- users ------------------------------------------------------------------------------------
+
+_USER_COLUMNS = """u.id, u.username, u.realm, u.display_name, u.email, u.enabled, r.name,
+                   u.created_at, u.updated_at, u.last_login"""
+
+
+def _user(row: tuple) -> User:
+    return User(*row)
+
+
+def lookup_user_id(conn: psycopg.Connection, username: str, realm: str) -> uuid.UUID | None:
+    row = conn.execute(
+        "SELECT id FROM users WHERE username = %s AND realm = %s", (username, realm.lower())
+    ).fetchone()
+    return row[0] if row else None
+
+
+def get_user(conn: psycopg.Connection, username: str, realm: str) -> User:
+    row = conn.execute(
+        f"SELECT {_USER_COLUMNS} FROM users u LEFT JOIN roles r ON r.id = u.role_id"
+        " WHERE u.username = %s AND u.realm = %s",
+        (username, realm.lower()),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"no user {username}@{realm.lower()}")
+    return _user(row)
+
+
+def list_users(conn: psycopg.Connection, realm: str | None = None) -> list[User]:
+    rows = conn.execute(
+        f"SELECT {_USER_COLUMNS} FROM users u LEFT JOIN roles r ON r.id = u.role_id"
+        " WHERE %(realm)s::text IS NULL OR u.realm = %(realm)s ORDER BY u.realm, u.username",
+        {"realm": realm.lower() if realm else None},
+    ).fetchall()
+    return [_user(row) for row in rows]
+
+
+def _role_id(conn: psycopg.Connection, name: str) -> uuid.UUID:
+    row = conn.execute("SELECT id FROM roles WHERE name = %s", (name,)).fetchone()
+    if row is None:
+        known = ", ".join(r.name for r in list_roles(conn))
+        raise NotFoundError(f"unknown role {name!r} (known: {known})")
+    return row[0]
+
+
+def add_user(
+    conn: psycopg.Connection,
+    username: str,
+    realm: str,
+    password: str,
+    role: str = "user",
+    email: str | None = None,
+    display_name: str | None = None,
+    actor: str | None = None,
+    rounds: int = BCRYPT_ROUNDS,
+) -> User:
+    """Create an enabled user; ``rounds`` below 12 only for bulk test setup."""
+    username = check_username(username)
+    realm = check_realm(realm)
+    check_password(password)
+    email = _check_optional(email, EMAIL_RE, "e-mail address")
+    display_name = _check_optional(display_name, DISPLAY_NAME_RE, "display name")
+    with conn.transaction():
+        role_id = _role_id(conn, check_role_name(role))
+        try:
+            with conn.transaction():
+                user_id = conn.execute(
+                    "INSERT INTO users (username, realm, password_hash, sip_ha1, display_name, email, role_id)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                    (username, realm, hash_password(password, rounds), sip_ha1(username, realm, password),
+                     display_name, email, role_id),
+                ).fetchone()[0]
+        except pgerrors.UniqueViolation:
+            raise EslBridgeError(f"user {username}@{realm} already exists") from None
+        audit(conn, "user.create", "user", user_id, {"username": username, "realm": realm, "role": role},
+              user_id=user_id, actor=actor)
+    return get_user(conn, username, realm)
+
+
+def _change_user(conn: psycopg.Connection, username: str, realm: str, sql: str, params: tuple) -> uuid.UUID:
+    row = conn.execute(sql + " WHERE username = %s AND realm = %s RETURNING id", (*params, username, realm)).fetchone()
+    if row is None:
+        raise NotFoundError(f"no user {username}@{realm}")
+    return row[0]
+
+
+def set_password(
+    conn: psycopg.Connection, username: str, realm: str, password: str,
+    actor: str | None = None, rounds: int = BCRYPT_ROUNDS,
+) -> None:
+    username, realm = check_username(username), check_realm(realm)
+    check_password(password)
+    with conn.transaction():
+        user_id = _change_user(
+            conn, username, realm, "UPDATE users SET password_hash = %s, sip_ha1 = %s",
+            (hash_password(password, rounds), sip_ha1(username, realm, password)),
+        )
+        audit(conn, "user.password_change", "user", user_id, {"username": username, "realm": realm},
+              user_id=user_id, actor=actor)
+
+
+def set_enabled(conn: psycopg.Connection, username: str, realm: str, enabled: bool, actor: str | None = None) -> None:
+    username, realm = check_username(username), check_realm(realm)
+    with conn.transaction():
+        user_id = _change_user(conn, username, realm, "UPDATE users SET enabled = %s", (enabled,))
+        audit(conn, "user.enable" if enabled else "user.disable", "user", user_id,
+              {"username": username, "realm": realm}, user_id=user_id, actor=actor)
+
+
+def delete_user(conn: psycopg.Connection, username: str, realm: str, actor: str | None = None) -> None:
+    """Delete the users row (calls keep their rows; their user_id becomes NULL per the schema)."""
+    username, realm = check_username(username), check_realm(realm)
+    with conn.transaction():
+        row = conn.execute(
+            "DELETE FROM users WHERE username = %s AND realm = %s RETURNING id", (username, realm)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no user {username}@{realm}")
+        audit(conn, "user.delete", "user", row[0], {"username": username, "realm": realm}, actor=actor)
+
+
+# --- roles ------------------------------------------------------------------------------------
+
+
+def list_roles(conn: psycopg.Connection) -> list[Role]:
+    rows = conn.execute(
+        "SELECT id, name, description, permissions, is_system FROM roles ORDER BY name"
+    ).fetchall()
+    return [Role(r[0], r[1], r[2], tuple(r[3]), r[4]) for r in rows]
+
+
+def get_role(conn: psycopg.Connection, name: str) -> Role:
+    for role in list_roles(conn):
+        if role.name == name:
+            return role
+    raise NotFoundError(f"unknown role {name!r}")
+
+
+def _check_permissions(conn: psycopg.Connection, permissions: Iterable[str]) -> list[str]:
+    wanted = list(dict.fromkeys(permissions))
+    known = {r[0] for r in conn.execute("SELECT name FROM permissions").fetchall()}
+    unknown = [p for p in wanted if p not in known]
+    if unknown:
+        raise EslBridgeError(
+            f"unknown permission{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+            f" (known: {', '.join(sorted(known))})"
+        )
+    return wanted
+
+
+def add_role(
+    conn: psycopg.Connection, name: str, permissions: Iterable[str] = (),
+    description: str | None = None, actor: str | None = None,
+) -> Role:
+    name = check_role_name(name)
+    with conn.transaction():
+        perms = _check_permissions(conn, permissions)
+        try:
+            with conn.transaction():
+                role_id = conn.execute(
+                    "INSERT INTO roles (name, description, permissions) VALUES (%s, %s, %s) RETURNING id",
+                    (name, description, perms),
+                ).fetchone()[0]
+        except pgerrors.UniqueViolation:
+            raise EslBridgeError(f"role {name!r} already exists") from None
+        audit(conn, "role.create", "role", role_id, {"name": name, "permissions": perms}, actor=actor)
+    return get_role(conn, name)
+
+
+def _change_permissions(
+    conn: psycopg.Connection, name: str, permissions: Iterable[str], grant: bool, actor: str | None
+) -> Role:
+    with conn.transaction():
+        perms = _check_permissions(conn, permissions)
+        if not perms:
+            raise UsageError("name at least one permission")
+        role_id = _role_id(conn, check_role_name(name))
+        if grant:
+            sql = ("UPDATE roles SET permissions = ARRAY(SELECT DISTINCT p FROM unnest(permissions || %s::text[]) p"
+                   " ORDER BY p) WHERE id = %s")
+        else:
+            sql = ("UPDATE roles SET permissions = ARRAY(SELECT p FROM unnest(permissions) p WHERE p <> ALL(%s))"
+                   " WHERE id = %s")
+        conn.execute(sql, (perms, role_id))
+        audit(conn, "role.grant" if grant else "role.revoke", "role", role_id,
+              {"name": name, "permissions": perms}, actor=actor)
+    return get_role(conn, name)
+
+
+def grant(conn: psycopg.Connection, role: str, permissions: Iterable[str], actor: str | None = None) -> Role:
+    return _change_permissions(conn, role, permissions, True, actor)
+
+
+def revoke(conn: psycopg.Connection, role: str, permissions: Iterable[str], actor: str | None = None) -> Role:
+    return _change_permissions(conn, role, permissions, False, actor)

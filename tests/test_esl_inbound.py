@@ -1,0 +1,201 @@
+"""InboundClient against the simulator over real TCP sockets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import gevent
+import gevent.subprocess
+import pytest
+from esl_fixtures import CAPTURED, PASSWORD, PUBLIC, Collector, make_client, sim, summary_counts  # noqa: F401
+
+from eslbridge.esl.inbound import SUBSCRIBED_EVENTS, EslError
+from eslbridge.sim import faults
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CAPTURED.glob("*.esl")))
+def test_replayed_capture_delivers_summary_counts(sim, name):  # noqa: F811
+    fmt = "plain" if ".plain." in name else "json"
+    got = Collector()
+    client = make_client(sim, got, fmt)
+    names, subclasses = summary_counts(CAPTURED / name.replace(".esl", ".summary"))
+    sim.replay(CAPTURED / name, segment=1000)
+    assert got.wait_for(lambda: len(got.events) >= sum(names.values()))
+    gevent.sleep(0.1)
+    events = [e for e in got.events if e.get("Core-UUID") != sim.core_uuid]  # drop the sim's own heartbeats
+    assert Counter(e["Event-Name"] for e in events) == names
+    assert Counter(e["Event-Subclass"] for e in events if e["Event-Name"] == "CUSTOM") == subclasses
+    assert not client.stats.parse_errors
+    client.stop()
+
+
+def test_subscription_and_resync_after_restart(sim):  # noqa: F811
+    got = Collector()
+    client = make_client(sim, got)
+    assert f"event json {' '.join(SUBSCRIBED_EVENTS)}" in sim.commands
+    old_core = sim.core_uuid
+    row = {"uuid": "5b3a5e2c-0000-4000-8000-000000000001", "direction": "inbound", "call_uuid": "x"}
+    sim.set_channels_snapshot([row])
+    sim.restart(new_core_uuid=True)
+    assert got.wait_for(lambda: len(got.snapshots) == 2)
+    assert got.snapshots[-1] == [row]
+    assert client.stats.reconnects >= 1 and client.connected
+    assert sim.commands.count(f"event json {' '.join(SUBSCRIBED_EVENTS)}") == 2
+    sim.play_calls(1, "bridged", rate=0, speed=100)
+    assert got.wait_for(lambda: any(e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE" for e in got.events))
+    assert {e["Core-UUID"] for e in got.events if e["Event-Name"] != "HEARTBEAT"} == {sim.core_uuid} != {old_core}
+    client.stop()
+
+
+def test_burst_while_consumer_paused_loses_nothing(sim, tmp_path):  # noqa: F811
+    got = Collector()
+    gate = gevent.event.Event()
+    seen = []
+
+    def slow(node, event):
+        gate.wait()
+        seen.append(event["Event-Sequence"])
+
+    client = make_client(sim, got, "plain", queue_size=500, spill_dir=str(tmp_path), heartbeat_interval=30)
+    client.consumer = slow
+    sent = sim.blast(10_000, "bridged=1", pool_calls=1200)  # 9 subscribed events per call: no repeats
+    assert sent == 10_000
+    assert got.wait_for(lambda: client.stats.overflows > 0)
+    assert got.wait_for(lambda: len(client.queue) >= 10_000 - 1)
+    gate.set()
+    assert got.wait_for(lambda: len(seen) >= 10_000, timeout=30)
+    gevent.sleep(0.2)
+    blasted = [s for s in seen if int(s) > 0]
+    assert len(set(blasted)) == len(blasted) >= 10_000  # nothing lost, nothing twice
+    assert blasted == sorted(blasted, key=int)  # in order, through memory and spill file
+    assert client.stats.overflows >= 10_000 - 500 - 1
+    assert client.stats.queue_depth == 0
+    client.stop()
+
+
+def test_heartbeat_silence_reconnects(sim):  # noqa: F811
+    got = Collector()
+    client = make_client(sim, got)
+    sim.inject(faults.stall())
+    assert got.wait_for(lambda: client.stats.dead_links == 1, timeout=5)
+    assert got.wait_for(lambda: len(got.snapshots) == 2 and client.connected, timeout=5)
+    client.stop()
+
+
+def test_cut_mid_frame_reconnects(sim):  # noqa: F811
+    got = Collector()
+    client = make_client(sim, got)
+    sim.inject(faults.cut_mid_frame())
+    assert got.wait_for(lambda: len(got.snapshots) == 2 and client.connected)
+    assert client.stats.parse_errors["truncated"] == 1
+    client.stop()
+
+
+@pytest.mark.parametrize("fault,counter,kind", [
+    (faults.event_frame_raw("text/event-json", b'{"Event-Name": "CHANNEL_CREATE", oops'), "parse_errors", "bad_json"),
+    (faults.event_frame_raw("text/event-json", b'{"Event-Name":"CHANNEL_CREATE","x":"\xff"}'), "parse_errors",
+     "invalid_utf8"),
+    (faults.event_frame_raw("text/event-plain", b"Event-Name: CHANNEL_CREATE\nx: \xff\n\n"), "parse_errors",
+     "invalid_utf8"),
+    (faults.event_frame_raw("text/event-json", b"{}", declared_length="4x"), "parse_errors", "bad_content_length"),
+    (faults.event_frame_raw("text/event-json", b"", declared_length=str(5 * 1024 * 1024)), "parse_errors",
+     "oversized_content_length"),
+    (faults.garbage(), "parse_errors", "garbage_line"),
+    (faults.raw(b"Content-Type: command/reply\nReply-Text: +OK stray\n\n"), "parse_errors", "unexpected_reply"),
+    (faults.raw(b"Content-Type: text/unknown\n\n"), "parse_errors", "unknown_content_type"),
+    (faults.log_data(), "frames_ignored", "log/data"),
+    (faults.disconnect_notice(), "frames_ignored", "text/disconnect-notice"),
+    (faults.raw(b"Content-Type: text/rude-rejection\nContent-Length: 4\n\nbye\n"), "frames_ignored",
+     "text/rude-rejection"),
+])
+def test_bad_input_counted_connection_kept(sim, fault, counter, kind):  # noqa: F811
+    got = Collector()
+    client = make_client(sim, got)
+    sim.inject(fault)
+    if kind == "oversized_content_length":
+        sim.inject(faults.raw(b"x" * (5 * 1024 * 1024)))
+    sim.play_calls(1, "reject", rate=0, speed=100)
+    assert got.wait_for(lambda: any(e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE" for e in got.events))
+    assert getattr(client.stats, counter)[kind] >= 1
+    assert client.stats.reconnects == 0 and client.connected
+    client.stop()
+
+
+def test_api_and_bgapi_from_other_greenlets_while_events_flow(sim):  # noqa: F811
+    got = Collector()
+    client = make_client(sim, got)
+    sim.play_calls(20, "bridged=1", rate=200, speed=20, wait=False)
+    results = gevent.joinall([gevent.spawn(client.api, "status", 2) for _ in range(10)]
+                             + [gevent.spawn(client.bgapi, "status", 2)], raise_error=True)
+    assert all("is ready" in g.value for g in results[:10])
+    assert len(results[-1].value) == 36
+    assert client.api("nosuchcommand", 2).startswith("-ERR")
+    sim.wait_idle(10)
+    assert got.wait_for(lambda: client.stats.events_in["CHANNEL_HANGUP_COMPLETE"] == 40)
+    sim.inject(faults.stall(1.5))
+    with pytest.raises(TimeoutError):
+        client.api("status", timeout=0.3)
+    client.stop()
+    with pytest.raises(EslError):
+        client.api("status", 1)
+
+
+def test_consumer_exception_is_counted(sim):  # noqa: F811
+    got = Collector()
+    client = make_client(sim, got)
+
+    def broken(node, event):
+        raise RuntimeError("boom")
+
+    client.consumer = broken
+    sim.play_calls(1, "reject", rate=0, speed=100)
+    assert got.wait_for(lambda: client.stats.consumer_errors >= 3)
+    assert client.connected
+    client.stop()
+
+
+def test_wrong_password_exits_78(sim, tmp_path):  # noqa: F811
+    secret = tmp_path / "pw"
+    secret.write_text("not-the-password\n")
+    proc = gevent.subprocess.Popen(
+        [sys.executable, "-m", "eslbridge.esl", "--port", str(sim.port), "--password-file", str(secret),
+         "--seconds", "20"],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 78, err
+    assert b"refused the password" in err
+    assert b"not-the-password" not in out + err
+    assert "auth ********" in sim.commands
+
+
+def test_rude_rejection_retries_without_exiting():
+    from eslbridge.sim.server import Simulator
+
+    rude = Simulator(PASSWORD, rude=True)
+    rude.start()
+    got = Collector()
+    from eslbridge.esl.inbound import InboundClient
+
+    client = InboundClient(rude.host, rude.port, PASSWORD, "fs1", "json", got, got.snapshot,
+                           backoff_min=0.05, backoff_max=0.1, command_timeout=1)
+    client.start()
+    assert got.wait_for(lambda: client.stats.reconnects >= 2)
+    assert client.stats.frames_ignored["text/rude-rejection"] >= 2 and client.error is None
+    client.stop()
+    rude.stop()
+
+
+def test_public_stream_replay_survives(sim):  # noqa: F811
+    got = Collector()
+    client = make_client(sim, got, "plain")
+    sim.replay(PUBLIC / "switchio__stream__2.stream", mode="raw")
+    sim.replay(PUBLIC / "cgrates-fsock__stream__1.stream", mode="raw", segment=1460)
+    assert got.wait_for(lambda: client.stats.events_in["CHANNEL_DESTROY"] == 1)
+    assert client.stats.events_in["CHANNEL_PARK"] == 2
+    assert client.stats.parse_errors["stray_prefix"] == 1 and client.stats.parse_errors["no_event_name"] == 1
+    assert client.connected and client.stats.reconnects == 0
+    client.stop()

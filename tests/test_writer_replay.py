@@ -1,0 +1,96 @@
+"""Idempotent, monotonic writes: replays leave identical tables, whatever the write method."""
+
+from __future__ import annotations
+
+import pytest
+
+from eslbridge.calls.records import Stage
+from eslbridge.store.upsert import METHODS
+from tests.writer_fixtures import (
+    call_updates,
+    call_uuid,
+    count_by_uuid,
+    create_user,
+    make_keyring,
+    open_journal,
+    snapshot,
+    stream,
+    write_all,
+)
+
+
+@pytest.fixture
+def keyring(tmp_path):
+    return make_keyring(tmp_path)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_replaying_a_stream_twice_leaves_identical_tables(db, db_dsn, keyring, tmp_path, method):
+    alice = create_user(db)
+    updates = list(stream(range(40), {i: alice for i in range(0, 40, 2)}))
+    with open_journal(tmp_path / "j", keyring) as journal:
+        writer = write_all(db_dsn, keyring, journal, updates, method=method, batch_size=17)
+        first = snapshot(db)
+        write_all(db_dsn, keyring, journal, updates, method=method, batch_size=17)
+        write_all(db_dsn, keyring, journal, reversed(updates), method=method, batch_size=5)
+    assert writer.stats().rejected == 0
+    assert len(first["call_records"]) == 40
+    assert len(first["calls"]) == 20
+    assert len(first["call_events"]) == 40 * 4
+    assert snapshot(db) == first  # byte for byte, updated_at and ciphertext included
+    assert set(count_by_uuid(db).values()) == {1}
+    status = db.execute("SELECT DISTINCT status, stage FROM call_records").fetchall()
+    assert status == [("Completed", Stage.FINISHED)]
+    # events of calls with a calls row point at it
+    unlinked = db.execute(
+        "SELECT count(*) FROM call_events e JOIN calls c USING (call_uuid) WHERE e.call_id IS DISTINCT FROM c.id"
+    ).fetchone()[0]
+    assert unlinked == 0
+
+
+def test_an_older_stage_never_overwrites_a_newer_one(db, db_dsn, keyring, tmp_path):
+    started, answered, finished = call_updates(7)
+    with open_journal(tmp_path / "j", keyring) as journal:
+        write_all(db_dsn, keyring, journal, [finished])
+        before = snapshot(db)
+        write_all(db_dsn, keyring, journal, [started, answered])
+    assert snapshot(db)["call_records"] == before["call_records"]
+    row = db.execute("SELECT status, stage, end_time IS NOT NULL FROM call_records").fetchone()
+    assert row == ("Completed", 3, True)
+
+
+def test_a_same_stage_update_with_new_content_is_applied(db, db_dsn, keyring, tmp_path):
+    started = call_updates(8)[0]
+    later = call_updates(8)[0]
+    later.record.call_status = "ringing"
+    later.record.caller_ip = "2001:db8::8"  # an encrypted value of another length
+    with open_journal(tmp_path / "j", keyring) as journal:
+        write_all(db_dsn, keyring, journal, [started])
+        write_all(db_dsn, keyring, journal, [later])
+    (blob,) = db.execute("SELECT caller_ip FROM call_records").fetchone()
+    assert keyring.decrypt(blob) == "2001:db8::8"
+
+
+def test_calls_row_only_for_existing_local_users(db, db_dsn, keyring, tmp_path):
+    alice = create_user(db)
+    gone = "0b0e0000-0000-4000-8000-000000000000"  # no such user (deleted meanwhile)
+    updates = [*call_updates(1, alice), *call_updates(2, gone), *call_updates(3)]
+    with open_journal(tmp_path / "j", keyring) as journal:
+        writer = write_all(db_dsn, keyring, journal, updates)
+    assert writer.stats().rejected == 0
+    rows = db.execute("SELECT call_uuid, user_id::text FROM call_records ORDER BY call_uuid").fetchall()
+    assert [r[1] for r in rows] == [alice, None, None]
+    calls = db.execute("SELECT user_id::text, direction, status, quality_score::text FROM calls").fetchall()
+    assert calls == [(alice, "outbound", "completed", "4.38")]
+
+
+def test_a_record_postgresql_refuses_is_skipped_and_the_rest_written(db, db_dsn, keyring, tmp_path):
+    bad = call_updates(5)[2]
+    bad.record.status = "Exploded"  # violates the CHECK constraint
+    updates = [*call_updates(4), bad, *call_updates(6)]
+    with open_journal(tmp_path / "j", keyring) as journal:
+        writer = write_all(db_dsn, keyring, journal, updates)
+        assert journal.bytes_used == 0  # committed past the bad record
+    assert writer.stats().rejected == 1
+    assert sorted(count_by_uuid(db)) == [call_uuid(4), call_uuid(6)]
+    assert db.execute("SELECT count(*) FROM call_records WHERE status = 'Completed'").fetchone()[0] == 2
