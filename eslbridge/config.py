@@ -4,23 +4,19 @@ Every error is a ``ConfigError`` naming the file and the dotted key, e.g.
 ``/etc/eslbridge/eslbridge.yaml: freeswitch[0].port: expected an integer 1-65535, got 'abc'``.
 Unknown keys are errors. Relative paths resolve against the config file's directory.
 
-Secrets never sit in the YAML. Each one is looked up in this order (first found wins):
+Secrets never sit in the YAML. Each is taken from the first of: the environment, a systemd
+credential (``$CREDENTIALS_DIRECTORY/<name>``, i.e. ``LoadCredential=``), the ``*_file`` key:
 
-==========================  =================================  ==============================  ==========================
-secret                      environment                        systemd credential              config key
-==========================  =================================  ==============================  ==========================
-ESL password of node N      ``ESLBRIDGE_ESL_PASSWORD_<N>``     ``esl_password.<N>``, then      ``freeswitch[].password_file``
-                            (N upper-cased, non-alnum -> _)    ``esl_password`` (all nodes)
-directory basic-auth pass   ``ESLBRIDGE_DIRECTORY_PASSWORD``   ``directory_password``          ``directory.password_file``
-database URL                ``ESLBRIDGE_DATABASE_URL``         ``database_url``                ``database.url``
-database password           (libpq's own ``PGPASSWORD``)       ``database_password``           ``database.password_file``
-==========================  =================================  ==============================  ==========================
+- ESL password of node N: ``$ESLBRIDGE_ESL_PASSWORD_<N>`` (N upper-cased, other characters -> ``_``);
+  credential ``esl_password.<N>``, then ``esl_password`` (shared by all nodes); ``freeswitch[].password_file``.
+- directory basic-auth password: ``$ESLBRIDGE_DIRECTORY_PASSWORD``; credential ``directory_password``;
+  ``directory.password_file``.
+- database URL: ``$ESLBRIDGE_DATABASE_URL`` (used as is); credential ``database_url``; ``database.url``.
+- database password (optional): credential ``database_password``; ``database.password_file``; merged
+  into the URL and ``database.replica_url`` (libpq's own ``PGPASSWORD``/``~/.pgpass`` also work).
 
-Credentials are read from ``$CREDENTIALS_DIRECTORY/<name>`` (systemd ``LoadCredential=``).
-The database password, when found, is merged into ``database.url`` and ``database.replica_url``
-(from the config or the ``database_url`` credential); ``ESLBRIDGE_DATABASE_URL`` is used as is.
-Secret files (and credential files) readable by group or others are refused: the safe choice,
-and the same rule the keyring applies (DESIGN section 8). A secret file must be mode 0600/0400.
+Secret files (credential files too) granting any access to group or others are refused (the safe
+choice, and the keyring's rule, DESIGN section 8): chmod 600. Secrets must be a single line.
 """
 
 from __future__ import annotations
@@ -435,10 +431,9 @@ def read_secret_file(path: Path, key: str, ctx: _Context, source: str) -> Secret
         mode = os.fstat(fh.fileno()).st_mode
         if not stat.S_ISREG(mode):
             raise ctx.error(key, f"secret file {path} is not a regular file")
-        if mode & 0o044:
-            raise ctx.error(
-                key, f"secret file {path} is readable by group or others (mode {stat.S_IMODE(mode):04o}); chmod 600 it"
-            )
+        if mode & 0o077:
+            perms = f"{stat.S_IMODE(mode):04o}"
+            raise ctx.error(key, f"secret file {path} grants access to group or others (mode {perms}); chmod 600 it")
         data = fh.read(MAX_SECRET_BYTES + 1)
     if len(data) > MAX_SECRET_BYTES:
         raise ctx.error(key, f"secret file {path} is larger than {MAX_SECRET_BYTES} bytes")
@@ -458,6 +453,21 @@ def _find_secret(
     ctx = section.ctx
     key = section.key(file_key)
     file = section.take(file_key, _optional(_path), None)  # always taken: validated even when unused
+    secret = _lookup_secret(ctx, key, file, env_names, credentials)
+    if secret is None:
+        if not required:
+            return None
+        others = [f"${n}" for n in env_names] + [f"credential {c}" for c in credentials]
+        raise ctx.error(key, f"missing: set it, or provide {' or '.join(others)}")
+    if "\n" in secret.reveal() or "\r" in secret.reveal():
+        # It is sent in line-based protocols (ESL `auth`): a line break would inject commands.
+        raise ctx.error(key, f"the secret from {secret.source} must be a single line")
+    return secret
+
+
+def _lookup_secret(
+    ctx: _Context, key: str, file: Path | None, env_names: tuple[str, ...], credentials: tuple[str, ...]
+) -> Secret | None:
     for name in env_names:
         if ctx.env.get(name):
             return Secret(ctx.env[name], f"environment {name}")
@@ -467,12 +477,7 @@ def _find_secret(
             path = Path(cred_dir) / name
             if path.exists():
                 return read_secret_file(path, key, ctx, f"credential {name}")
-    if file is not None:
-        return read_secret_file(file, key, ctx, f"file {file}")
-    if not required:
-        return None
-    others = [f"${n}" for n in env_names] + [f"credential {c}" for c in credentials]
-    raise ctx.error(key, f"missing: set it, or provide {' or '.join(others)}")
+    return read_secret_file(file, key, ctx, f"file {file}") if file is not None else None
 
 
 def _env_suffix(name: str) -> str:

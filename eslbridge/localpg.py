@@ -36,7 +36,7 @@ def free_port() -> int:
 class PgCluster:
     """initdb'd cluster in a temporary directory; trust auth on loopback only."""
 
-    def __init__(self, superuser: str = "postgres") -> None:
+    def __init__(self, superuser: str = "postgres", durable: bool = False) -> None:
         self.bin = find_pg_bin()
         self.superuser = superuser
         self.port = free_port()
@@ -54,11 +54,12 @@ class PgCluster:
             "--locale=C", "--no-sync",
         )
         with open(self.datadir / "postgresql.conf", "a") as conf:
-            # Speed over durability: a test cluster never outlives the run.
             conf.write(
                 f"port = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.base}'\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n"
+                "max_connections = 200\n"
             )
+            if not durable:  # speed over durability: a test cluster never outlives the run (benchmarks pass True)
+                conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
 
     def _pg(self, tool: str, *args: str) -> None:
         kwargs = {}

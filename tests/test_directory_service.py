@@ -137,7 +137,8 @@ def test_real_sip_auth_requests_get_the_users_a1_hash(directory, admin, body, us
     assert param(user, "password") is None
 
 
-@pytest.mark.parametrize("name", ["fsdocs__xmlcurl-directory-request__2.txt", "fsdocs__xmlcurl-directory-request__3.txt"])
+@pytest.mark.parametrize("name", ["fsdocs__xmlcurl-directory-request__2.txt",
+                                  "fsdocs__xmlcurl-directory-request__3.txt"])
 def test_gateways_and_message_count_requests_are_not_found(directory, admin, name):
     fields = read_dump(name)
     if fields.get("user"):
@@ -336,34 +337,78 @@ def a1_of(directory: DirectoryProcess, username: str, realm: str) -> str | None:
     return None if user is None else param(user, "a1-hash")
 
 
-def test_changes_are_seen_by_the_very_next_request(directory, admin, flush_file):
+class Invalidations:
+    """Waits until the server has handled the notification of a change: its flush hook
+    (``xml_flush_cache`` in the daemon) runs right after the cache entry is dropped."""
+
+    def __init__(self, flush_file: str) -> None:
+        self.path = flush_file
+
+    def count(self, address: str) -> int:
+        try:
+            with open(self.path) as fh:
+                return fh.read().split().count(address)
+        except FileNotFoundError:
+            return 0
+
+    def wait(self, address: str, before: int) -> None:
+        deadline = time.monotonic() + 10
+        while self.count(address) <= before:
+            assert time.monotonic() < deadline, f"no invalidation for {address}"
+            time.sleep(0.002)
+
+
+def test_changes_are_seen_by_the_next_request_not_after_the_ttl(directory, admin, flush_file):
+    """TTL is 300 s: every answer below comes from the notification, not from expiry."""
+    seen = Invalidations(flush_file)
+    alice = "alice@notify.example"
     add(admin, "alice", "notify.example")
-    for i in range(10):
+
+    def change(action) -> None:
+        before = seen.count(alice)
+        action()
+        seen.wait(alice, before)
+
+    for i in range(5):
         new = f"{PASSWORD}-{i}"
-        assert a1_of(directory, "alice", "notify.example") is not None  # now cached (TTL 300 s)
-        users.set_password(admin, "alice", "notify.example", new, rounds=FAST)
+        assert a1_of(directory, "alice", "notify.example") is not None  # now cached
+        change(lambda new=new: users.set_password(admin, "alice", "notify.example", new, rounds=FAST))
         assert a1_of(directory, "alice", "notify.example") == md5(f"alice:notify.example:{new}")
-    users.set_enabled(admin, "alice", "notify.example", False)
+    change(lambda: users.set_enabled(admin, "alice", "notify.example", False))
     assert a1_of(directory, "alice", "notify.example") is None
-    users.set_enabled(admin, "alice", "notify.example", True)
+    change(lambda: users.set_enabled(admin, "alice", "notify.example", True))
     assert a1_of(directory, "alice", "notify.example") is not None
-    # A user created after a cached "not found" is found at once.
+    # A user created after a cached "not found" is found.
     assert a1_of(directory, "carol", "notify.example") is None
+    before = seen.count("carol@notify.example")
     add(admin, "carol", "notify.example")
+    seen.wait("carol@notify.example", before)
     assert a1_of(directory, "carol", "notify.example") == md5(f"carol:notify.example:{PASSWORD}")
-    # A role change reaches toll_allow.
+    # A role change reaches toll_allow of cached users.
+    before = seen.count("carol@notify.example")
     users.revoke(admin, "user", ["call:transfer"])
+    seen.wait("carol@notify.example", before)
     _, answer = directory.post(form(action="sip_auth", user="carol", domain="notify.example"))
     assert "call:transfer" not in variables(fs_locate_user(answer, "notify.example", "carol"))["toll_allow"]
     users.grant(admin, "user", ["call:transfer"])
+    before = seen.count("carol@notify.example")
     users.delete_user(admin, "carol", "notify.example")
+    seen.wait("carol@notify.example", before)
     assert a1_of(directory, "carol", "notify.example") is None
-    # FreeSWITCH's own cache was flushed for the changed users (xml_flush_cache id U D).
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and "carol@notify.example" not in open(flush_file).read():
-        time.sleep(0.05)
-    flushed = open(flush_file).read().split()
-    assert "alice@notify.example" in flushed and "carol@notify.example" in flushed
+
+
+def test_a_change_is_usually_seen_without_waiting(directory, admin):
+    """Without waiting for the notification: a cache hit first drains what reached the socket.
+    Counted, not asserted per request: delivery after COMMIT takes PostgreSQL a moment."""
+    add(admin, "dave", "notify.example")
+    fresh = 0
+    for i in range(20):
+        a1_of(directory, "dave", "notify.example")
+        users.set_password(admin, "dave", "notify.example", f"{PASSWORD}-{i}", rounds=FAST)
+        fresh += a1_of(directory, "dave", "notify.example") == md5(f"dave:notify.example:{PASSWORD}-{i}")
+    assert fresh >= 1
+    time.sleep(0.2)
+    assert a1_of(directory, "dave", "notify.example") == md5(f"dave:notify.example:{PASSWORD}-19")
 
 
 def test_last_login_updates_do_not_invalidate(module_dsn, admin):
@@ -416,10 +461,13 @@ def test_stopped_postgresql(tmp_path):
         with psycopg.connect(dsn, autocommit=True) as conn:
             users.set_password(conn, "kept", "down.example", "a new password", rounds=FAST)
         # After the listener reconnects, the cache was dropped and the change is served.
+        # (Pooled connections that died with the server fail closed once each meanwhile.)
+        new, answers = md5("kept:down.example:a new password"), []
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and a1_of(server, "kept", "down.example") == cached:
-            time.sleep(0.2)
-        assert a1_of(server, "kept", "down.example") == md5("kept:down.example:a new password")
+        while time.monotonic() < deadline and (not answers or answers[-1] != new):
+            answers.append(a1_of(server, "kept", "down.example"))
+            time.sleep(0.1)
+        assert answers[-1] == new and set(answers) <= {cached, None, new}
     finally:
         if server is not None:
             server.stop()

@@ -14,7 +14,6 @@ within ``request_timeout``; an idle keep-alive connection is closed after ``idle
 from __future__ import annotations
 
 import contextlib
-import logging
 import socket
 from typing import Protocol
 
@@ -27,7 +26,6 @@ MAX_HEADER_LINES = 100
 _REASONS = {200: b"OK", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
             411: b"Length Required", 413: b"Content Too Large", 431: b"Request Header Fields Too Large"}
 
-log = logging.getLogger(__name__)
 
 
 class App(Protocol):

@@ -220,8 +220,7 @@ class DirectoryService:
                 username, realm = payload.get(user_key), payload.get(realm_key)
                 if isinstance(username, str) and isinstance(realm, str):
                     self.cache.invalidate((username, realm))
-                    if op != "INSERT":
-                        self._flush(username, realm)
+                    self._flush(username, realm)
         elif table == "roles":
             try:
                 role_id = uuid.UUID(str(payload.get("role_id")))

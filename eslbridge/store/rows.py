@@ -12,6 +12,7 @@ number never matches a URI-derived hash by accident.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,19 +87,54 @@ CALL_EVENTS = TableSpec(
 )
 
 
-def _hash(keyring: Keyring, kind: str, value: str | None) -> bytes | None:
-    if not value:
-        return None
-    try:
-        return keyring.blind_index(kind, value)
-    except ValueError:
-        # A value the normaliser cannot read (e.g. a garbled URI) is still stored, encrypted;
-        # it just cannot be found by equality search.
-        return None
+class FieldEncoder:
+    """Encrypts personal fields and computes blind indexes for the rows, with caches.
+
+    A call is written up to three times (started, answered, finished) with mostly the same
+    personal values; encrypting each once per call instead of once per update saves most of
+    the writer's CPU. The ciphertext cache is keyed by (key id, call, column, value), so it
+    only ever reuses a ciphertext for the same column of the same call (a row that overwrites
+    itself): equal values in different calls or columns still get different ciphertexts.
+    Blind indexes are deterministic anyway, so they are cached by value. Both caches are
+    bounded (oldest entries dropped first).
+    """
+
+    def __init__(self, keyring: Keyring, max_entries: int = 200_000) -> None:
+        self.keyring = keyring
+        self.key_id = keyring.active_id
+        self._max = max_entries
+        self._cipher: dict[tuple[int, str, str, str], bytes] = {}
+        self._blind: dict[tuple[str, str], bytes | None] = {}
+
+    def encrypt(self, call_uuid: str, column: str, value: str | None) -> bytes | None:
+        if not value:
+            return None
+        key = (self.key_id, call_uuid, column, value)
+        blob = self._cipher.get(key)
+        if blob is None:
+            blob = self._cipher[key] = self.keyring.encrypt(value, self.key_id)
+            _bound(self._cipher, self._max)
+        return blob
+
+    def blind(self, kind: str, value: str | None) -> bytes | None:
+        if not value:
+            return None
+        key = (kind, value)
+        if key not in self._blind:
+            try:
+                self._blind[key] = self.keyring.blind_index(kind, value)
+            except ValueError:
+                # A value the normaliser cannot read (e.g. a garbled URI) is still stored,
+                # encrypted; it just cannot be found by equality search.
+                self._blind[key] = None
+            _bound(self._blind, self._max)
+        return self._blind[key]
 
 
-def _enc(keyring: Keyring, value: str | None) -> bytes | None:
-    return keyring.encrypt(value) if value else None
+def _bound(cache: dict, limit: int) -> None:
+    if len(cache) > limit:
+        for key in list(itertools.islice(cache, len(cache) - limit * 9 // 10)):
+            del cache[key]
 
 
 def _uuid(value: str | None) -> uuid.UUID | None:
@@ -113,41 +149,43 @@ def _quality(score: float | None) -> Decimal | None:
     return Decimal(f"{score:.2f}")
 
 
-def call_record_row(rec: CallRecord, stage: int, keyring: Keyring) -> tuple[Any, ...]:
+def call_record_row(rec: CallRecord, stage: int, enc: FieldEncoder) -> tuple[Any, ...]:
     """One call_records row, in ``CALL_RECORDS.columns`` order."""
+    u = rec.call_uuid
     return (
-        rec.call_uuid, rec.node, rec.call_id,
-        _enc(keyring, rec.caller), _enc(keyring, rec.callee),
-        _hash(keyring, "uri", rec.caller), _hash(keyring, "uri", rec.callee),
-        _hash(keyring, "number", rec.caller_number), _hash(keyring, "number", rec.callee_number),
-        _enc(keyring, rec.caller_ip), _enc(keyring, rec.callee_ip),
+        u, rec.node, rec.call_id,
+        enc.encrypt(u, "caller", rec.caller), enc.encrypt(u, "callee", rec.callee),
+        enc.blind("uri", rec.caller), enc.blind("uri", rec.callee),
+        enc.blind("number", rec.caller_number), enc.blind("number", rec.callee_number),
+        enc.encrypt(u, "caller_ip", rec.caller_ip), enc.encrypt(u, "callee_ip", rec.callee_ip),
         rec.direction, rec.start_time, rec.answer_time, rec.end_time,
         rec.setup_duration_ms, rec.call_duration_ms, rec.total_duration_ms, rec.status,
-        rec.disconnect_reason, rec.codec, _enc(keyring, rec.caller_sdp), _enc(keyring, rec.callee_sdp),
+        rec.disconnect_reason, rec.codec,
+        enc.encrypt(u, "caller_sdp", rec.caller_sdp), enc.encrypt(u, "callee_sdp", rec.callee_sdp),
         rec.caller_user_agent, rec.callee_user_agent,
         Jsonb(rec.media_info) if rec.media_info is not None else None,
-        rec.sip_response_code, _uuid(rec.user_id), keyring.active_id, rec.reconciled, stage,
+        rec.sip_response_code, _uuid(rec.user_id), enc.key_id, rec.reconciled, stage,
     )
 
 
-def call_row(rec: CallRecord, stage: int, keyring: Keyring) -> tuple[Any, ...] | None:
+def call_row(rec: CallRecord, stage: int, enc: FieldEncoder) -> tuple[Any, ...] | None:
     """The SIPCall ``calls`` row, or None when no local user takes part (DESIGN section 6)."""
     if not rec.user_id:
         return None
-    destination = rec.callee_number or rec.callee
+    u = rec.call_uuid
     if rec.callee_number:
-        destination_hash = _hash(keyring, "number", rec.callee_number)
+        destination, destination_hash = rec.callee_number, enc.blind("number", rec.callee_number)
     else:
-        destination_hash = _hash(keyring, "uri", rec.callee)
-    caller_id = rec.caller_number or rec.caller_id_name
+        destination, destination_hash = rec.callee, enc.blind("uri", rec.callee)
     return (
-        rec.call_uuid, rec.start_time, _uuid(rec.user_id),
-        _enc(keyring, destination), _enc(keyring, caller_id),
-        destination_hash, _hash(keyring, "number", rec.caller_number),
+        u, rec.start_time, _uuid(rec.user_id),
+        enc.encrypt(u, "destination_number", destination),
+        enc.encrypt(u, "caller_id", rec.caller_number or rec.caller_id_name),
+        destination_hash, enc.blind("number", rec.caller_number),
         rec.node, rec.call_status, rec.direction.lower(), rec.answer_time, rec.end_time,
         rec.duration_seconds, rec.codec, _quality(rec.quality_score),
         rec.disconnect_reason[:100] if rec.disconnect_reason else None,
-        keyring.active_id, rec.reconciled, stage,
+        enc.key_id, rec.reconciled, stage,
     )
 
 
@@ -164,10 +202,9 @@ class BatchRows:
     call_records: list[tuple[Any, ...]]
     calls: list[tuple[Any, ...]]
     events: list[tuple[Any, ...]]
-    linked_uuids: list[str]  # calls with a `calls` row: their events get its id
 
 
-def batch_rows(updates: Sequence[RecordUpdate], keyring: Keyring) -> BatchRows:
+def batch_rows(updates: Sequence[RecordUpdate], enc: FieldEncoder) -> BatchRows:
     """Rows for a batch of updates (any order, duplicates allowed).
 
     One INSERT ... ON CONFLICT may not touch the same row twice, so per (call_uuid, start_time)
@@ -185,12 +222,11 @@ def batch_rows(updates: Sequence[RecordUpdate], keyring: Keyring) -> BatchRows:
             latest[key] = update
         for row in event_rows(update):
             events[(row[0], row[3], row[2])] = row
-    records, calls, linked = [], [], []
+    records, calls = [], []
     for key in sorted(latest):
         update = latest[key]
-        records.append(call_record_row(update.record, int(update.stage), keyring))
-        call = call_row(update.record, int(update.stage), keyring)
+        records.append(call_record_row(update.record, int(update.stage), enc))
+        call = call_row(update.record, int(update.stage), enc)
         if call is not None:
             calls.append(call)
-            linked.append(update.record.call_uuid)
-    return BatchRows(records, calls, [events[k] for k in sorted(events)], linked)
+    return BatchRows(records, calls, [events[k] for k in sorted(events)])

@@ -31,11 +31,26 @@ import psycopg
 from eslbridge.store.rows import CALL_EVENTS, CALL_RECORDS, CALLS, BatchRows, TableSpec
 
 # user_id must name an existing user: call_records keeps the row without the link (the FK
-# would refuse it and block the batch), calls (user_id NOT NULL) skips the row.
-_USER_JOIN = {"call_records": "LEFT JOIN users u ON u.id = s.user_id", "calls": "JOIN users u ON u.id = s.user_id"}
-_LINK_EVENTS = (
-    "UPDATE call_events e SET call_id = c.id, call_initiated_at = c.initiated_at FROM calls c"
-    " WHERE c.call_uuid = ANY(%s) AND e.call_uuid = c.call_uuid AND e.call_id IS NULL"
+# would refuse it and block the batch), calls (user_id NOT NULL) skips the row. call_events
+# rows point at their call's `calls` row when there is one.
+_JOIN = {
+    "call_records": ("LEFT JOIN users u ON u.id = s.user_id", {"user_id": "u.id"}),
+    "calls": ("JOIN users u ON u.id = s.user_id", {"user_id": "u.id"}),
+    # LATERAL ... LIMIT 1: an index probe per event; a join would scan every calls partition.
+    "call_events": ("LEFT JOIN LATERAL (SELECT id, initiated_at FROM calls WHERE call_uuid = s.call_uuid LIMIT 1) c"
+                    " ON true", {}),
+}
+_EVENT_LINK = ("call_id, call_initiated_at", "c.id, c.initiated_at")
+# Events written before their call got a `calls` row (its local user became known later)
+# are linked when that row is inserted (created_at = now(): inserted by this transaction; an
+# updated row keeps its first created_at. Partitioned tables cannot return xmax).
+# The LATERAL form makes it an index probe per new calls row: a plain join would scan every
+# unlinked event (all events of calls without a local user, a number that only grows).
+_LINK_EARLIER_EVENTS = (
+    "UPDATE call_events e SET call_id = x.id, call_initiated_at = x.initiated_at FROM ("
+    "SELECT up.id, up.initiated_at, ev.id AS event_id FROM up CROSS JOIN LATERAL ("
+    "SELECT id FROM call_events WHERE call_uuid = up.call_uuid AND call_id IS NULL) ev WHERE up.inserted) x"
+    " WHERE e.id = x.event_id"
 )
 
 
@@ -57,14 +72,20 @@ def _changed(spec: TableSpec) -> str:
 
 def upsert_sql(spec: TableSpec, source: str) -> str:
     """The upsert of ``spec``'s rows read from ``source`` (a VALUES list or a staging table, aliased s)."""
-    cols = spec.names
-    select = ", ".join("u.id" if n == "user_id" and spec.name in _USER_JOIN else f"s.{n}" for n in cols)
-    sql = (f"INSERT INTO {spec.name} AS t ({', '.join(cols)})"
-           f" SELECT {select} FROM {source} {_USER_JOIN.get(spec.name, '')}")
+    join, exprs = _JOIN[spec.name]
+    cols = ", ".join(spec.names)
+    select = ", ".join(exprs.get(n, f"s.{n}") for n in spec.names)
+    key = ", ".join(spec.key)
     if spec is CALL_EVENTS:
-        return f"{sql} ON CONFLICT ({', '.join(spec.key)}) DO NOTHING"
-    updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in cols if n not in spec.key)
-    return f"{sql} ON CONFLICT ({', '.join(spec.key)}) DO UPDATE SET {updates} WHERE {_changed(spec)}"
+        return (f"INSERT INTO {spec.name} AS t ({cols}, {_EVENT_LINK[0]}) SELECT {select}, {_EVENT_LINK[1]}"
+                f" FROM {source} {join} ON CONFLICT ({key}) DO NOTHING")
+    updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in spec.names if n not in spec.key)
+    sql = (f"INSERT INTO {spec.name} AS t ({cols}) SELECT {select} FROM {source} {join}"
+           f" ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE {_changed(spec)}")
+    if spec is CALLS:
+        sql = (f"WITH up AS ({sql} RETURNING t.id, t.initiated_at, t.call_uuid, t.created_at = now() AS inserted)"
+               f" {_LINK_EARLIER_EVENTS}")
+    return sql
 
 
 def _values_source(spec: TableSpec) -> str:
@@ -82,13 +103,8 @@ _STAGED_SQL = {spec.name: upsert_sql(spec, f"{_staging_table(spec)} AS s") for s
 
 
 def _tables(rows: BatchRows) -> list[tuple[TableSpec, list]]:
-    # Order matters: calls before call_events' link to them.
+    # Order matters: calls before call_events, which point at them.
     return [(CALL_RECORDS, rows.call_records), (CALLS, rows.calls), (CALL_EVENTS, rows.events)]
-
-
-def _link(cur: psycopg.Cursor, rows: BatchRows) -> None:
-    if rows.linked_uuids:
-        cur.execute(_LINK_EVENTS, (rows.linked_uuids,))
 
 
 def write_executemany(conn: psycopg.Connection, rows: BatchRows) -> None:
@@ -96,7 +112,6 @@ def write_executemany(conn: psycopg.Connection, rows: BatchRows) -> None:
         for spec, table_rows in _tables(rows):
             if table_rows:
                 cur.executemany(_ROW_SQL[spec.name], table_rows)
-        _link(cur, rows)
 
 
 def write_pipeline(conn: psycopg.Connection, rows: BatchRows) -> None:
@@ -105,7 +120,6 @@ def write_pipeline(conn: psycopg.Connection, rows: BatchRows) -> None:
             sql = _ROW_SQL[spec.name]
             for row in table_rows:
                 cur.execute(sql, row)
-        _link(cur, rows)
 
 
 def _prepare_staging(conn: psycopg.Connection) -> None:
@@ -130,7 +144,6 @@ def write_copy(conn: psycopg.Connection, rows: BatchRows) -> None:
                 for row in table_rows:
                     cp.write_row(row)
             cur.execute(_STAGED_SQL[spec.name])
-        _link(cur, rows)
 
 
 def _nothing(conn: psycopg.Connection) -> None:

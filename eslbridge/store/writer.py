@@ -47,13 +47,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from eslbridge.calls.records import RecordUpdate, Stage
 from eslbridge.keyring import Keyring
 from eslbridge.store.journal import Journal, JournalError
-from eslbridge.store.rows import batch_rows
+from eslbridge.store.rows import FieldEncoder, batch_rows
 from eslbridge.store.serialize import decode_update, encode_update
 from eslbridge.store.upsert import DEFAULT_METHOD, METHODS
 
 log = logging.getLogger(__name__)
 
-LATENCY_WINDOW = 20_000  # recent submit-to-commit latencies kept for stats()
+LATENCY_WINDOW = 20_000  # recent submit-to-commit latencies of FINISHED updates kept for stats()
 PROBE_INTERVAL = 5.0  # idle seconds between `SELECT 1` probes, so db_up stays true to life
 
 # (seq or None, update, monotonic submit time or None); seq None: not in the journal.
@@ -104,7 +104,7 @@ class Writer:
             raise ValueError(f"unknown write method {method!r}; expected one of {sorted(METHODS)}")
         if batch_size < 1 or queue_max < 1 or flush_interval <= 0:
             raise ValueError("batch_size and queue_max must be >= 1, flush_interval > 0")
-        self.keyring = keyring
+        self._encoder = FieldEncoder(keyring)
         self._source = pool_or_dsn
         self._conn: psycopg.Connection | None = None
         self._journal = journal
@@ -140,6 +140,15 @@ class Writer:
             metrics.journal_bytes.set_function(lambda: self._journal.bytes_used)
 
     # --- public ---------------------------------------------------------------------------
+
+    @property
+    def keyring(self) -> Keyring:
+        return self._encoder.keyring
+
+    @keyring.setter
+    def keyring(self, keyring: Keyring) -> None:
+        """A reloaded keyring (SIGHUP, rotation): the next batch encrypts with its active key."""
+        self._encoder = FieldEncoder(keyring)
 
     def start(self) -> None:
         """Spawn the journal and writer greenlets; the writer replays the journal first."""
@@ -351,7 +360,7 @@ class Writer:
         self._set_db_up(True)
         self._batches += 1
         self._records_written += len(items)
-        self._latencies.extend(done - t for _, _, t in items if t is not None)
+        self._latencies.extend(done - t for _, u, t in items if t is not None and u.stage >= Stage.FINISHED)
         if self._metrics is not None:
             self._metrics.db_write_seconds.observe(done - started)
             self._metrics.records_written.labels(table="call_records").inc(len(items))
@@ -375,7 +384,7 @@ class Writer:
                     self._metrics.db_errors.labels(operation="rejected").inc()
 
     def _write_batch(self, updates: list[RecordUpdate]) -> None:
-        rows = batch_rows(updates, self.keyring)
+        rows = batch_rows(updates, self._encoder)
         with self._connection() as conn:
             self._method.prepare(conn)
             with conn.transaction():

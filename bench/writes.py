@@ -1,0 +1,178 @@
+"""End-to-end write benchmark: record updates -> Writer (journal, encryption, upserts) -> PostgreSQL.
+
+    python -m bench.writes                    # 20 s at 1,000 calls/s, methods compared, baseline
+    python -m bench.writes --seconds 60       # DESIGN section 11's 60 s run
+    python -m bench.writes --rate 0           # as fast as possible instead of a target rate
+
+A private PostgreSQL cluster with fsync, synchronous_commit and full_page_writes ON (honest
+commits), the journal fsync'd, every personal field encrypted. Each call is two legs and what
+the correlator emits for it: STARTED, ANSWERED and FINISHED updates (half the calls have a
+local user, so they also write a ``calls`` row); 4 call_events rows per call. Latency is
+FINISHED submit to COMMIT (DESIGN: hangup to commit).
+
+Baseline in the same run: mod_cdr_pg_csv's pattern, one synchronous autocommitted INSERT per
+leg (two per call) into a plaintext CDR table, as fast as one connection goes.
+
+--compare (on by default) first runs every write method as fast as possible for
+--compare-seconds each. Measured here (2 shared cores, noisy; see the report for the run):
+COPY into staging tables won over executemany and explicit pipeline mode, so it is the
+writer's default (eslbridge.store.upsert.DEFAULT_METHOD).
+"""
+
+from __future__ import annotations
+
+import gevent.monkey
+
+gevent.monkey.patch_all()
+
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gevent  # noqa: E402
+import psycopg  # noqa: E402
+
+import eslbridge.store.writer as writer_module  # noqa: E402
+from eslbridge.localpg import PgCluster  # noqa: E402
+from eslbridge.store.journal import Journal  # noqa: E402
+from eslbridge.store.migrate import migrate  # noqa: E402
+from eslbridge.store.upsert import DEFAULT_METHOD, METHODS  # noqa: E402
+from tests.writer_fixtures import call_updates, create_user, make_keyring, personal_values  # noqa: E402
+
+MAX_IN_FLIGHT = 5_000  # --rate 0: calls submitted but not committed, so the queue never spills
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float, rate: float,
+               first_call: int, user: str) -> dict:
+    writer_module.LATENCY_WINDOW = 10_000_000  # keep every latency of the run
+    with Journal(journal_dir, 1 << 30, sealer=keyring.journal_sealer()) as journal:
+        writer = writer_module.Writer(dsn, keyring, journal, method=method)
+        writer.start()
+        gevent.sleep(0.2)
+        calls = 0
+        t0 = time.monotonic()
+        while (now := time.monotonic()) - t0 < seconds:
+            target = int((now - t0) * rate) if rate else calls + 200
+            if not rate and calls - len(writer.latencies()) > MAX_IN_FLIGHT:
+                target = calls
+            while calls < target:
+                i = first_call + calls
+                for update in call_updates(i, user if i % 2 else None):
+                    writer.submit(update)
+                calls += 1
+            gevent.sleep(0.002)
+        submitted_for = time.monotonic() - t0
+        drained = writer.flush(120)
+        elapsed = time.monotonic() - t0
+        stats = writer.stats()
+        latencies = writer.latencies()
+        writer.stop()
+    return {
+        "method": method, "calls": calls, "drained": drained, "submit_seconds": submitted_for,
+        "elapsed": elapsed, "calls_per_s": calls / elapsed, "records_per_s": stats.records_written / elapsed,
+        "p50_ms": _pct(latencies, 0.50) * 1000, "p99_ms": _pct(latencies, 0.99) * 1000,
+        "max_ms": max(latencies) * 1000 if latencies else float("nan"), "batches": stats.batches,
+        "rejected": stats.rejected,
+    }
+
+
+BASELINE_DDL = """
+CREATE TABLE IF NOT EXISTS cdr_baseline (
+    uuid text, bleg_uuid text, caller_id_name text, caller_id_number text, destination_number text,
+    network_addr text, start_stamp timestamptz, answer_stamp timestamptz, end_stamp timestamptz,
+    duration integer, billsec integer, hangup_cause text, read_codec text, sip_user_agent text)
+"""
+BASELINE_INSERT = "INSERT INTO cdr_baseline VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+
+
+def run_baseline(dsn: str, seconds: float, first_call: int) -> dict:
+    """One synchronous INSERT per leg, each its own transaction (mod_cdr_pg_csv)."""
+    latencies = []
+    calls = 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(BASELINE_DDL)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            i = first_call + calls
+            rec = call_updates(i)[2].record
+            p = personal_values(i)
+            started = time.monotonic()
+            for leg, other, addr in ((rec.call_uuid, None, p["caller_ip"]), (f"b-{rec.call_uuid}", rec.call_uuid,
+                                                                             p["callee_ip"])):
+                conn.execute(BASELINE_INSERT, (
+                    leg, other, rec.caller_id_name, rec.caller_number, rec.callee_number, addr, rec.start_time,
+                    rec.answer_time, rec.end_time, 63, 61, rec.disconnect_reason, rec.codec, rec.caller_user_agent))
+            latencies.append(time.monotonic() - started)
+            calls += 1
+        elapsed = time.monotonic() - t0
+    return {"calls": calls, "elapsed": elapsed, "calls_per_s": calls / elapsed,
+            "p50_ms": _pct(latencies, 0.5) * 1000, "p99_ms": _pct(latencies, 0.99) * 1000}
+
+
+def count_rows(dsn: str) -> tuple[int, int]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT (SELECT count(*) FROM call_records), "
+                            "(SELECT count(DISTINCT call_uuid) FROM call_records)").fetchone()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=20.0, help="length of the main run (DESIGN: 60)")
+    ap.add_argument("--rate", type=float, default=1000.0, help="target calls/s; 0 = as fast as possible")
+    ap.add_argument("--method", choices=sorted(METHODS), default=DEFAULT_METHOD)
+    ap.add_argument("--no-compare", dest="compare", action="store_false", help="skip the method comparison")
+    ap.add_argument("--compare-seconds", type=float, default=8.0)
+    ap.add_argument("--baseline-seconds", type=float, default=10.0)
+    args = ap.parse_args()
+
+    cluster = PgCluster(durable=True)
+    cluster.start()
+    tmp = Path(tempfile.mkdtemp(prefix="eslbridge-bench-"))
+    try:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bench")
+        dsn = cluster.dsn("bench")
+        migrate(dsn)
+        keyring = make_keyring(tmp)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            user = create_user(conn)
+        print(f"PostgreSQL {cluster.port} with fsync=on; journal fsync'd in {tmp}")
+        first = 0
+        if args.compare:
+            print(f"\nwrite methods, as fast as possible, {args.compare_seconds:.0f} s each:")
+            for method in sorted(METHODS):
+                r = run_writer(dsn, keyring, tmp / f"j-{method}", method, args.compare_seconds, 0, first, user)
+                first += r["calls"]
+                print(f"  {method:12} {r['calls_per_s']:8.0f} calls/s  {r['records_per_s']:8.0f} updates/s"
+                      f"  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  batches {r['batches']}")
+        rate = f"{args.rate:.0f} calls/s" if args.rate else "as fast as possible"
+        print(f"\nmain run: {args.method}, {rate}, {args.seconds:.0f} s")
+        r = run_writer(dsn, keyring, tmp / "j-main", args.method, args.seconds, args.rate, first, user)
+        first += r["calls"]
+        rows, distinct = count_rows(dsn)
+        print(f"  {r['calls']} calls submitted in {r['submit_seconds']:.1f} s, all committed after "
+              f"{r['elapsed']:.1f} s (drained: {r['drained']})")
+        print(f"  {r['calls_per_s']:.0f} calls/s, {r['records_per_s']:.0f} record updates/s, "
+              f"{r['batches']} batches, rejected {r['rejected']}")
+        print(f"  FINISHED submit -> commit: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+              f"max {r['max_ms']:.1f} ms")
+        print(f"  loss check: {rows} call_records rows for {first} calls submitted in this run "
+              f"({distinct} distinct): {'OK' if rows == distinct == first else 'MISMATCH'}")
+        b = run_baseline(dsn, args.baseline_seconds, first)
+        print(f"\nbaseline (one synchronous INSERT per leg), {args.baseline_seconds:.0f} s:")
+        print(f"  {b['calls_per_s']:.0f} calls/s ({2 * b['calls_per_s']:.0f} INSERTs/s), "
+              f"p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms per call")
+        print(f"\nratio: eslbridge {r['calls_per_s'] / b['calls_per_s']:.1f}x the baseline's calls/s "
+              f"(eslbridge at {rate}; target >= 1000 calls/s, p99 <= 500 ms)")
+    finally:
+        cluster.destroy()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""``eslbridge check-config``: validate the config, the keyring, and reach the database and every
+FreeSWITCH node, one line per check. Exit 0 all ok, 78 config or credentials wrong, 1 unreachable."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+from collections.abc import Callable
+
+import psycopg
+
+from eslbridge.config import Config, NodeConfig, load_config
+from eslbridge.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, EslBridgeError
+
+ESL_TIMEOUT = 5.0
+
+# Refusals from a PostgreSQL server that did answer: the settings are wrong, retrying won't help.
+_PG_CREDENTIALS = re.compile(
+    r"password authentication failed|authentication failed|no pg_hba\.conf entry|"
+    r"role \".*\" does not exist|database \".*\" does not exist|password is required|no password supplied"
+)
+
+
+class CheckFailed(Exception):
+    """A failed check; ``exit_code`` says whether settings (78) or reachability (1) is at fault."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def check_keyring(config: Config) -> str:
+    from eslbridge.keyring import Keyring  # lazily: check-config must report a broken config first
+
+    keyring = Keyring.load(config.encryption.keyring_file)
+    return f"active key {keyring.active_id}, keys {', '.join(map(str, keyring.key_ids))}"
+
+
+def check_database(config: Config) -> str:
+    from eslbridge.store.migrate import status
+
+    db = config.database
+    try:
+        with psycopg.connect(db.url.reveal(), connect_timeout=max(1, int(db.connect_timeout))) as conn:
+            conn.execute("SELECT 1")
+            current = status(conn)
+    except psycopg.OperationalError as exc:
+        message = str(exc).strip().splitlines()[0]
+        code = EXIT_CONFIG if _PG_CREDENTIALS.search(message) else EXIT_FAILURE
+        raise CheckFailed(f"{message} (url from {db.url.source})", code) from None
+    except psycopg.Error as exc:
+        raise CheckFailed(f"query failed: {exc}") from None
+    if not current.applied:
+        raise CheckFailed("no migrations applied: run `eslbridge migrate`")
+    if current.pending or current.changed:
+        problems = [f"pending: {', '.join(current.pending)}"] if current.pending else []
+        problems += [f"changed since applied: {', '.join(current.changed)}"] if current.changed else []
+        raise CheckFailed("; ".join(problems) + " (run `eslbridge migrate`)")
+    return f"{len(current.applied)} migrations applied"
+
+
+def check_esl(node: NodeConfig, timeout: float = ESL_TIMEOUT) -> str:
+    """Connect, expect the ``auth/request`` banner, ``auth``, expect ``+OK accepted``, ``exit``."""
+    from eslbridge.esl.framing import FrameParser
+
+    password = node.password.reveal()  # config guarantees a single line: no command injection
+    try:
+        with socket.create_connection((node.host, node.port), timeout=timeout) as sock:
+            parser = FrameParser()
+            frames: list = []
+
+            def next_frame(what: str):
+                while not frames:
+                    data = sock.recv(65536)
+                    if not data:
+                        raise CheckFailed(f"connection closed while waiting for {what}")
+                    frames.extend(parser.feed(data))
+                return frames.pop(0)
+
+            banner = next_frame("the auth/request banner")
+            if banner.content_type != "auth/request":
+                raise CheckFailed(f"not an event socket: first frame is {banner.content_type!r}")
+            sock.sendall(f"auth {password}\n\n".encode())
+            reply = next_frame("the auth reply")
+            text = reply.headers.get("Reply-Text", "")
+            if not text.startswith("+OK"):
+                raise CheckFailed(f"authentication rejected ({text or reply.content_type}; "
+                                  f"password from {node.password.source})", EXIT_CONFIG)
+            sock.sendall(b"exit\n\n")
+    except TimeoutError:
+        raise CheckFailed(f"no answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise CheckFailed(exc.strerror or str(exc)) from None
+    return "authenticated"
+
+
+def _run(label: str, check: Callable[[], str]) -> int:
+    try:
+        detail = check()
+    except CheckFailed as exc:
+        print(f"{label}: FAIL: {exc}")
+        return exc.exit_code
+    except EslBridgeError as exc:
+        print(f"{label}: FAIL: {exc}")
+        return exc.exit_code
+    print(f"{label}: ok ({detail})")
+    return EXIT_OK
+
+
+def run_checks(config_path: str | None) -> int:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"config: FAIL: {exc}")
+        return EXIT_CONFIG
+    print(f"config {config.path}: ok")
+    results = [
+        _run(f"keyring {config.encryption.keyring_file}", lambda: check_keyring(config)),
+        _run("database", lambda: check_database(config)),
+    ]
+    for node in config.freeswitch:
+        results.append(_run(f"esl {node.name} ({node.host}:{node.port})", lambda n=node: check_esl(n)))
+    # Wrong settings outrank unreachable peers: systemd must not restart into the same mistake.
+    if EXIT_CONFIG in results:
+        return EXIT_CONFIG
+    return EXIT_FAILURE if EXIT_FAILURE in results else EXIT_OK
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    return run_checks(args.config)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "check-config",
+        help="validate the config and keyring, reach the database and FreeSWITCH",
+        description="Validate the config and keyring, connect to PostgreSQL (and check migrations) and "
+        "authenticate to every FreeSWITCH event socket. Exit 0 ok, 78 config or credentials wrong, 1 unreachable.",
+    )
+    parser.set_defaults(func=_cmd)

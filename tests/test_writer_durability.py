@@ -1,0 +1,147 @@
+"""Exactly once through PostgreSQL outages, kill -9 and torn journal tails; gevent stays responsive."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import gevent
+import psycopg
+import pytest
+
+from eslbridge.localpg import PgCluster
+from eslbridge.store.migrate import migrate
+from eslbridge.store.serialize import encode_update
+from eslbridge.store.writer import Writer
+from tests.writer_fixtures import call_updates, call_uuid, count_by_uuid, make_keyring, open_journal, write_all
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def keyring(tmp_path):
+    return make_keyring(tmp_path)
+
+
+@pytest.fixture
+def own_cluster():
+    """A cluster of this test's own, so it may be stopped (the shared one never is)."""
+    cluster = PgCluster()
+    cluster.start()
+    try:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE eslbridge")
+        migrate(cluster.dsn("eslbridge"))
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def _feeder(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.writer_feeder", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_postgres_stopped_mid_stream_every_record_lands_exactly_once(own_cluster, keyring, tmp_path):
+    dsn = own_cluster.dsn("eslbridge")
+    with open_journal(tmp_path / "journal", keyring) as journal:
+        writer = Writer(dsn, keyring, journal, batch_size=20, queue_max=30, max_backoff=0.5)
+        writer.start()
+
+        def feed(calls) -> None:
+            for i in calls:
+                for update in call_updates(i):
+                    writer.submit(update)
+                gevent.sleep(0.002)
+
+        feed(range(0, 100))
+        gevent.sleep(0.3)
+        own_cluster.stop("fast")
+        feed(range(100, 300))  # never blocks, never raises while PostgreSQL is down
+        gevent.sleep(1.0)
+        down = writer.stats()
+        assert not down.db_up
+        assert down.journal_backlog > 0  # the finished records wait in the journal
+        own_cluster.start()
+        feed(range(300, 400))
+        assert writer.flush(60), writer.stats()
+        writer.stop()
+        assert journal.bytes_used == 0
+    with psycopg.connect(dsn) as conn:
+        counts = count_by_uuid(conn)
+        finished = conn.execute("SELECT count(*) FROM call_records WHERE stage = 3").fetchone()[0]
+        events = conn.execute("SELECT count(*) FROM call_events").fetchone()[0]
+    assert counts == {call_uuid(i): 1 for i in range(400)}
+    assert finished == 400
+    assert events == 400 * 4
+
+
+def test_kill_9_mid_stream_loses_no_acknowledged_record(db, db_dsn, keyring, tmp_path):
+    journal_dir = tmp_path / "journal"
+    proc = _feeder("feed", db_dsn, str(keyring.path), str(journal_dir), "0", "5000", "0.002")
+    acked = []
+    try:
+        for line in proc.stdout:
+            if line.startswith("ack "):
+                acked.append(line.split()[1])
+            if len(acked) >= 150:
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        # Whatever it printed before dying was acknowledged too.
+        acked += [line.split()[1] for line in proc.stdout.read().splitlines() if line.startswith("ack ")]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert len(acked) >= 150
+    before = count_by_uuid(db)
+    with open_journal(journal_dir, keyring) as journal:
+        write_all(db_dsn, keyring, journal, [])  # a restart: replays the journal, nothing new
+        assert journal.bytes_used == 0
+    counts = count_by_uuid(db)
+    assert set(acked) <= set(counts)
+    assert set(counts.values()) == {1}  # no duplicates, acknowledged or not
+    finished = {r[0] for r in db.execute("SELECT call_uuid FROM call_records WHERE stage = 3").fetchall()}
+    assert set(acked) <= finished
+    assert len(counts) >= len(before)
+
+
+def test_a_torn_journal_tail_is_tolerated(db, db_dsn, keyring, tmp_path):
+    journal_dir = tmp_path / "journal"
+    with open_journal(journal_dir, keyring) as journal:
+        journal.append_many([encode_update(call_updates(i)[2]) for i in range(10)])
+    (segment,) = journal_dir.glob("seg-*.log")
+    size = segment.stat().st_size
+    with open(segment, "r+b") as f:
+        f.truncate(size - 7)  # the last record was torn by a crash mid-write
+    with open_journal(journal_dir, keyring) as journal:
+        writer = write_all(db_dsn, keyring, journal, [])
+        assert journal.stats.corrupt_records == 1
+        assert journal.bytes_used == 0
+    assert writer.stats().rejected == 0
+    assert count_by_uuid(db) == {call_uuid(i): 1 for i in range(9)}
+
+
+def test_the_writer_does_not_block_other_greenlets_while_it_waits_on_postgresql(db_dsn, keyring, tmp_path):
+    proc = _feeder("ticker", db_dsn, str(keyring.path), str(tmp_path / "journal"))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    during, after = out.splitlines()
+    _, ticks, _, written = during.split()
+    assert int(written) == 0  # the writer was inside its stalled batch the whole second
+    assert int(ticks) >= 50  # ~100 expected; a blocked event loop gives 0
+    assert after == "after 1"
+
+
+def test_bad_writer_arguments_are_refused(db_dsn, keyring, tmp_path):
+    with open_journal(tmp_path / "journal", keyring) as journal:
+        with pytest.raises(ValueError, match="unknown write method"):
+            Writer(db_dsn, keyring, journal, method="carrier-pigeon")
+        with pytest.raises(ValueError, match="batch_size"):
+            Writer(db_dsn, keyring, journal, batch_size=0)
+
