@@ -27,7 +27,24 @@ COMMAND_MODULES: tuple[str, ...] = (
     "eslbridge.commands.demo",
 )
 
+# Commands that run gevent servers: gevent must patch the standard library before
+# psycopg and friends are imported, so this happens before the parser is built.
+GEVENT_COMMANDS = frozenset({"run", "demo"})
+
 log = logging.getLogger("eslbridge")
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The subcommand, found without importing the feature modules."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--config":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if _command_name(argv) in GEVENT_COMMANDS:
+        from gevent import monkey
+
+        monkey.patch_all()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

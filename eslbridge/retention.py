@@ -82,21 +82,23 @@ def _partitioned(conn: psycopg.Connection, spec: TableSpec, days: int, dry_run: 
     keep = "make_interval(days => %s)"
     with conn.transaction():
         report = TableReport(spec.name, days, _locked_cutoff(conn, days))
-        expired = conn.execute(f"SELECT partition::text, lower_bound, upper_bound FROM expired_partitions(%s::regclass, {keep})",
-                               (spec.name, days)).fetchall()
+        expired = conn.execute("SELECT partition::text, lower_bound, upper_bound"
+                               f" FROM expired_partitions(%s::regclass, {keep})", (spec.name, days)).fetchall()
         if spec is CALLS:  # ON DELETE CASCADE takes the events linked to these calls
             report.call_events_cascaded = conn.execute(
                 "SELECT count(*) FROM call_events WHERE call_initiated_at < %s", (report.cutoff,)).fetchone()[0]
         for name, lower, upper in expired:
             report.partitions_dropped.append(name)
             report.rows_in_dropped_partitions += conn.execute(
-                f"SELECT count(*) FROM {spec.name} WHERE {column} >= %s AND {column} < %s", (lower, upper)).fetchone()[0]
+                f"SELECT count(*) FROM {spec.name} WHERE {column} >= %s AND {column} < %s",
+                (lower, upper)).fetchone()[0]
         if dry_run:
             past = conn.execute(f"SELECT count(*) FROM {spec.name} WHERE {column} < %s", (report.cutoff,)).fetchone()[0]
             report.rows_deleted = past - report.rows_in_dropped_partitions
         else:
-            dropped = [r[0] for r in conn.execute(f"SELECT drop_expired_partitions(%s::regclass, {keep})", (spec.name, days))]
-            report.partitions_dropped = dropped  # the same list: both come from expired_partitions
+            # The same list as above: both come from expired_partitions.
+            report.partitions_dropped = [r[0] for r in conn.execute(
+                f"SELECT drop_expired_partitions(%s::regclass, {keep})", (spec.name, days))]
             report.rows_deleted = conn.execute(f"DELETE FROM {spec.name} WHERE {column} < %s",
                                                (report.cutoff,)).rowcount
     return report

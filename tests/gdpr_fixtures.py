@@ -48,8 +48,8 @@ def write_config(directory: Path, retention: dict[str, int] | None = None) -> tu
     return config, keyring_path
 
 
-@pytest.fixture
-def admin(tmp_path: Path, db_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Admin:
+@pytest.fixture(name="admin")
+def admin_fixture(tmp_path: Path, db_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Admin:
     config, keyring_path = write_config(tmp_path)
     generate_keyring(keyring_path)
     monkeypatch.setenv("ESLBRIDGE_DATABASE_URL", db_dsn)
@@ -80,7 +80,8 @@ def call(n: int, caller: str, callee: str, *, user_id: uuid.UUID | None = None, 
         direction="Internal", status="Completed", call_status="completed",
         caller=caller, callee=callee, caller_number=caller.split(":")[1].split("@")[0],
         callee_number=callee.split(":")[1].split("@")[0], caller_id_name=caller_name, caller_ip=caller_ip,
-        callee_ip=callee_ip, caller_sdp=f"v=0\r\nc=IN IP4 {caller_ip}\r\n", callee_sdp=f"v=0\r\nc=IN IP4 {callee_ip}\r\n",
+        callee_ip=callee_ip, caller_sdp=f"v=0\r\nc=IN IP4 {caller_ip}\r\n",
+        callee_sdp=f"v=0\r\nc=IN IP4 {callee_ip}\r\n",
         answer_time=start + timedelta(seconds=2), end_time=end, total_duration_ms=42000, duration_seconds=40,
         caller_user_agent="Linphone/5.2", callee_user_agent="Yealink T46", codec="PCMA",
         user_id=None if user_id is None else str(user_id),

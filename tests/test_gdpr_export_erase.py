@@ -8,11 +8,10 @@ import uuid
 from datetime import timedelta
 
 import psycopg
-import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from eslbridge.gdpr import erase_subject, export_subject, find_subject
-from tests.gdpr_fixtures import REALM, T0, Admin, add_user, admin, call, call_uuid, write  # noqa: F401
+from tests.gdpr_fixtures import REALM, T0, Admin, add_user, admin_fixture, call, call_uuid, write  # noqa: F401
 
 ZOE, BOB = "4711", "4712"
 ZOE_EMAIL, ZOE_NAME = "zoe.quist@mail.example", "Zoe Quist"
@@ -70,7 +69,8 @@ def test_export_finds_every_call_and_decrypts(admin: Admin, db: psycopg.Connecti
     assert not calls[call_uuid(TO_ZOE)]["owned"] and calls[call_uuid(TO_ZOE)]["destination_number"] == ZOE
     assert {e["call_uuid"] for e in out["call_events"]} == set(records)
     assert [a["action"] for a in out["audit_logs"]] == ["user.create", "sip.register", "note"]
-    audit = db.execute("SELECT actor, db_user, user_id, details FROM audit_logs WHERE action = 'gdpr.export'").fetchall()
+    audit = db.execute("SELECT actor, db_user, user_id, details FROM audit_logs"
+                       " WHERE action = 'gdpr.export'").fetchall()
     assert len(audit) == 1 and audit[0][0] and audit[0][1] and audit[0][2] == ids["zoe"]
     assert audit[0][3]["rows"] == {"calls": 3, "call_records": 5, "call_events": 10, "audit_logs": 3}
 

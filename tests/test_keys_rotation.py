@@ -15,7 +15,7 @@ from eslbridge import rotation
 from eslbridge.crypto import DecryptionError
 from eslbridge.errors import EslBridgeError
 from eslbridge.keyring import Keyring
-from tests.gdpr_fixtures import REALM, Admin, add_user, admin, call, write  # noqa: F401
+from tests.gdpr_fixtures import REALM, Admin, add_user, admin_fixture, call, write  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -88,6 +88,7 @@ def check_esl(node: NodeConfig, timeout: float = ESL_TIMEOUT) -> str:
                 raise CheckFailed(f"authentication rejected ({text or reply.content_type}; "
                                   f"password from {node.password.source})", EXIT_CONFIG)
             sock.sendall(b"exit\n\n")
+            next_frame("the exit reply")  # leave politely: FreeSWITCH answers, then hangs up
     except TimeoutError:
         raise CheckFailed(f"no answer within {timeout:g} s") from None
     except OSError as exc:

@@ -1,0 +1,298 @@
+"""`eslbridge run`: the wiring of DESIGN section 1 for any number of FreeSWITCH nodes.
+
+    per node: InboundClient --(bounded queue, spill)--> Correlator --> Writer (queue -> journal -> PostgreSQL)
+    DirectoryService (mod_xml_curl) <-- cache <-- LISTEN/NOTIFY
+    OutboundServer (socket app) --> CallAuthorizer
+    sofia::register events --> users.last_login
+    Upkeep timer: partitions ahead, retention, daily_call_summary
+    MetricsServer: /metrics, /healthz; sd_notify READY / WATCHDOG / STOPPING
+
+Everything runs as greenlets in one process (gevent.monkey.patch_all() happens in
+`eslbridge run` before anything else is imported). Nothing on the ESL path waits
+for PostgreSQL: the correlator is pure, the writer's submit never blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import gevent.event
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from eslbridge import systemd
+from eslbridge.authorizer import CallAuthorizer
+from eslbridge.calls.correlator import Correlator
+from eslbridge.calls.errors import EventError
+from eslbridge.config import Config, NodeConfig, load_config
+from eslbridge.directory.service import DirectoryService
+from eslbridge.esl.inbound import InboundClient
+from eslbridge.esl.outbound import OutboundServer
+from eslbridge.esl.stats import IntakeStats
+from eslbridge.keyring import Keyring
+from eslbridge.logsetup import setup_logging
+from eslbridge.metrics import Metrics, MetricsServer
+from eslbridge.registrations import Login, login_from_event, record_logins
+from eslbridge.retention import retention_hook
+from eslbridge.store.journal import Journal
+from eslbridge.store.pool import make_pool
+from eslbridge.store.upkeep import Upkeep
+from eslbridge.store.writer import Writer
+from eslbridge.userindex import UserIndex
+
+log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 10.0  # DESIGN section 9: SIGTERM drains within 10 s
+LOGIN_FLUSH_SECONDS = 1.0
+
+
+@dataclass
+class Node:
+    """One FreeSWITCH node: its ESL link and its correlator (per-UUID order is kept per node)."""
+
+    config: NodeConfig
+    correlator: Correlator
+    stats: IntakeStats
+    client: InboundClient | None = None
+    bad_events: int = 0
+    last_bad: float = field(default=0.0, repr=False)
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.keyring = Keyring.load(config.encryption.keyring_file)
+        self.pool = make_pool(config.database)
+        self.journal = Journal(str(config.journal.dir), config.journal.max_bytes,
+                               sealer=self.keyring.journal_sealer())
+        self.writer = Writer(self.pool, self.keyring, self.journal, metrics=self.metrics)
+        self.users = UserIndex(config.database.url.reveal(), connect_timeout=config.database.connect_timeout)
+        self.nodes: dict[str, Node] = {}
+        for node_cfg in config.freeswitch:
+            stats = IntakeStats()
+            node = Node(node_cfg, Correlator(node_cfg.name, self.users.lookup), stats)
+            node.client = InboundClient(
+                node_cfg.host, node_cfg.port, node_cfg.password.reveal(), node_cfg.name, node_cfg.event_format,
+                self._on_event, self._on_snapshot, stats,
+                spill_dir=str(config.journal.dir / f"spill-{node_cfg.name}"),
+                on_fatal=self._on_fatal,
+            )
+            self.nodes[node_cfg.name] = node
+        # Lookups use the primary: the directory LISTENs on the pool's database, and NOTIFY only
+        # happens on the primary (database.replica_url is not used yet, see README).
+        self.directory = DirectoryService(config.directory, self.pool, flush_hook=self._flush_user,
+                                          metrics=self.metrics)
+        self.outbound = (OutboundServer(tuple(config.outbound.listen), CallAuthorizer(self.pool),
+                                        on_result=self._on_outbound_result)
+                         if config.outbound else None)
+        self.upkeep = Upkeep(self.pool, config.retention, retention_hook=retention_hook)
+        self.metrics_server = MetricsServer(config.metrics.listen, self.metrics, self.health)
+        self.metrics.registry.register(_IntakeCollector(self))
+        self._logins: deque[Login] = deque()
+        self._stop = gevent.event.Event()
+        self._fatal: BaseException | None = None
+        self._greenlets: list[gevent.Greenlet] = []
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start everything, serve until SIGTERM/SIGINT (or a fatal error), drain, return."""
+        gevent.signal_handler(signal.SIGTERM, self._stop.set)
+        gevent.signal_handler(signal.SIGINT, self._stop.set)
+        gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload))
+        self.start()
+        self._greenlets.append(gevent.spawn(self._announce_ready))
+        watchdog = systemd.watchdog_interval()
+        while not self._stop.wait(timeout=(watchdog / 2) if watchdog else 5.0):
+            systemd.watchdog()  # from the main loop: a wedged hub stops the pings
+        systemd.stopping()
+        self.stop()
+        if self._fatal is not None:
+            raise self._fatal
+        return 0
+
+    def start(self) -> None:
+        self.metrics_server.start()
+        self.users.start()
+        self.writer.start()
+        self.directory.start()
+        if self.outbound:
+            self.outbound.start()
+        for node in self.nodes.values():
+            node.client.start()
+        self.upkeep.start()
+        self._greenlets.append(gevent.spawn(self._login_loop))
+        log.info("eslbridge running: %d FreeSWITCH node(s)", len(self.nodes))
+
+    def stop(self) -> None:
+        """Drain within DRAIN_SECONDS: stop intake (its queue drains into the correlators), then
+        let the writer commit what it holds; whatever is left stays in the journal for next start."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        log.info("stopping: draining ESL queues and the writer")
+        for node in self.nodes.values():
+            node.client.stop(drain_timeout=2.0)
+        if self.outbound:
+            self.outbound.stop()
+        self.upkeep.stop()
+        gevent.killall(self._greenlets, timeout=0.5)
+        self._flush_logins()
+        done = self.writer.stop(timeout=max(0.5, deadline - time.monotonic() - 0.5))
+        self.directory.stop()
+        self.users.stop()
+        self.journal.close()
+        self.metrics_server.stop()
+        self.pool.close(timeout=0.5)
+        log.info("stopped: %s", "all records committed" if done else "remaining records kept in the journal")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP: new log level/format and keyring; ESL links and listeners stay up."""
+        systemd.reloading()
+        try:
+            config = load_config(self.config_path)
+            keyring = Keyring.load(config.encryption.keyring_file)
+        except Exception as exc:  # a bad edit must not take the running daemon down
+            log.error("reload refused, keeping the running configuration: %s", exc)
+        else:
+            setup_logging(config.logging.level, config.logging.format)
+            self.keyring = keyring
+            self.writer.keyring = keyring
+            self.config = config
+            log.info("reloaded configuration and keyring (active key %d)", keyring.active_id)
+        systemd.ready()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        esl = {name: node.client.connected for name, node in self.nodes.items()}
+        db = self.writer.stats().db_up
+        return all(esl.values()) and db, {"esl": esl, "database": db}
+
+    # --- ESL consumers (run in each node's consumer greenlet; must never block) ----------------
+
+    def _on_event(self, node_name: str, event: dict[str, str]) -> None:
+        node = self.nodes[node_name]
+        if event.get("Event-Name") == "CUSTOM":
+            login = login_from_event(event)
+            if login is not None:
+                self._logins.append(login)
+            return
+        try:
+            updates = node.correlator.feed(event)
+        except EventError as exc:
+            self._bad_event(node, exc)
+            return
+        for update in updates:
+            self.writer.submit(update)
+
+    def _on_snapshot(self, node_name: str, channels: list[dict]) -> None:
+        node = self.nodes[node_name]
+        try:
+            updates = node.correlator.resync(channels)
+        except EventError as exc:
+            self._bad_event(node, exc)
+            return
+        for update in updates:
+            self.writer.submit(update)
+        log.info("%s: resync with %d live channel(s), %d record update(s)", node_name, len(channels), len(updates))
+
+    def _bad_event(self, node: Node, exc: EventError) -> None:
+        node.bad_events += 1
+        node.stats.parse_errors["bad_event"] += 1
+        now = time.monotonic()
+        if now - node.last_bad > 60:
+            node.last_bad = now
+            log.warning("%s: event not correlated (%d so far): %s", node.config.name, node.bad_events, exc)
+
+    def _on_fatal(self, node_name: str, exc: Exception) -> None:
+        log.error("%s: %s", node_name, exc)
+        self._fatal = exc
+        self._stop.set()
+
+    def _on_outbound_result(self, channel: dict[str, str], allowed: bool, reason: str) -> None:
+        self.metrics.outbound_decisions.labels(decision="allowed" if allowed else "refused").inc()
+
+    # --- background work ----------------------------------------------------------------------
+
+    def _announce_ready(self) -> None:
+        """READY once PostgreSQL and every ESL link are up (DESIGN section 10)."""
+        while not self._stop.is_set():
+            ok, details = self.health()
+            if ok:
+                systemd.ready(f"connected to PostgreSQL and {len(self.nodes)} FreeSWITCH node(s)")
+                log.info("ready: %s", details)
+                return
+            gevent.sleep(0.2)
+
+    def _login_loop(self) -> None:
+        while True:
+            gevent.sleep(LOGIN_FLUSH_SECONDS)
+            self._flush_logins()
+
+    def _flush_logins(self) -> None:
+        if not self._logins:
+            return
+        batch = list(self._logins)
+        try:
+            with self.pool.connection(timeout=5) as conn:
+                record_logins(conn, batch)
+        except Exception as exc:  # registrations are best effort: the next REGISTER comes again
+            log.warning("could not record %d registration(s): %s", len(batch), type(exc).__name__)
+            return
+        for _ in batch:
+            self._logins.popleft()
+
+    def _flush_user(self, username: str, realm: str) -> None:
+        """Make FreeSWITCH's own directory cache follow a user change (DESIGN section 5)."""
+        for node in self.nodes.values():
+            if node.client.connected:
+                gevent.spawn(self._bgapi, node, f"xml_flush_cache id {username} {realm}")
+
+    @staticmethod
+    def _bgapi(node: Node, command: str) -> None:
+        try:
+            node.client.bgapi(command, timeout=5.0)
+        except Exception as exc:
+            log.warning("%s: %s failed: %s", node.config.name, command.split()[0], exc)
+
+
+class _IntakeCollector:
+    """Exports each node's IntakeStats at scrape time (counting into Prometheus objects per
+    event would cost the ESL hot path a lock and a label lookup per event)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def collect(self) -> Any:
+        events = CounterMetricFamily("eslbridge_esl_events", "ESL events received", labels=["node", "event"])
+        errors = CounterMetricFamily("eslbridge_esl_parse_errors", "ESL input that could not be used",
+                                     labels=["node", "kind"])
+        ignored = CounterMetricFamily("eslbridge_esl_frames_ignored", "ESL frames of other content types",
+                                      labels=["node", "content_type"])
+        reconnects = CounterMetricFamily("eslbridge_esl_reconnects", "ESL reconnections", labels=["node"])
+        overflows = CounterMetricFamily("eslbridge_esl_queue_overflows",
+                                        "Events spilled to disk because the intake queue was full", labels=["node"])
+        depth = GaugeMetricFamily("eslbridge_esl_queue_depth", "Events waiting for the correlator", labels=["node"])
+        connected = GaugeMetricFamily("eslbridge_esl_connected", "1 while the ESL link is up", labels=["node"])
+        active = GaugeMetricFamily("eslbridge_active_calls", "Calls in flight", labels=["node"])
+        for name, node in self._daemon.nodes.items():
+            s = node.stats
+            for event, n in s.events_in.items():
+                events.add_metric([name, event], n)
+            for kind, n in s.parse_errors.items():
+                errors.add_metric([name, kind], n)
+            for ctype, n in s.frames_ignored.items():
+                ignored.add_metric([name, ctype], n)
+            reconnects.add_metric([name], s.reconnects)
+            overflows.add_metric([name], s.overflows)
+            depth.add_metric([name], len(node.client.queue))
+            connected.add_metric([name], 1 if node.client.connected else 0)
+            active.add_metric([name], node.correlator.active_calls)
+        yield from (events, errors, ignored, reconnects, overflows, depth, connected, active)
