@@ -1,1 +1,0 @@
-"""Benchmarks (print numbers; never run as tests)."""

@@ -6,9 +6,10 @@
 
 A private PostgreSQL cluster with fsync, synchronous_commit and full_page_writes ON (honest
 commits), the journal fsync'd, every personal field encrypted. Each call is two legs and what
-the correlator emits for it: STARTED, ANSWERED and FINISHED updates (half the calls have a
-local user, so they also write a ``calls`` row); 4 call_events rows per call. Latency is
-FINISHED submit to COMMIT (DESIGN: hangup to commit).
+the correlator emits for it: STARTED at its start, ANSWERED 1 s and FINISHED 3 s later (half
+the calls have a local user, so they also write a ``calls`` row); 4 call_events rows per call.
+Latency is FINISHED submit to COMMIT (DESIGN: hangup to commit). calls/s counts the calls
+started per second of the run once all of them are committed.
 
 Baseline in the same run: mod_cdr_pg_csv's pattern, one synchronous autocommitted INSERT per
 leg (two per call) into a plaintext CDR table, as fast as one connection goes.
@@ -28,12 +29,14 @@ gevent.monkey.patch_all()
 import argparse  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections import deque  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 import psycopg  # noqa: E402
 
 import eslbridge.store.writer as writer_module  # noqa: E402
+from eslbridge.calls.records import RecordUpdate  # noqa: E402
 from eslbridge.localpg import PgCluster  # noqa: E402
 from eslbridge.store.journal import Journal  # noqa: E402
 from eslbridge.store.migrate import migrate  # noqa: E402
@@ -41,6 +44,8 @@ from eslbridge.store.upsert import DEFAULT_METHOD, METHODS  # noqa: E402
 from tests.writer_fixtures import call_updates, create_user, make_keyring, personal_values  # noqa: E402
 
 MAX_IN_FLIGHT = 5_000  # --rate 0: calls submitted but not committed, so the queue never spills
+ANSWER_AFTER = 1.0  # seconds from a call's start to its answer
+HANGUP_AFTER = 3.0  # ... and to its hangup
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -50,21 +55,31 @@ def _pct(values: list[float], q: float) -> float:
 
 def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float, rate: float,
                first_call: int, user: str) -> dict:
+    """Calls start at ``rate`` (0: as fast as the writer takes them); each is answered
+    ANSWER_AFTER and hung up HANGUP_AFTER seconds after it started, so the writer sees the
+    correlator's real mix: three updates per call, spread out in time."""
     writer_module.LATENCY_WINDOW = 10_000_000  # keep every latency of the run
     with Journal(journal_dir, 1 << 30, sealer=keyring.journal_sealer()) as journal:
         writer = writer_module.Writer(dsn, keyring, journal, method=method)
         writer.start()
         gevent.sleep(0.2)
         calls = 0
+        later: deque[tuple[float, RecordUpdate]] = deque()  # (due, update), due in order per stage
+        answers: deque[tuple[float, RecordUpdate]] = deque()
         t0 = time.monotonic()
-        while (now := time.monotonic()) - t0 < seconds:
+        while (now := time.monotonic()) - t0 < seconds or later or answers:
+            for queue in (answers, later):
+                while queue and queue[0][0] <= now:
+                    writer.submit(queue.popleft()[1])
             target = int((now - t0) * rate) if rate else calls + 200
-            if not rate and calls - len(writer.latencies()) > MAX_IN_FLIGHT:
+            if now - t0 >= seconds or (not rate and calls - len(writer.latencies()) > MAX_IN_FLIGHT):
                 target = calls
             while calls < target:
                 i = first_call + calls
-                for update in call_updates(i, user if i % 2 else None):
-                    writer.submit(update)
+                started, answered, finished = call_updates(i, user if i % 2 else None)
+                writer.submit(started)
+                answers.append((now + ANSWER_AFTER, answered))
+                later.append((now + HANGUP_AFTER, finished))
                 calls += 1
             gevent.sleep(0.002)
         submitted_for = time.monotonic() - t0
@@ -73,9 +88,10 @@ def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float
         stats = writer.stats()
         latencies = writer.latencies()
         writer.stop()
+    busy = elapsed - HANGUP_AFTER  # calls start during `seconds`; the last hangs up HANGUP_AFTER later
     return {
         "method": method, "calls": calls, "drained": drained, "submit_seconds": submitted_for,
-        "elapsed": elapsed, "calls_per_s": calls / elapsed, "records_per_s": stats.records_written / elapsed,
+        "elapsed": elapsed, "calls_per_s": calls / busy, "records_per_s": stats.records_written / busy,
         "p50_ms": _pct(latencies, 0.50) * 1000, "p99_ms": _pct(latencies, 0.99) * 1000,
         "max_ms": max(latencies) * 1000 if latencies else float("nan"), "batches": stats.batches,
         "rejected": stats.rejected,

@@ -23,7 +23,6 @@ from typing import Any
 
 import gevent
 import gevent.event
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from eslbridge import systemd
 from eslbridge.authorizer import CallAuthorizer
@@ -36,9 +35,9 @@ from eslbridge.esl.outbound import OutboundServer
 from eslbridge.esl.stats import IntakeStats
 from eslbridge.keyring import Keyring
 from eslbridge.logsetup import setup_logging
-from eslbridge.metrics import Metrics, MetricsServer
+from eslbridge.metrics import IntakeSource, Metrics, MetricsServer
 from eslbridge.registrations import Login, login_from_event, record_logins
-from eslbridge.retention import retention_hook
+from eslbridge.retention import run_retention
 from eslbridge.store.journal import Journal
 from eslbridge.store.pool import make_pool
 from eslbridge.store.upkeep import Upkeep
@@ -49,6 +48,8 @@ log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 10.0  # DESIGN section 9: SIGTERM drains within 10 s
 LOGIN_FLUSH_SECONDS = 1.0
+RETENTION_EVERY = 24 * 3600.0  # DESIGN section 3: the daemon applies retention daily
+ACTOR = "eslbridge-daemon"
 
 
 @dataclass
@@ -92,9 +93,11 @@ class Daemon:
         self.outbound = (OutboundServer(tuple(config.outbound.listen), CallAuthorizer(self.pool),
                                         on_result=self._on_outbound_result)
                          if config.outbound else None)
-        self.upkeep = Upkeep(self.pool, config.retention, retention_hook=retention_hook)
-        self.metrics_server = MetricsServer(config.metrics.listen, self.metrics, self.health)
-        self.metrics.registry.register(_IntakeCollector(self))
+        self.upkeep = Upkeep(self.pool, config.retention, retention_hook=self._retention)
+        self._retention_due = 0.0  # monotonic time of the next daily retention run
+        self.metrics_server = (MetricsServer(config.metrics.listen, self.metrics, self.health)
+                               if config.metrics.listen else None)
+        self.metrics.add_intake(self._intake_sources)
         self._logins: deque[Login] = deque()
         self._stop = gevent.event.Event()
         self._fatal: BaseException | None = None
@@ -119,7 +122,8 @@ class Daemon:
         return 0
 
     def start(self) -> None:
-        self.metrics_server.start()
+        if self.metrics_server:
+            self.metrics_server.start()
         self.users.start()
         self.writer.start()
         self.directory.start()
@@ -147,7 +151,8 @@ class Daemon:
         self.directory.stop()
         self.users.stop()
         self.journal.close()
-        self.metrics_server.stop()
+        if self.metrics_server:
+            self.metrics_server.stop()
         self.pool.close(timeout=0.5)
         log.info("stopped: %s", "all records committed" if done else "remaining records kept in the journal")
 
@@ -174,6 +179,10 @@ class Daemon:
         esl = {name: node.client.connected for name, node in self.nodes.items()}
         db = self.writer.stats().db_up
         return all(esl.values()) and db, {"esl": esl, "database": db}
+
+    def _intake_sources(self) -> list[IntakeSource]:
+        return [IntakeSource(name, node.stats, len(node.client.queue), node.client.connected,
+                             node.correlator.active_calls) for name, node in self.nodes.items()]
 
     # --- ESL consumers (run in each node's consumer greenlet; must never block) ----------------
 
@@ -231,6 +240,14 @@ class Daemon:
                 return
             gevent.sleep(0.2)
 
+    def _retention(self, conn: Any, cfg: Any) -> list[str]:
+        """Upkeep's hook (hourly, under its advisory lock): retention once a day per daemon."""
+        if time.monotonic() < self._retention_due:
+            return []
+        report = run_retention(conn, cfg, actor=ACTOR)
+        self._retention_due = time.monotonic() + RETENTION_EVERY
+        return report.lines()
+
     def _login_loop(self) -> None:
         while True:
             gevent.sleep(LOGIN_FLUSH_SECONDS)
@@ -261,38 +278,3 @@ class Daemon:
             node.client.bgapi(command, timeout=5.0)
         except Exception as exc:
             log.warning("%s: %s failed: %s", node.config.name, command.split()[0], exc)
-
-
-class _IntakeCollector:
-    """Exports each node's IntakeStats at scrape time (counting into Prometheus objects per
-    event would cost the ESL hot path a lock and a label lookup per event)."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self._daemon = daemon
-
-    def collect(self) -> Any:
-        events = CounterMetricFamily("eslbridge_esl_events", "ESL events received", labels=["node", "event"])
-        errors = CounterMetricFamily("eslbridge_esl_parse_errors", "ESL input that could not be used",
-                                     labels=["node", "kind"])
-        ignored = CounterMetricFamily("eslbridge_esl_frames_ignored", "ESL frames of other content types",
-                                      labels=["node", "content_type"])
-        reconnects = CounterMetricFamily("eslbridge_esl_reconnects", "ESL reconnections", labels=["node"])
-        overflows = CounterMetricFamily("eslbridge_esl_queue_overflows",
-                                        "Events spilled to disk because the intake queue was full", labels=["node"])
-        depth = GaugeMetricFamily("eslbridge_esl_queue_depth", "Events waiting for the correlator", labels=["node"])
-        connected = GaugeMetricFamily("eslbridge_esl_connected", "1 while the ESL link is up", labels=["node"])
-        active = GaugeMetricFamily("eslbridge_active_calls", "Calls in flight", labels=["node"])
-        for name, node in self._daemon.nodes.items():
-            s = node.stats
-            for event, n in s.events_in.items():
-                events.add_metric([name, event], n)
-            for kind, n in s.parse_errors.items():
-                errors.add_metric([name, kind], n)
-            for ctype, n in s.frames_ignored.items():
-                ignored.add_metric([name, ctype], n)
-            reconnects.add_metric([name], s.reconnects)
-            overflows.add_metric([name], s.overflows)
-            depth.add_metric([name], len(node.client.queue))
-            connected.add_metric([name], 1 if node.client.connected else 0)
-            active.add_metric([name], node.correlator.active_calls)
-        yield from (events, errors, ignored, reconnects, overflows, depth, connected, active)

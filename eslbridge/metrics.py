@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from eslbridge.esl.stats import IntakeStats
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +36,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        # ESL intake
-        self.events_in = Counter("eslbridge_esl_events", "ESL events received", ["node", "event"], registry=r)
-        self.parse_errors = Counter(
-            "eslbridge_esl_parse_errors", "ESL frames or events that could not be parsed", ["node", "kind"], registry=r
-        )
-        self.reconnects = Counter("eslbridge_esl_reconnects", "ESL reconnections", ["node"], registry=r)
-        self.esl_connected = Gauge("eslbridge_esl_connected", "1 while the ESL link is up", ["node"], registry=r)
-        # correlation
-        self.active_calls = Gauge("eslbridge_active_calls", "Calls in flight", ["node"], registry=r)
+        # ESL intake and correlation: IntakeCollector (registered with add_intake), read at scrape time.
         # record queue, journal, writer
         self.queue_depth = Gauge("eslbridge_record_queue_depth", "Records waiting for the writer", registry=r)
         self.queue_overflows = Counter(
@@ -77,11 +73,60 @@ class Metrics:
             "eslbridge_outbound_decisions", "Outbound-socket call authorizations", ["decision"], registry=r
         )
 
+    def add_intake(self, sources: Callable[[], Iterable[IntakeSource]]) -> None:
+        self.registry.register(IntakeCollector(sources))
+
     def cache_hit(self) -> None:
         self.cache_lookups.labels(result="hit").inc()
 
     def cache_miss(self) -> None:
         self.cache_lookups.labels(result="miss").inc()
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeSource:
+    """One FreeSWITCH node as the metrics see it."""
+
+    node: str
+    stats: IntakeStats
+    queue_depth: int
+    connected: bool
+    active_calls: int
+
+
+class IntakeCollector:
+    """Exports each node's IntakeStats at scrape time: counting into Prometheus objects per event
+    would cost the ESL hot path a lock and a label lookup for every event."""
+
+    def __init__(self, sources: Callable[[], Iterable[IntakeSource]]) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        events = CounterMetricFamily("eslbridge_esl_events", "ESL events received", labels=["node", "event"])
+        errors = CounterMetricFamily("eslbridge_esl_parse_errors", "ESL input that could not be used",
+                                     labels=["node", "kind"])
+        ignored = CounterMetricFamily("eslbridge_esl_frames_ignored", "ESL frames of other content types",
+                                      labels=["node", "content_type"])
+        reconnects = CounterMetricFamily("eslbridge_esl_reconnects", "ESL reconnections", labels=["node"])
+        overflows = CounterMetricFamily("eslbridge_esl_queue_overflows",
+                                        "Events spilled to disk because the intake queue was full", labels=["node"])
+        depth = GaugeMetricFamily("eslbridge_esl_queue_depth", "Events waiting for the correlator", labels=["node"])
+        connected = GaugeMetricFamily("eslbridge_esl_connected", "1 while the ESL link is up", labels=["node"])
+        active = GaugeMetricFamily("eslbridge_active_calls", "Calls in flight", labels=["node"])
+        for src in self._sources():
+            s = src.stats
+            for event, n in s.events_in.items():
+                events.add_metric([src.node, event], n)
+            for kind, n in s.parse_errors.items():
+                errors.add_metric([src.node, kind], n)
+            for ctype, n in s.frames_ignored.items():
+                ignored.add_metric([src.node, ctype], n)
+            reconnects.add_metric([src.node], s.reconnects)
+            overflows.add_metric([src.node], s.overflows)
+            depth.add_metric([src.node], src.queue_depth)
+            connected.add_metric([src.node], 1 if src.connected else 0)
+            active.add_metric([src.node], src.active_calls)
+        yield from (events, errors, ignored, reconnects, overflows, depth, connected, active)
 
 
 def _respond(start_response: Callable, status: str, body: bytes, content_type: str) -> Iterable[bytes]:

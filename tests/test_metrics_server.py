@@ -10,7 +10,8 @@ import gevent
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eslbridge.metrics import Metrics, MetricsServer
+from eslbridge.esl.stats import IntakeStats
+from eslbridge.metrics import IntakeSource, Metrics, MetricsServer
 
 
 def http(server: MetricsServer, path: str, method: str = "GET") -> tuple[int, str, str]:
@@ -51,10 +52,11 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
 
 def test_metrics_endpoint_exposes_every_metric(served: tuple[Metrics, MetricsServer]) -> None:
     metrics, server = served
-    metrics.events_in.labels(node="fs1", event="CHANNEL_CREATE").inc(3)
-    metrics.parse_errors.labels(node="fs1", kind="bad_json").inc()
-    metrics.reconnects.labels(node="fs1").inc()
-    metrics.active_calls.labels(node="fs1").set(7)
+    stats = IntakeStats(node="fs1")
+    stats.events_in["CHANNEL_CREATE"] += 3
+    stats.parse_errors["bad_json"] += 1
+    stats.reconnects += 1
+    metrics.add_intake(lambda: [IntakeSource("fs1", stats, queue_depth=2, connected=True, active_calls=7)])
     queue: list[int] = [1, 2, 3, 4]
     metrics.queue_depth.set_function(lambda: len(queue))  # pulled at scrape time
     metrics.journal_bytes.set(4096)
@@ -74,6 +76,8 @@ def test_metrics_endpoint_exposes_every_metric(served: tuple[Metrics, MetricsSer
     assert got[("eslbridge_esl_parse_errors_total", (("kind", "bad_json"), ("node", "fs1")))] == 1
     assert got[("eslbridge_esl_reconnects_total", (("node", "fs1"),))] == 1
     assert got[("eslbridge_active_calls", (("node", "fs1"),))] == 7
+    assert got[("eslbridge_esl_queue_depth", (("node", "fs1"),))] == 2
+    assert got[("eslbridge_esl_connected", (("node", "fs1"),))] == 1
     assert got[("eslbridge_record_queue_depth", ())] == 4
     assert got[("eslbridge_journal_bytes", ())] == 4096
     assert got[("eslbridge_record_queue_overflows_total", ())] == 1
@@ -86,14 +90,17 @@ def test_metrics_endpoint_exposes_every_metric(served: tuple[Metrics, MetricsSer
     assert got[("eslbridge_directory_cache_lookups_total", (("result", "miss"),))] == 1
     assert not any(name.endswith("_created") for name, _ in got)
     queue.clear()
-    assert samples(http(server, "/metrics")[2])[("eslbridge_record_queue_depth", ())] == 0
+    stats.events_in["CHANNEL_CREATE"] += 1
+    later = samples(http(server, "/metrics")[2])
+    assert later[("eslbridge_record_queue_depth", ())] == 0
+    assert later[("eslbridge_esl_events_total", (("event", "CHANNEL_CREATE"), ("node", "fs1")))] == 4
 
 
 def test_registries_are_independent() -> None:
     a, b = Metrics(), Metrics()  # would raise "Duplicated timeseries" with the global registry
-    a.reconnects.labels(node="fs1").inc()
-    assert a.registry.get_sample_value("eslbridge_esl_reconnects_total", {"node": "fs1"}) == 1
-    assert b.registry.get_sample_value("eslbridge_esl_reconnects_total", {"node": "fs1"}) is None
+    a.db_errors.labels(operation="write").inc()
+    assert a.registry.get_sample_value("eslbridge_db_errors_total", {"operation": "write"}) == 1
+    assert b.registry.get_sample_value("eslbridge_db_errors_total", {"operation": "write"}) is None
 
 
 def test_healthz(served: tuple[Metrics, MetricsServer], health_state: dict) -> None:

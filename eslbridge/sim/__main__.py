@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=float, default=20.0, help="HEARTBEAT interval in seconds")
     p.add_argument("--replay", help="after the first subscription, send this fixture file byte for byte")
     p.add_argument("--replay-mode", default="auto", choices=("auto", "events", "raw"))
-    p.add_argument("--blast", type=int, default=0, help="after the first subscription, send N events at full speed")
+    p.add_argument("--blast", type=int, default=0, help="send N events at full speed to every new subscriber")
+    p.add_argument("--blast-pool", type=int, default=300, help="distinct calls rendered for --blast")
     p.add_argument("--format-from-subscription", action="store_true",
                    help="serve json or plain as each client subscribed (always the case; accepted for scripts)")
     p.add_argument("--exit-when-done", action="store_true", help="exit after the calls/replay/blast are sent")
@@ -56,12 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     signal_handler(2, done.set)
 
     def work() -> None:
-        if args.replay or args.blast:
-            sim.wait_subscribed(timeout=None)
         if args.replay:
+            sim.wait_subscribed(timeout=None)
             print(f"replayed {sim.replay(args.replay, args.replay_mode)} bytes", flush=True)
-        if args.blast:
-            print(f"blasted {sim.blast(args.blast, args.mix)} events", flush=True)
+        while args.blast:
+            sim.wait_subscribed(timeout=None)
+            sim.subscribed.clear()
+            print(f"blasted {sim.blast(args.blast, args.mix, args.blast_pool)} events", flush=True)
         n = args.calls or int(args.duration * args.rate)
         if n:
             sim.play_calls(n, args.mix, args.rate, args.speed)

@@ -17,9 +17,12 @@ def fs_url_encode(value: str) -> str:
     return quote(value, safe=_SAFE)
 
 
-def json_body(event: dict[str, str | list]) -> bytes:
-    """cJSON_PrintUnformatted's spelling: no spaces, UTF-8 as is."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+def json_body(event: dict[str, str | list] | list[tuple[str, str | list]]) -> bytes:
+    """cJSON_PrintUnformatted's spelling: no spaces, UTF-8 as is. Takes pairs too, because FreeSWITCH
+    repeats a few headers (Channel-Write-Codec-Name) and a dict would lose the repeat."""
+    items = event.items() if isinstance(event, dict) else event
+    dump = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    return ("{" + ",".join(dump(k) + ":" + dump(v) for k, v in items) + "}").encode("utf-8")
 
 
 def _plain_value(value: str | list) -> str:

@@ -127,7 +127,7 @@ def parse_pairs_plain(body: bytes) -> Pairs:
 
 def render_pairs(pairs: Pairs, fmt: str) -> str:
     if fmt == "json":
-        return json_body(dict(pairs)).decode("utf-8")
+        return json_body(pairs).decode("utf-8")
     lines, body = [], ""
     for name, value in pairs:
         if name == "_body":
@@ -201,7 +201,7 @@ def _load_events(path: Path, fmt: str) -> list[Pairs]:
     out = []
     for fr in parse_stream(path.read_bytes()):
         if fr.content_type == f"text/event-{fmt}":
-            out.append(list(json.loads(fr.body).items()) if fmt == "json" else parse_pairs_plain(fr.body))
+            out.append(json.loads(fr.body, object_pairs_hook=list) if fmt == "json" else parse_pairs_plain(fr.body))
     return out
 
 

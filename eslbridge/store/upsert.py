@@ -46,12 +46,13 @@ _EVENT_LINK = ("call_id, call_initiated_at", "c.id, c.initiated_at")
 # updated row keeps its first created_at. Partitioned tables cannot return xmax).
 # An index probe per new calls row: a plain join is planned as a scan of every unlinked event
 # (all events of calls without a local user, a number that only grows). OFFSET 0 keeps the
-# planner from flattening the LATERAL subquery back into that join.
+# planner from flattening the LATERAL subquery back into that join; `call_id IS NULL` stays
+# outside it, or the probe would be ANDed with a scan of that ever-growing index range.
 _LINK_EARLIER_EVENTS = (
     "UPDATE call_events e SET call_id = x.id, call_initiated_at = x.initiated_at FROM ("
     "SELECT up.id, up.initiated_at, ev.id AS event_id FROM up CROSS JOIN LATERAL ("
-    "SELECT id FROM call_events WHERE call_uuid = up.call_uuid AND call_id IS NULL OFFSET 0) ev"
-    " WHERE up.inserted) x WHERE e.id = x.event_id"
+    "SELECT id FROM call_events WHERE call_uuid = up.call_uuid OFFSET 0) ev"
+    " WHERE up.inserted) x WHERE e.id = x.event_id AND e.call_id IS NULL"
 )
 
 
