@@ -189,20 +189,28 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -
     return config
 
 
+def load_section(name: str, path: str | None = None, env: Mapping[str, str] | None = None) -> Any:
+    """One section of the config file, validated alone (e.g. ``encryption``, ``retention``).
+
+    Admin commands use it so they need neither the ESL nor the directory secrets, which on a
+    systemd host exist only as the service's credentials. ``check-config`` validates the whole file.
+    """
+    env = os.environ if env is None else env
+    file = config_path(path, env)
+    root = _Section(_Context(file, env), "", _read_yaml(file))
+    return root.section(name, _SECTIONS[name])
+
+
 def resolve_database_url(config_path_: str | None = None, env: Mapping[str, str] | None = None) -> str:
     """The database URL for admin commands: ``ESLBRIDGE_DATABASE_URL`` wins (the file is then not
-    read); else the ``database_url`` credential or ``database.url``, with the password merged in.
-    Only the ``database`` section is validated, so admin commands work without the ESL secrets."""
+    read); else the ``database_url`` credential or ``database.url``, with the password merged in."""
     env = os.environ if env is None else env
     if env.get("ESLBRIDGE_DATABASE_URL"):
         return env["ESLBRIDGE_DATABASE_URL"]
-    file = config_path(config_path_, env)
     try:
-        data = _read_yaml(file)
+        return load_section("database", config_path_, env).url.reveal()
     except ConfigError as exc:
         raise ConfigError(f"{exc} (and ESLBRIDGE_DATABASE_URL is not set)") from None
-    root = _Section(_Context(file, env), "", data)
-    return root.section("database", _database).url.reveal()
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -623,3 +631,9 @@ def _logging(s: _Section) -> LoggingConfig:
         level=s.take("level", _choice(*LOG_LEVELS), "info"),
         format=s.take("format", _choice("text", "json"), "text"),
     )
+
+
+_SECTIONS: dict[str, Callable[[_Section], Any]] = {
+    "outbound": _outbound, "database": _database, "directory": _directory, "encryption": _encryption,
+    "journal": _journal, "metrics": _metrics, "retention": _retention, "logging": _logging,
+}

@@ -260,3 +260,17 @@ def set_active(path: str | os.PathLike, key_id: int) -> None:
     if key_id not in files:
         raise ConfigError(f"{path}: no key with id {key_id!r} in the keyring")
     _write_keyring(path, key_id, files, blind_file)
+
+
+def remove_key(path: str | os.PathLike, key_id: int) -> Path:
+    """Drop ``key_id`` from the keyring (never the active one); returns its key file, which stays on
+    disk: backups taken before a rotation need it. Callers check first that no row uses the key."""
+    path = Path(path)
+    active, files, blind_file = _current(path)
+    if key_id not in files:
+        raise ConfigError(f"{path}: no key with id {key_id} in the keyring")
+    if key_id == active:
+        raise ConfigError(f"{path}: key {key_id} is the active key; make another key active first")
+    key_file = path.parent / files.pop(key_id)
+    _write_keyring(path, active, files, blind_file)
+    return key_file

@@ -24,7 +24,7 @@ import psycopg
 
 from eslbridge.crypto import DecryptionError
 from eslbridge.errors import ConfigError, EslBridgeError
-from eslbridge.keyring import Keyring, _current, _write_keyring, add_key, set_active
+from eslbridge.keyring import Keyring, add_key, remove_key, set_active
 from eslbridge.store.rows import CALL_RECORDS, CALLS, TableSpec
 
 ENCRYPTED_TABLES: tuple[TableSpec, ...] = (CALL_RECORDS, CALLS)
@@ -119,17 +119,14 @@ def retire_key(conn: psycopg.Connection, keyring_path: str | os.PathLike, key_id
     The key file itself stays: backups taken before the rotation need it. Archive it offline or
     delete it (that is the operator's decision, and the point where old backups become unreadable).
     """
-    path = Path(keyring_path)
-    # keyring.py has no public "remove a key" primitive yet; these two are its own building blocks.
-    active, files, blind_file = _current(path)
-    if key_id not in files:
-        raise ConfigError(f"{path}: no key with id {key_id} in the keyring")
-    if key_id == active:
+    keyring = Keyring.load(keyring_path)
+    if key_id not in keyring.key_ids:
+        raise ConfigError(f"{keyring_path}: no key with id {key_id} in the keyring")
+    if key_id == keyring.active_id:
         raise EslBridgeError(f"key {key_id} is the active key; rotate first (eslbridge keys rotate)")
     usage = {table: counts[key_id] for table, counts in key_usage(conn).items() if counts.get(key_id)}
     if usage:
         rows = ", ".join(f"{n} in {table}" for table, n in usage.items())
         raise EslBridgeError(f"key {key_id} still encrypts {rows}; run eslbridge keys rotate --resume first")
-    key_file = path.parent / files.pop(key_id)
-    _write_keyring(path, active, files, blind_file)
+    key_file = remove_key(keyring_path, key_id)
     return key_file

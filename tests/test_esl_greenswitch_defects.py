@@ -48,9 +48,9 @@ def test_percent_0a_forges_header_in_stock_not_ours(sim):  # noqa: F811
     sim.inject(FORGE)
     assert _wait(lambda: any(e.headers.get("Event-Name") == "CHANNEL_CREATE" for e in stock_got))
     assert ours.wait_for(lambda: any(e["Event-Name"] == "CHANNEL_CREATE" for e in ours.events))
-    forged = [e for e in stock_got if e.headers.get("Event-Name") == "CHANNEL_CREATE"][0]
+    forged = next(e for e in stock_got if e.headers.get("Event-Name") == "CHANNEL_CREATE")
     assert forged.headers["Unique-ID"] == "forged"  # stock: the caller rewrote the channel's UUID
-    mine = [e for e in ours.events if e["Event-Name"] == "CHANNEL_CREATE"][0]
+    mine = next(e for e in ours.events if e["Event-Name"] == "CHANNEL_CREATE")
     assert mine["Unique-ID"] == "u-1" and mine["Caller-Caller-ID-Name"] == "Eve\nUnique-ID: forged"
     client.stop()
     _close(esl)
@@ -74,7 +74,8 @@ def test_invalid_utf8_kills_stock_reader(sim):  # noqa: F811
     esl, stock_got = stock(sim, "plain")
     ours = Collector()
     client = make_client(sim, ours, "plain")
-    sim.inject(faults.event_frame_raw("text/event-plain", b"Event-Name: CHANNEL_CREATE\nCaller-Caller-ID-Name: \xff\n\n"))
+    bad = b"Event-Name: CHANNEL_CREATE\nCaller-Caller-ID-Name: \xff\n\n"
+    sim.inject(faults.event_frame_raw("text/event-plain", bad))
     sim.play_calls(1, "reject", rate=0, speed=100)
     assert ours.wait_for(lambda: any(e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE" for e in ours.events))
     assert _wait(lambda: esl._receive_events_greenlet.dead)
@@ -87,7 +88,7 @@ def test_invalid_utf8_kills_stock_reader(sim):  # noqa: F811
 
 
 def test_no_reconnect_in_stock(sim):  # noqa: F811
-    esl, stock_got = stock(sim, "json")
+    esl, _ = stock(sim, "json")
     ours = Collector()
     client = make_client(sim, ours, "json")
     sim.restart()
@@ -100,7 +101,7 @@ def test_no_reconnect_in_stock(sim):  # noqa: F811
 
 
 def test_unexpected_reply_kills_stock_reader(sim):  # noqa: F811
-    esl, stock_got = stock(sim, "plain")
+    esl, _ = stock(sim, "plain")
     ours = Collector()
     client = make_client(sim, ours, "plain")
     sim.inject(faults.raw(b"Content-Type: command/reply\nReply-Text: +OK stray\n\n"))
@@ -116,9 +117,8 @@ def test_commands_block_forever_in_stock(sim):  # noqa: F811
     ours = Collector()
     client = make_client(sim, ours, "plain", heartbeat_interval=10)
     sim.inject(faults.stall(3))
-    with pytest.raises(gevent.Timeout):
-        with gevent.Timeout(1):  # stock send() has no timeout: only an outside Timeout ends it
-            esl.send("api status")
+    with pytest.raises(gevent.Timeout), gevent.Timeout(1):  # stock send() has no timeout of its own
+        esl.send("api status")
     with pytest.raises(TimeoutError):
         client.api("status", timeout=0.3)
     client.stop()

@@ -94,3 +94,31 @@ def test_a_record_postgresql_refuses_is_skipped_and_the_rest_written(db, db_dsn,
     assert writer.stats().rejected == 1
     assert sorted(count_by_uuid(db)) == [call_uuid(4), call_uuid(6)]
     assert db.execute("SELECT count(*) FROM call_records WHERE status = 'Completed'").fetchone()[0] == 2
+
+
+def test_events_written_before_the_calls_row_exist_are_linked_to_it(db, db_dsn, keyring, tmp_path):
+    bob = create_user(db, "bob")
+    started, answered, finished = call_updates(9)  # inbound: the local callee is known at answer
+    answered.record.user_id = finished.record.user_id = bob
+    with open_journal(tmp_path / "j", keyring) as journal:
+        write_all(db_dsn, keyring, journal, [started])
+        assert db.execute("SELECT count(*) FROM call_events WHERE call_id IS NULL").fetchone()[0] == 1
+        write_all(db_dsn, keyring, journal, [answered])
+        write_all(db_dsn, keyring, journal, [finished])
+    (call_id,) = db.execute("SELECT id FROM calls").fetchone()
+    linked = db.execute("SELECT event_type, call_id = %s FROM call_events ORDER BY seq", (call_id,)).fetchall()
+    assert linked == [("created", True), ("answered", True), ("bridged", True), ("hangup", True)]
+
+
+def test_the_writer_works_through_the_daemons_pool(db, db_dsn, keyring, tmp_path):
+    from eslbridge.config import DatabaseConfig, Secret
+    from eslbridge.store.pool import make_pool
+
+    cfg = DatabaseConfig(url=Secret(db_dsn, "test"), min_connections=1, max_connections=2, connect_timeout=5,
+                         idle_timeout=600, max_lifetime=1800, replica_url=None)
+    with make_pool(cfg, open_now=True) as pool, open_journal(tmp_path / "j", keyring) as journal:
+        assert pool.min_size == 1 and pool.max_size == 2
+        write_all(pool, keyring, journal, call_updates(11))
+        with pool.connection() as conn:
+            assert conn.autocommit and conn.info.parameter_status("application_name") == "eslbridge"
+    assert count_by_uuid(db) == {call_uuid(11): 1}

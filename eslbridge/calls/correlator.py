@@ -44,7 +44,9 @@ Memory
 from __future__ import annotations
 
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
+from operator import itemgetter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,8 +69,9 @@ _KIND = {
     "created": 0, "answered": 1, "bridged": 2, "unbridged": 3, "transferred": 4, "uuid_changed": 5,
     "hangup": 6, "reconciled": 7,
 }
+_BRIDGING = {"CHANNEL_BRIDGE": "bridged", "CHANNEL_UNBRIDGE": "unbridged"}
 _NO_SEQ_BASE = 1 << 40
-_ONCE = frozenset({"created", "answered", "hangup", "reconciled"})
+_by_seq = itemgetter(0)
 
 
 class _Call:
@@ -110,7 +113,10 @@ class Correlator:
         self._lookup_user = lookup_user
         self._calls: dict[str, _Call] = {}  # call_uuid -> call
         self._legs: dict[str, _Call] = {}  # leg UUID (current) -> call
-        self._done: dict[str, int] = {}  # tombstones: finished leg UUID -> event time
+        # Tombstones: finished leg UUID -> event time, oldest first. An OrderedDict because they are
+        # pruned from the front on every clock advance: a plain dict's iteration start then walks
+        # over every slot already deleted (O(n) per prune at 100,000 tombstones).
+        self._done: OrderedDict[str, int] = OrderedDict()
         self._waiting: dict[str, int] = {}  # call_uuid -> deadline for legs named but never seen
         self._now = 0  # newest event time seen on this node (microseconds)
 
@@ -142,9 +148,10 @@ class Correlator:
             call = self._attach(uuid, event)
             if call is None:
                 return updates
-        if seq in call.seen:
+        seen = call.seen
+        if seq in seen:
             return updates  # the same event delivered twice
-        call.seen.add(seq)
+        seen.add(seq)
         leg = call.legs.get(uuid)
         if leg is None:
             leg = call.legs[uuid] = Leg(uuid)
@@ -152,9 +159,9 @@ class Correlator:
         was_answered = leg.answered_us
         leg.fold(event, seq)
         if created:
-            _note(call, uuid, "created", leg.created_us or ts, leg=uuid, direction=leg.direction)
+            _note_once(call, uuid, "created", leg.created_us or ts, _data(leg=uuid, direction=leg.direction))
         self._on_event(call, leg, name, event, seq, ts, was_answered)
-        if call.uuid == uuid or call.root == uuid:
+        if not call.sent and (call.uuid == uuid or call.root == uuid):
             call = self._link_root(call, leg, event)
         update = self._update(call)
         if update is not None:
@@ -166,22 +173,22 @@ class Correlator:
         if name == "CHANNEL_ANSWER" and not leg.answered_us:
             leg.answered_us = ts
         if leg.answered_us and not was_answered:
-            _note(call, leg.uuid, "answered", leg.answered_us, leg=leg.uuid)
+            _note_once(call, leg.uuid, "answered", leg.answered_us, {"leg": leg.uuid})
         if name in _RINGING and not call.ringing:
             call.ringing = 1
-        elif name in ("CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE"):
+        elif name in _BRIDGING:
             other = ev.get("Other-Leg-Unique-ID")
             other_call = self._legs.get(other) if other else None
-            data: dict[str, Any] = {"leg": leg.uuid, "other_leg": other}
+            data = _data(leg=leg.uuid, other_leg=other)
             if other_call is not None and other_call is not call:
                 data["other_call"] = other_call.uuid  # attended transfer: calls linked, not merged
-            _note(call, seq, "bridged" if name == "CHANNEL_BRIDGE" else "unbridged", ts, **data)
+            _note(call, seq, _BRIDGING[name], ts, data)
         elif name == "CHANNEL_HANGUP_COMPLETE":
             leg.hang_up(ev, ts)
             if leg.transferred or leg.transfer_history:
-                _note(call, seq, "transferred", leg.hangup_us, leg=leg.uuid)
-            _note(call, leg.uuid, "hangup", leg.hangup_us, leg=leg.uuid, cause=leg.cause,
-                  disposition=leg.disposition)
+                _note(call, seq, "transferred", leg.hangup_us, {"leg": leg.uuid})
+            _note_once(call, leg.uuid, "hangup", leg.hangup_us,
+                       _data(leg=leg.uuid, cause=leg.cause, disposition=leg.disposition))
             if leg.uuid == call.root and leg.originated_legs:
                 call.expected = _originated(leg.originated_legs)
 
@@ -242,7 +249,7 @@ class Correlator:
         self._legs[new] = call
         if call.root == old:
             call.root = new
-        _note(call, seq, "uuid_changed", ts, old_leg=old, leg=new)
+        _note(call, seq, "uuid_changed", ts, {"old_leg": old, "leg": new})
 
     # ---------------------------------------------------------------- updates
 
@@ -280,8 +287,8 @@ class Correlator:
             record.reconcile_reason = RECONCILE_REASON
         if stage == Stage.STARTED and call.ringing and not root.answered_us:
             record.call_status = "ringing"
-        events = [LifecycleEvent(seq, kind, to_datetime(at), data)
-                  for seq, kind, at, data in sorted(call.pending, key=lambda item: item[0])]
+        call.pending.sort(key=_by_seq)  # stable: rows with equal seqs keep their order
+        events = [LifecycleEvent(seq, kind, to_datetime(at), data) for seq, kind, at, data in call.pending]
         call.pending = []
         call.sent = max(call.sent, stage)
         if stage == Stage.FINISHED:
@@ -308,7 +315,7 @@ class Correlator:
     def _tombstone(self, uuid: str) -> None:
         self._done[uuid] = self._now
         if len(self._done) > TOMBSTONE_MAX:
-            del self._done[next(iter(self._done))]
+            self._done.popitem(last=False)
 
     def _advance(self, ts: int) -> list[RecordUpdate]:
         """Move this node's clock; close calls whose named-but-unseen legs never showed up."""
@@ -316,12 +323,12 @@ class Correlator:
             return []
         self._now = ts
         cutoff = ts - TOMBSTONE_US
-        while self._done:
-            first = next(iter(self._done))
-            if self._done[first] >= cutoff:
-                break
-            del self._done[first]
-        updates = []
+        done = self._done
+        while done and done[next(iter(done))] < cutoff:
+            done.popitem(last=False)
+        updates: list[RecordUpdate] = []
+        if not self._waiting:
+            return updates
         for call_uuid, deadline in list(self._waiting.items()):
             if deadline <= ts:
                 del self._waiting[call_uuid]
@@ -360,7 +367,7 @@ class Correlator:
                     call.reconciled = True
             if call.reconciled and all(leg.hungup for leg in call.legs.values()):
                 call.expected = ()
-                _note(call, call.uuid, "reconciled", at_us, reason=RECONCILE_REASON)
+                _note_once(call, call.uuid, "reconciled", at_us, {"reason": RECONCILE_REASON})
                 call.hold = False
                 update = self._update(call)
                 if update is not None:
@@ -405,11 +412,19 @@ def _sequence(ev: dict[str, str], name: str, uuid: str, ts: int) -> int:
         raise EventError(f"Event-Sequence is not a number: {raw[:40]!r}") from None
 
 
-def _note(call: _Call, key: int | str, kind: str, at_us: int, **data: Any) -> None:
-    """Queue a lifecycle row; ``key`` is the Event-Sequence, or for once-per-leg/call rows the UUID."""
-    if kind in _ONCE:
-        key = _NO_SEQ_BASE + zlib.crc32(str(key).encode())
-    call.pending.append((int(key) * 8 + _KIND[kind], kind, at_us, {k: v for k, v in data.items() if v is not None}))
+def _note(call: _Call, seq: int, kind: str, at_us: int, data: dict[str, Any]) -> None:
+    """Queue the lifecycle row of a repeatable event, keyed by its Event-Sequence."""
+    call.pending.append((seq * 8 + _KIND[kind], kind, at_us, data))
+
+
+def _note_once(call: _Call, uuid: str, kind: str, at_us: int, data: dict[str, Any]) -> None:
+    """Queue a once-per-leg (or per-call) row, keyed by the UUID's CRC whichever event revealed it."""
+    call.pending.append(((_NO_SEQ_BASE + zlib.crc32(uuid.encode())) * 8 + _KIND[kind], kind, at_us, data))
+
+
+def _data(**data: Any) -> dict[str, Any]:
+    """Lifecycle row data without the values an event did not carry."""
+    return {key: value for key, value in data.items() if value is not None}
 
 
 def _to_us(at: datetime) -> int:

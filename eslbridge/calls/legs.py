@@ -68,6 +68,15 @@ MEDIA_FIELDS: tuple[tuple[str, str], ...] = (
 )
 
 
+# Precomputed once: the fold runs for every channel event, and a flat tuple walk with one
+# dict.get per header is the cheapest way to read the ~30 headers it needs out of ~300.
+_FOLD: tuple[tuple[str, str, bool], ...] = tuple(
+    (slot, header, slot not in _NOT_INTERNED) for slot, header in _TEXT_FIELDS
+)
+_MEDIA_HEADERS = tuple(header for _, header in MEDIA_FIELDS)
+_intern = sys.intern
+
+
 def usec(ev: dict[str, str], header: str) -> int:
     """A microsecond epoch header as int; 0 when absent (FreeSWITCH writes 0 for 'not yet')."""
     raw = ev.get(header)
@@ -81,7 +90,7 @@ def usec(ev: dict[str, str], header: str) -> int:
 
 def to_datetime(us: int) -> datetime:
     """Microseconds since the epoch -> aware UTC datetime (exact, no float rounding)."""
-    return _EPOCH + timedelta(microseconds=us)
+    return _EPOCH + timedelta(0, 0, us)
 
 
 @dataclass(slots=True, eq=False)
@@ -138,10 +147,11 @@ class Leg:
         newer = seq >= self.seq
         if newer:
             self.seq = seq
-        for slot, header in _TEXT_FIELDS:
-            value = ev.get(header)
+        get = ev.get
+        for slot, header, interned in _FOLD:
+            value = get(header)
             if value and (newer or getattr(self, slot) is None):
-                setattr(self, slot, value if slot in _NOT_INTERNED else sys.intern(value))
+                setattr(self, slot, _intern(value) if interned else value)
         created = usec(ev, "Caller-Channel-Created-Time")
         if created and (newer or not self.created_us):
             self.created_us = created
@@ -151,7 +161,7 @@ class Leg:
         if usec(ev, "Caller-Channel-Transfer-Time"):
             self.transferred = True
         if "variable_rtp_audio_in_mos" in ev and (newer or self.media is None):
-            self.media = tuple(ev.get(header) for _, header in MEDIA_FIELDS)
+            self.media = tuple(map(get, _MEDIA_HEADERS))
 
     def hang_up(self, ev: dict[str, str], at_us: int) -> None:
         self.hungup = True

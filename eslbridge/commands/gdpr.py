@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from eslbridge import gdpr
-from eslbridge.commands.keys import add_keyring_option, admin_connection, keyring_path
+from eslbridge.commands.common import add_keyring_option, admin_connection, keyring_path
 from eslbridge.errors import EslBridgeError
 from eslbridge.keyring import Keyring
 

@@ -9,39 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
-import psycopg
 
 from eslbridge import rotation
 from eslbridge.audit import audit
-from eslbridge.config import load_config, resolve_database_url
+from eslbridge.commands.common import add_keyring_option, admin_connection, keyring_path
 from eslbridge.errors import EslBridgeError, UsageError
 from eslbridge.keyring import Keyring, generate_keyring
-
-
-def keyring_path(args: argparse.Namespace) -> Path:
-    if getattr(args, "keyring", None):
-        return Path(args.keyring)
-    return load_config(args.config).encryption.keyring_file
-
-
-@contextmanager
-def admin_connection(args: argparse.Namespace) -> Iterator[psycopg.Connection]:
-    """An autocommit connection for an admin command; a clear error when the database is unreachable."""
-    try:
-        conn = psycopg.connect(resolve_database_url(args.config), autocommit=True, application_name="eslbridge-admin")
-    except psycopg.OperationalError as exc:
-        # psycopg's message names host and port but never the password.
-        raise EslBridgeError(f"cannot reach the database: {str(exc).strip()}") from None
-    with conn:
-        yield conn
-
-
-def add_keyring_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--keyring", metavar="PATH", help="keyring file (default: encryption.keyring_file)")
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from eslbridge.commands.keys import admin_connection
-from eslbridge.config import load_config
+from eslbridge.commands.common import admin_connection
+from eslbridge.config import load_section
 from eslbridge.retention import run_retention
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config).retention
+    cfg = load_section("retention", args.config)
     with admin_connection(args) as conn:
         report = run_retention(conn, cfg, dry_run=args.dry_run)
     if report.dry_run:

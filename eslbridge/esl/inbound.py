@@ -24,10 +24,12 @@ seconds (20 by default), so silence beyond two intervals closes the socket and r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import socket as pysocket
-from typing import Callable
+from collections.abc import Callable
+from time import monotonic
 
 import gevent
 import greenswitch.esl
@@ -102,7 +104,7 @@ class _Connection(greenswitch.esl.InboundESL):
         # Only the reader: events are consumed by the client's own greenlet, which outlives connections.
         self._receive_events_greenlet = gevent.spawn(self.receive_events)
 
-    def send(self, data: str, timeout: float | None = None, inband: bool = False):
+    def send(self, data: str, timeout: float | None = None, inband: bool = False, wait: bool = True):
         if not self.connected:
             raise EslError("not connected")
         pending = _Pending()
@@ -110,11 +112,13 @@ class _Connection(greenswitch.esl.InboundESL):
         with self._send_lock:  # keeps the FIFO of pending replies in wire order
             self._commands_sent.append(pending)
             self.sock.sendall((data + "\n\n").encode("utf-8"))
+        if not wait:
+            return pending
         try:
             return pending.get(timeout=timeout or self._client.command_timeout)
         except gevent.Timeout:
             # Leave it in the FIFO: the late reply must still be matched to it, not to the next command.
-            raise TimeoutError(f"no reply to {data.split(' ', 1)[0]!r} within {timeout}s") from None
+            raise TimeoutError(f"no reply to {data.split(' ', 1)[0]!r} in time") from None
 
     def receive_events(self) -> None:
         sock, parser, stats = self.sock, self._parser, self._stats
@@ -166,10 +170,8 @@ class _Connection(greenswitch.esl.InboundESL):
 
     def stop(self) -> None:
         if self.connected:
-            try:
+            with contextlib.suppress(EslError, TimeoutError, OSError):
                 self.send("exit", timeout=1.0)
-            except (EslError, TimeoutError, OSError):
-                pass
         self.close()
 
     # -- ours ------------------------------------------------------------------------------------
@@ -315,7 +317,8 @@ class InboundClient:
         self.stats.connected = True
         log.info("%s: ESL connected to %s:%s (%s)", self.node, self.host, self.port, self.event_format)
         # In band: the reader queues the reply where it sits in the stream, between the events around it.
-        conn.send("api show channels as json", inband=True)
+        # Not waited for: under a backlog the reply may take longer than any command timeout.
+        conn.send("api show channels as json", inband=True, wait=False)
 
     def _watch(self, conn: _Connection) -> None:
         limit = 2 * self.heartbeat_interval
@@ -332,6 +335,7 @@ class InboundClient:
         stats, node, queue = self.stats, self.node, self.queue
         on_error = stats.error
         handled = 0
+        slice_start = monotonic()
         while True:
             item = queue.get(timeout=1.0)
             if item is None:
@@ -352,8 +356,9 @@ class InboundClient:
                 stats.consumer_errors += 1
                 log.exception("%s: event consumer failed on %s", node, event.get("Event-Name"))
             handled += 1
-            if handled & 63 == 0:
-                gevent.sleep(0)  # never starve the socket reader
+            if handled & 15 == 0 and monotonic() - slice_start > 0.005:
+                gevent.sleep(0)  # never starve the socket reader: yield every 5 ms of work
+                slice_start = monotonic()
 
     def _deliver_snapshot(self, payload: bytes) -> None:
         try:

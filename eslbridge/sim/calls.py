@@ -25,9 +25,15 @@ from eslbridge.sim.templates import CAPTURED, Ctx, EventTemplate, Pairs, Scenari
 CAPTURE_OF = {
     "bridged": "bridge-answer", "busy": "bridge-busy", "reject": "reject", "tone": "tone",
     "auth_call": "auth-call", "register": "register",
-    "no_answer": "bridge-busy", "cancel": "bridge-busy", "originate": "bridge-answer", "blind_transfer": "bridge-answer",
+    "no_answer": "bridge-busy", "cancel": "bridge-busy",
+    "originate": "bridge-answer", "blind_transfer": "bridge-answer",
 }
 SCENARIOS = tuple(CAPTURE_OF)
+_C_LEG_EVENTS = (
+    "CHANNEL_CREATE", "CHANNEL_ORIGINATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE", "CHANNEL_OUTGOING",
+    "CHANNEL_PROGRESS", "CALL_UPDATE", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_DESTROY", "CHANNEL_STATE",
+    "CHANNEL_CALLSTATE", "CODEC",
+)
 _END_KEYS = re.compile(r"^(Event-Date-(Local|GMT|Timestamp)|.*Hangup-Time|variable_end_(u?epoch|stamp))$")
 
 
@@ -72,7 +78,8 @@ def _replace_values(pairs: Pairs, mapping: dict[str, dict[str, str]]) -> Pairs:
 
 
 def _retime(tpl: EventTemplate, pairs: Pairs, seconds: int) -> EventTemplate:
-    return EventTemplate(tpl.name, tpl.subclass, None, tpl.offset_us + seconds * 1_000_000, _shift_pairs(pairs, seconds))
+    shifted = _shift_pairs(pairs, seconds)
+    return EventTemplate(tpl.name, tpl.subclass, None, tpl.offset_us + seconds * 1_000_000, shifted)
 
 
 def _failed_ringing(scn: Scenario, cause: str, q850: str, sip: str, delay: int, a_disposition: str) -> Scenario:
@@ -122,9 +129,7 @@ def _blind_transfer(scn: Scenario) -> Scenario:
             before = tpl.offset_us < unbridged_at
             if uid == b_leg:
                 out.append(tpl)  # B's own life: it ends when its REFER is accepted
-                if tpl.name in ("CHANNEL_CREATE", "CHANNEL_ORIGINATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE",
-                                "CHANNEL_OUTGOING", "CHANNEL_PROGRESS", "CALL_UPDATE", "CHANNEL_HANGUP",
-                                "CHANNEL_HANGUP_COMPLETE", "CHANNEL_DESTROY", "CHANNEL_STATE", "CHANNEL_CALLSTATE", "CODEC"):
+                if tpl.name in _C_LEG_EVENTS:
                     c_pairs = [(k, v.replace(b_leg, c_leg) if isinstance(v, str) else v) for k, v in tpl.pairs]
                     out.append(_retime(tpl, c_pairs, delay))
                 continue
@@ -217,7 +222,7 @@ def plan_call(name: str, start_us: int, core: str, seq: list[int], speed: float 
     ctx = Ctx(base_us=start_us, core=core, seq=seq)
     planned = [
         PlannedEvent(start_us + int(j.offset_us / speed), j, p, ctx)
-        for j, p in zip(scn.events["json"], scn.events["plain"])
+        for j, p in zip(scn.events["json"], scn.events["plain"], strict=True)
     ]
     max(reversed(planned), key=lambda ev: ev.at_us).last = True
     return planned

@@ -8,6 +8,7 @@ generated calls (calls.py), fixture replays (replay.py), faults (faults.py) and 
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -24,7 +25,15 @@ from gevent.server import StreamServer
 
 from eslbridge.sim import calls
 from eslbridge.sim.faults import Fault
-from eslbridge.sim.fsformat import AUTH_REQUEST, DISCONNECT_NOTICE, RUDE_REJECTION, event_frame, json_body, plain_body, reply
+from eslbridge.sim.fsformat import (
+    AUTH_REQUEST,
+    DISCONNECT_NOTICE,
+    RUDE_REJECTION,
+    event_frame,
+    json_body,
+    plain_body,
+    reply,
+)
 from eslbridge.sim.replay import replay_bytes
 from eslbridge.sim.templates import Ctx
 
@@ -68,10 +77,8 @@ class Session:
         if not self.closed:
             self.closed = True
             self.stalled.set()
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self.sock.close()
 
     def subscribe(self, args: list[str]) -> str:
@@ -348,14 +355,15 @@ class Simulator:
             s.send(reply("-ERR command not found"))
 
     def _api(self, arg: str) -> str:
-        cmd, _, rest = arg.partition(" ")
+        cmd = arg.partition(" ")[0]
         if arg.strip() == "show channels as json":
             import json
 
             rows = list(self.channels.values()) if self.snapshot_rows is None else self.snapshot_rows
             return json.dumps({"row_count": len(rows), "rows": rows} if rows else {"row_count": 0})
         if cmd == "status":
-            return f"UP 0 years, 0 days\nFreeSWITCH (Version 1.10.12-release simulated) is ready\n{len(self.channels)} session(s)\n"
+            return (f"UP 0 years, 0 days\nFreeSWITCH (Version 1.10.12-release simulated) is ready\n"
+                    f"{len(self.channels)} session(s)\n")
         if cmd == "uptime":
             return "1\n"
         if cmd == "originate":

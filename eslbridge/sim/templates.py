@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -233,7 +233,7 @@ class Scenario:
         return self
 
 
-@lru_cache(maxsize=None)
+@cache
 def captured(name: str) -> tuple[dict[str, list[Pairs]], str, int]:
     """The raw (uncompiled) pairs of a capture: ({fmt: [pairs]}, core uuid, first timestamp)."""
     events = {fmt: _load_events(CAPTURED / f"{name}.{fmt}.esl", fmt) for fmt in ("json", "plain")}

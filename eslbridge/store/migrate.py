@@ -137,36 +137,26 @@ def migrate(conninfo: str, migrations: list[Migration] | None = None) -> list[st
     return done
 
 
-def _database_url(args: argparse.Namespace) -> str:
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from eslbridge.commands.common import unreachable
     from eslbridge.config import resolve_database_url
 
-    return resolve_database_url(args.config)
-
-
-def _connect_error(exc: psycopg.Error) -> MigrationError:
-    # psycopg's message names host and port but never the password.
-    return MigrationError(f"cannot reach the database: {str(exc).strip()}")
-
-
-def _cmd_migrate(args: argparse.Namespace) -> int:
     try:
-        applied = migrate(_database_url(args))
+        applied = migrate(resolve_database_url(args.config))
     except psycopg.OperationalError as exc:
-        raise _connect_error(exc) from exc
-    if applied:
-        for name in applied:
-            print(f"applied {name}")
-    else:
+        raise unreachable(exc) from None
+    for name in applied:
+        print(f"applied {name}")
+    if not applied:
         print("schema is up to date")
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    try:
-        with psycopg.connect(_database_url(args), autocommit=True) as conn:
-            current = status(conn)
-    except psycopg.OperationalError as exc:
-        raise _connect_error(exc) from exc
+    from eslbridge.commands.common import admin_connection
+
+    with admin_connection(args) as conn:
+        current = status(conn)
     for name in current.applied:
         flag = "CHANGED" if name in current.changed else ("MISSING FILE" if name in current.missing else "applied")
         print(f"{flag:12} {name}")

@@ -30,6 +30,7 @@ rejected, so one bad record cannot wedge the journal.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -312,8 +313,13 @@ class Writer:
             item = self._ready.popleft()
             if item[0] > self._written_seq:
                 batch.append(item)
-        while self._pending and len(batch) < self._batch_size:
-            batch.append(self._pending.pop(next(iter(self._pending))))
+        room = self._batch_size - len(batch)
+        if len(self._pending) <= room:
+            batch += self._pending.values()
+            self._pending = {}
+        else:
+            for key in list(itertools.islice(self._pending, room)):
+                batch.append(self._pending.pop(key))
         self._in_flight = batch
         return bool(batch)
 
