@@ -10,6 +10,7 @@ pgcrypto's default counts (65536..253952 bytes, SHA-1) and at gpg's (65011712, S
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import time
@@ -45,11 +46,13 @@ def main() -> None:
     start = time.perf_counter()
     MessageKey(passphrase)
     print(f"key load (one S2K, count {s2k_count(0x60)}, SHA-256): {(time.perf_counter() - start) * 1e3:.2f} ms once")
+    result = {"bench": "crypto"}
     for label, text in (("phone number", NUMBER), (f"SDP ({len(SDP)} bytes)", SDP)):
         blob = ring.encrypt(text)
         enc = per_call_us(lambda text=text: ring.encrypt(text), n)
         dec = per_call_us(lambda blob=blob: ring.decrypt(blob, ring.active_id), n)
         print(f"{label:>20}: encrypt {enc:7.1f} us   decrypt {dec:7.1f} us   ({len(blob)} bytes)")
+        result.setdefault("encrypt_number_us", round(enc, 1))
     for kind, value in (("number", "+49 (30) 123-456"), ("uri", '"Bob" <sip:1000@Example.COM:5060;transport=udp>'),
                         ("ip", "2001:db8::1")):
         print(f"{'blind index ' + kind:>20}: {per_call_us(lambda k=kind, v=value: ring.blind_index(k, v), n):7.1f} us")
@@ -61,6 +64,8 @@ def main() -> None:
         iters = naive_n if count_byte < 0xFF else 5
         us = per_call_us(lambda c=count_byte, h=hash_algo, s=salt: s2k(passphrase, 32, h, s, s2k_count(c)), iters)
         print(f"{'naive: S2K per msg':>20}: {us:9.1f} us per message ({label}, {s2k_count(count_byte)} bytes SHA-1)")
+        result.setdefault("naive_s2k_us", round(us, 1))
+    print("bench-result: " + json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -177,6 +177,7 @@ def main() -> None:
         print(f"{args.clients} concurrent keep-alive clients, {args.seconds:g} s each, {args.users} users, "
               f"{os.cpu_count()} CPUs (server, client and PostgreSQL share them)")
         print(f"{'server':32} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        results = {}
         for label, role, extra in runs:
             server = _child(role, {"dsn": dsn, **extra})
             try:
@@ -189,6 +190,10 @@ def main() -> None:
                 server.kill()
                 server.wait()
             print(f"{label:32} {result['rps']:9.0f} {result['p50']:8.2f} {result['p99']:8.2f} {result['errors']:7d}")
+            results[label] = result
+        print("bench-result: " + json.dumps({"bench": "directory", "clients": args.clients, **{
+            key: {k: round(results[label][k], 2) for k in ("rps", "p50", "p99")}
+            for key, label in (("cached", runs[0][0]), ("uncached", runs[1][0]), ("baseline", runs[3][0]))}}))
     finally:
         cluster.destroy()
 
