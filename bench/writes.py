@@ -51,7 +51,7 @@ from eslbridge.store.migrate import migrate  # noqa: E402
 from eslbridge.store.upsert import DEFAULT_METHOD, METHODS  # noqa: E402
 from tests.writer_fixtures import call_updates, create_user, make_keyring, personal_values  # noqa: E402
 
-MAX_IN_FLIGHT = 5_000  # --rate 0: calls submitted but not committed, so the queue never spills
+MAX_IN_FLIGHT = 15_000  # --rate 0: calls submitted but not committed (3 s of calls are always open), so the queue never spills
 ANSWER_AFTER = 1.0  # seconds from a call's start to its answer
 HANGUP_AFTER = 3.0  # ... and to its hangup
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from eslbridge.calls.errors import EventError
 
@@ -73,7 +74,6 @@ MEDIA_FIELDS: tuple[tuple[str, str], ...] = (
 _FOLD: tuple[tuple[str, str, bool], ...] = tuple(
     (slot, header, slot not in _NOT_INTERNED) for slot, header in _TEXT_FIELDS
 )
-_MEDIA_HEADERS = tuple(header for _, header in MEDIA_FIELDS)
 _intern = sys.intern
 
 
@@ -88,9 +88,39 @@ def usec(ev: dict[str, str], header: str) -> int:
         raise EventError(f"{header} is not a microsecond epoch: {raw[:40]!r}") from None
 
 
+@lru_cache(maxsize=4096)
 def to_datetime(us: int) -> datetime:
-    """Microseconds since the epoch -> aware UTC datetime (exact, no float rounding)."""
+    """Microseconds since the epoch -> aware UTC datetime (exact, no float rounding).
+
+    Cached: a call's created/answered/hangup times recur in every update's record and in its
+    lifecycle rows, and a cache hit costs a fraction of building the datetime (immutable, so shared).
+    """
     return _EPOCH + timedelta(0, 0, us)
+
+
+def media_stats(ev: dict[str, str]) -> dict[str, int | float]:
+    """The RTP statistics of an event, as numbers (names of MEDIA_FIELDS; unparsable values left out)."""
+    stats = {}
+    for name, header in MEDIA_FIELDS:
+        raw = ev.get(header)
+        if raw:
+            value = _number(raw)
+            if value is not None:
+                stats[name] = value
+    return stats
+
+
+def _number(raw: str) -> int | float | None:
+    """int when it parses as one, else float, else None (FreeSWITCH prints counts and "%f" rates)."""
+    if "." not in raw:  # int() rejects every "." and a raised ValueError is costly: skip that attempt
+        try:
+            return int(raw)
+        except ValueError:
+            pass
+    try:
+        return float(raw)
+    except ValueError:
+        return None
 
 
 @dataclass(slots=True, eq=False)
@@ -136,7 +166,7 @@ class Leg:
     billsec: str | None = None
     originated_legs: str | None = None
     transfer_history: str | None = None
-    media: tuple[str | None, ...] | None = None  # values in MEDIA_FIELDS order, from HANGUP_COMPLETE
+    media: dict[str, int | float] | None = None  # media_stats() of the newest event with RTP statistics
 
     @property
     def is_loopback(self) -> bool:
@@ -161,7 +191,7 @@ class Leg:
         if usec(ev, "Caller-Channel-Transfer-Time"):
             self.transferred = True
         if "variable_rtp_audio_in_mos" in ev and (newer or self.media is None):
-            self.media = tuple(map(get, _MEDIA_HEADERS))
+            self.media = media_stats(ev)
 
     def hang_up(self, ev: dict[str, str], at_us: int) -> None:
         self.hungup = True

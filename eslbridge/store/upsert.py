@@ -5,11 +5,20 @@ table; they differ only in how rows reach the server:
 
 ``executemany``  one parameterised statement per row (psycopg sends them pipelined);
 ``pipeline``     explicit pipeline mode, ``execute`` per row;
-``copy``         binary COPY into ON COMMIT DELETE ROWS temp tables, then one INSERT ... SELECT per table.
+``copy``         binary COPY into ON COMMIT DELETE ROWS temp tables, then one INSERT ... SELECT per table;
+``arrays``       one array parameter per column, ``unnest``ed by one INSERT ... SELECT per table, the
+                 whole transaction sent as one pipeline: a single network wait per batch, during
+                 which the writer encodes the next batch (``eslbridge.store.writer``).
 
-Measured by ``python -m bench.writes`` (its method comparison: as fast as possible, 8 s each,
-fsync on, whole writer path with encryption and journal, on this shared 2-core machine):
-copy 1,059 calls/s, executemany 536, pipeline 423. ``copy`` won, so it is ``DEFAULT_METHOD``.
+Every method runs its transaction with ``plan_cache_mode = force_generic_plan`` (SET LOCAL, so a
+pooled connection is left as it was): the call_events foreign key is checked by a cached query
+on the partitioned ``calls``, and with custom plans PostgreSQL re-plans it for every event row
+(~100 us each, over half of the batch); the generic plan prunes partitions at run time. Measured
+on a steady-state batch: call_events upsert 385 -> 114 us per call.
+
+Measured by ``python -m bench.writes --compare`` (as fast as possible, fsync on, the whole writer
+path with encryption and journal, on this shared 2-core machine): see bench/writes.py's docstring;
+``arrays`` won, so it is ``DEFAULT_METHOD``.
 
 The update rule makes replays no-ops and keeps rows from moving backwards:
 a row changes only when the incoming stage is higher, or equal with different content.
@@ -104,20 +113,31 @@ _ROW_SQL = {spec.name: upsert_sql(spec, _values_source(spec)) for spec in TABLES
 _STAGED_SQL = {spec.name: upsert_sql(spec, f"{_staging_table(spec)} AS s") for spec in TABLES}
 
 
+def _arrays_source(spec: TableSpec) -> str:
+    params = ", ".join(f"%b::{t}[]" for t in spec.types)
+    return f"unnest({params}) AS s({', '.join(spec.names)})"
+
+
+_ARRAYS_SQL = {spec.name: upsert_sql(spec, _arrays_source(spec)) for spec in TABLES}
+_GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"
+
+
 def _tables(rows: BatchRows) -> list[tuple[TableSpec, list]]:
     # Order matters: calls before call_events, which point at them.
     return [(CALL_RECORDS, rows.call_records), (CALLS, rows.calls), (CALL_EVENTS, rows.events)]
 
 
 def write_executemany(conn: psycopg.Connection, rows: BatchRows) -> None:
-    with conn.cursor() as cur:
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(_GENERIC_PLANS)
         for spec, table_rows in _tables(rows):
             if table_rows:
                 cur.executemany(_ROW_SQL[spec.name], table_rows)
 
 
 def write_pipeline(conn: psycopg.Connection, rows: BatchRows) -> None:
-    with conn.pipeline(), conn.cursor() as cur:
+    with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+        cur.execute(_GENERIC_PLANS)
         for spec, table_rows in _tables(rows):
             sql = _ROW_SQL[spec.name]
             for row in table_rows:
@@ -137,7 +157,8 @@ def _prepare_staging(conn: psycopg.Connection) -> None:
 
 
 def write_copy(conn: psycopg.Connection, rows: BatchRows) -> None:
-    with conn.cursor() as cur:
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(_GENERIC_PLANS)
         for spec, table_rows in _tables(rows):
             if not table_rows:
                 continue
@@ -148,6 +169,15 @@ def write_copy(conn: psycopg.Connection, rows: BatchRows) -> None:
             cur.execute(_STAGED_SQL[spec.name])
 
 
+def write_arrays(conn: psycopg.Connection, rows: BatchRows) -> None:
+    # The pipeline's only sync is at the end: BEGIN to COMMIT go out before the first wait.
+    with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+        cur.execute(_GENERIC_PLANS)
+        for spec, table_rows in _tables(rows):
+            if table_rows:
+                cur.execute(_ARRAYS_SQL[spec.name], [list(column) for column in zip(*table_rows, strict=True)])
+
+
 def _nothing(conn: psycopg.Connection) -> None:
     return None
 
@@ -155,7 +185,7 @@ def _nothing(conn: psycopg.Connection) -> None:
 @dataclass(frozen=True)
 class WriteMethod:
     name: str
-    write: Callable[[psycopg.Connection, BatchRows], None]  # inside the batch's transaction
+    write: Callable[[psycopg.Connection, BatchRows], None]  # the batch, in one transaction of its own
     prepare: Callable[[psycopg.Connection], None] = _nothing  # per connection, before any transaction
 
 
@@ -164,6 +194,7 @@ METHODS = {
         WriteMethod("executemany", write_executemany),
         WriteMethod("pipeline", write_pipeline),
         WriteMethod("copy", write_copy, _prepare_staging),
+        WriteMethod("arrays", write_arrays),
     )
 }
-DEFAULT_METHOD = "copy"
+DEFAULT_METHOD = "arrays"

@@ -20,7 +20,11 @@
 
 One writer greenlet takes batches (queue first, then the journal when it spilled), encrypts
 them (``eslbridge.store.rows``), upserts call_records, calls and call_events in one
-transaction (``eslbridge.store.upsert``, COPY by default), then commits the journal.
+transaction (``eslbridge.store.upsert``), then commits the journal. Encoding and PostgreSQL
+overlap: while a batch is being written (the writer waits on the socket, and gevent runs
+others), a prefetch greenlet takes and encrypts the next batch, so the two processes' work
+runs on two cores instead of in turn. FINISHED updates (the journaled queue) go into a batch
+before any STARTED/ANSWERED one: hangup-to-commit latency is what DESIGN section 11 bounds.
 Connection errors and PoolTimeout mean "DB down": the batch is retried with jittered
 exponential backoff while submits keep going to the journal. Any other database error (or a
 record the mapping refuses) is isolated by retrying the batch's records one by one; the ones
@@ -48,7 +52,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from eslbridge.calls.records import RecordUpdate, Stage
 from eslbridge.keyring import Keyring
 from eslbridge.store.journal import Journal, JournalError
-from eslbridge.store.rows import FieldEncoder, batch_rows
+from eslbridge.store.rows import BatchRows, FieldEncoder, batch_rows
 from eslbridge.store.serialize import decode_update, encode_update
 from eslbridge.store.upsert import DEFAULT_METHOD, METHODS
 
@@ -125,6 +129,10 @@ class Writer:
         self._written_seq = journal.committed_seq
         self._last_seq = journal.last_seq  # highest seq the journal acknowledged to us
         self._in_flight: list[Item] = []
+        self._in_flight_rows: BatchRows | None = None  # _in_flight's rows when prefetched
+        self._next: list[Item] = []  # taken (and encoded) by the prefetcher while _in_flight was written
+        self._next_rows: BatchRows | None = None
+        self._prefetcher: gevent.Greenlet | None = None
         self._journaling = False
         self._busy = False
         self._db_up = False
@@ -173,7 +181,7 @@ class Writer:
 
     def idle(self) -> bool:
         """Nothing submitted is waiting: every update is committed (or rejected)."""
-        return not (self._incoming or self._pending or self._ready or self._in_flight or self._overflow
+        return not (self._incoming or self._pending or self._ready or self._in_flight or self._next or self._overflow
                     or self._journaling or self._busy)
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -193,8 +201,9 @@ class Writer:
         Returns True when everything reached PostgreSQL. The journal stays open (its owner closes it)."""
         deadline = time.monotonic() + timeout
         done = self.flush(timeout * 0.8)
-        gevent.killall(self._greenlets, timeout=max(0.1, deadline - time.monotonic()))
-        self._greenlets = []
+        gevent.killall([*self._greenlets, *filter(None, [self._prefetcher])],
+                       timeout=max(0.1, deadline - time.monotonic()))
+        self._greenlets, self._prefetcher = [], None
         if not done:
             self._spill_memory()
         self._close_connection()
@@ -263,8 +272,8 @@ class Writer:
 
     def _spill_memory(self) -> None:
         """Journal the in-memory-only updates (shutdown with PostgreSQL unreachable)."""
-        items = [*(i for i in self._in_flight if i[0] is None), *self._pending.values()]
-        self._in_flight, self._pending = [], {}
+        items = [*(i for i in (*self._in_flight, *self._next) if i[0] is None), *self._pending.values()]
+        self._in_flight, self._next, self._pending = [], [], {}
         items += [(None, u, t) for u, t in self._incoming]
         self._incoming = []
         try:
@@ -282,7 +291,7 @@ class Writer:
             try:
                 if self._in_flight or self._take_batch():
                     self._busy = True
-                    self._write_in_flight()
+                    self._write_in_flight(prefetch=True)
                     backoff = 0.0
                     idle_since = time.monotonic()
                 elif self._overflow:
@@ -307,7 +316,19 @@ class Writer:
                 gevent.sleep(1.0)
 
     def _take_batch(self) -> bool:
-        """Fill ``_in_flight`` from the queue (seqs above what is committed) and the in-memory updates."""
+        """Fill ``_in_flight``: the prefetched batch if there is one, else a fresh one."""
+        if self._prefetcher is not None:
+            self._prefetcher.join()  # still encoding: its batch is next either way
+            self._prefetcher = None
+        if self._next:
+            self._in_flight, self._in_flight_rows = self._next, self._next_rows
+            self._next, self._next_rows = [], None
+        else:
+            self._in_flight = self._take_items()
+        return bool(self._in_flight)
+
+    def _take_items(self) -> list[Item]:
+        """A batch from the queue (seqs above what is committed) first, then the in-memory updates."""
         batch: list[Item] = []
         while self._ready and len(batch) < self._batch_size:
             item = self._ready.popleft()
@@ -320,8 +341,22 @@ class Writer:
         else:
             for key in list(itertools.islice(self._pending, room)):
                 batch.append(self._pending.pop(key))
-        self._in_flight = batch
-        return bool(batch)
+        return batch
+
+    def _start_prefetch(self) -> None:
+        """Take and encode the next batch in another greenlet while this one waits on PostgreSQL.
+        Not during a journal replay, which reads its batches in seq order from disk."""
+        if self._prefetcher is None and not self._next and not self._overflow:
+            self._prefetcher = gevent.spawn(self._prefetch)
+
+    def _prefetch(self) -> None:
+        items = self._take_items()
+        self._next = items  # no switch since taking them: idle() and _spill_memory see them
+        if items:
+            try:
+                self._next_rows = batch_rows([u for _, u, _ in items], self._encoder)
+            except (ValueError, TypeError):
+                self._next_rows = None  # the write encodes again and isolates the bad record
 
     def _replay_journal(self) -> None:
         """Write every journaled record not yet committed, in seq order; then leave overflow mode."""
@@ -351,12 +386,14 @@ class Writer:
         if self._written_seq >= self._last_seq:
             self._overflow = False
 
-    def _write_in_flight(self) -> None:
-        """Write ``_in_flight`` in one transaction (isolating bad records), then commit the journal."""
-        items = self._in_flight
+    def _write_in_flight(self, prefetch: bool = False) -> None:
+        """Write ``_in_flight`` in one transaction (isolating bad records), then commit the journal;
+        with ``prefetch``, the next batch is encoded meanwhile."""
+        items, rows = self._in_flight, self._in_flight_rows
+        self._in_flight_rows = None
         started = time.monotonic()
         try:
-            self._write_batch([u for _, u, _ in items])
+            self._write_batch([u for _, u, _ in items], rows, prefetch)
         except (psycopg.OperationalError, PoolTimeout):
             raise
         except (psycopg.Error, ValueError, TypeError):
@@ -389,12 +426,15 @@ class Writer:
                 if self._metrics is not None:
                     self._metrics.db_errors.labels(operation="rejected").inc()
 
-    def _write_batch(self, updates: list[RecordUpdate]) -> None:
-        rows = batch_rows(updates, self._encoder)
+    def _write_batch(self, updates: list[RecordUpdate], rows: BatchRows | None = None,
+                     prefetch: bool = False) -> None:
+        if rows is None:
+            rows = batch_rows(updates, self._encoder)
         with self._connection() as conn:
             self._method.prepare(conn)
-            with conn.transaction():
-                self._method.write(conn, rows)
+            if prefetch:
+                self._start_prefetch()
+            self._method.write(conn, rows)
 
     def _probe(self) -> None:
         with self._connection() as conn:
