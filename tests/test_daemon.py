@@ -164,6 +164,8 @@ def get(url: str) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+    except OSError:  # not listening yet
+        return 0, ""
 
 
 def finished_records(dsn: str) -> list[tuple]:
@@ -237,6 +239,7 @@ def test_sigterm_under_load_loses_nothing(env: Env, db_dsn: str) -> None:
         assert time.monotonic() - started < 11, "drain took longer than 10 s"
         # Whatever did not reach PostgreSQL is in the journal: the next start replays it.
         proc = env.start(config, name="b")
+        wait_for(lambda: get(metrics_url(config, "/healthz"))[0] == 200, 30, "the restarted daemon")
         wait_for(lambda: len(finished_records(db_dsn)) >= n, 30, f"{n} finished records")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from eslbridge.calls.legs import MEDIA_FIELDS, Leg, to_datetime
+from eslbridge.calls.legs import Leg, to_datetime
 from eslbridge.calls.outcome import CALL_STATUS, decide
 from eslbridge.calls.records import CallRecord
 
@@ -14,10 +14,13 @@ LookupUser = Callable[[str, str], "str | None"]
 
 def answering_leg(root: Leg, others: list[Leg]) -> Leg | None:
     """The first non-root leg that answered, preferring real endpoints over loopback legs."""
-    answered = [leg for leg in others if leg.answered_us]
-    if not answered:
-        return None
-    return min(answered, key=lambda leg: (leg.is_loopback, leg.answered_us, leg.created_us))
+    best, best_key = None, None
+    for leg in others:  # a loop, not min(key=...): this runs on every update of every call
+        if leg.answered_us:
+            key = (leg.is_loopback, leg.answered_us, leg.created_us)
+            if best_key is None or key < best_key:
+                best, best_key = leg, key
+    return best
 
 
 def caller_identity(root: Leg) -> tuple[str, str] | None:
@@ -38,9 +41,11 @@ def caller_identity(root: Leg) -> tuple[str, str] | None:
 
 def callee_identity(root: Leg, others: list[Leg]) -> tuple[str, str] | None:
     """(username, realm) of the called party: a user/ bridge's dialed user, else the destination."""
-    for leg in (*others, root):
+    for leg in others:
         if leg.dialed_user and leg.dialed_domain:
             return leg.dialed_user, leg.dialed_domain
+    if root.dialed_user and root.dialed_domain:
+        return root.dialed_user, root.dialed_domain
     realm = root.domain_name or _host(root.to_uri)
     return (root.dest, realm) if root.dest and realm else None
 
@@ -85,8 +90,8 @@ def build_record(
     if root.answered_us:
         record.answer_time = to_datetime(root.answered_us)
         record.setup_duration_ms = (root.answered_us - start_us) // 1000
-    media = _media_info(root, answerer)
-    if media:
+    if root.media is not None or (answerer is not None and answerer.media is not None):
+        media = _media_info(root, answerer)
         record.media_info = media
         scores = [side["mos"] for side in media.values() if "mos" in side]
         record.quality_score = min(scores) if scores else None
@@ -141,19 +146,10 @@ def _host(uri: str | None) -> str | None:
 
 
 def _media_info(root: Leg, answerer: Leg | None) -> dict[str, Any]:
+    """Each side's RTP statistics (copies: every record owns its dicts)."""
     sides = {}
-    for side, leg in (("caller", root), ("callee", answerer)):
-        if leg is not None and leg.media is not None:
-            stats = {name: _number(raw) for (name, _), raw in zip(MEDIA_FIELDS, leg.media, strict=False) if raw}
-            sides[side] = {k: v for k, v in stats.items() if v is not None}
+    if root.media is not None:
+        sides["caller"] = dict(root.media)
+    if answerer is not None and answerer.media is not None:
+        sides["callee"] = dict(answerer.media)
     return sides
-
-
-def _number(raw: str) -> float | int | None:
-    try:
-        return int(raw)
-    except ValueError:
-        try:
-            return float(raw)
-        except ValueError:
-            return None

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve json or plain as each client subscribed (always the case; accepted for scripts)")
     p.add_argument("--exit-when-done", action="store_true", help="exit after the calls/replay/blast are sent")
     p.add_argument("--seed", type=int, help="random seed for the call mix")
+    p.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
+                   help="start the calls only once N clients have subscribed (tests with several daemons)")
     return p
 
 
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     signal_handler(2, done.set)
 
     def work() -> None:
+        while sim.subscribers < args.wait_subscribers:
+            gevent.sleep(0.05)
         if args.replay:
             sim.wait_subscribed(timeout=None)
             print(f"replayed {sim.replay(args.replay, args.replay_mode)} bytes", flush=True)

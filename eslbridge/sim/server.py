@@ -157,6 +157,11 @@ class Simulator:
         gevent.sleep(down_for)
         self._listen()
 
+    @property
+    def subscribers(self) -> int:
+        """Connected clients that have sent an `event` subscription."""
+        return len(self._subscribed())
+
     def wait_subscribed(self, timeout: float = 10.0) -> bool:
         return self.subscribed.wait(timeout)
 

@@ -83,7 +83,7 @@ CALLS = TableSpec(
 CALL_EVENTS = TableSpec(
     "call_events",
     key=("call_uuid", "event_type", "seq"),
-    columns=_cols("call_uuid:varchar node:varchar seq:int4 event_type:varchar event_data:jsonb timestamp:timestamptz"),
+    columns=_cols("call_uuid:varchar node:varchar seq:int8 event_type:varchar event_data:jsonb timestamp:timestamptz"),
 )
 
 

@@ -117,7 +117,7 @@ CREATE TABLE call_events (
     call_initiated_at timestamptz,
     call_uuid         varchar(255) NOT NULL,
     node              varchar(255),
-    seq               integer NOT NULL,
+    seq               bigint NOT NULL,   -- the correlator derives it from UUIDs and Event-Sequence
     event_type        varchar(50) NOT NULL,
     event_data        jsonb,
     timestamp         timestamptz NOT NULL DEFAULT now(),
