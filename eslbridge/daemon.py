@@ -18,7 +18,7 @@ import logging
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -60,8 +60,6 @@ class Node:
     correlator: Correlator
     stats: IntakeStats
     client: InboundClient | None = None
-    bad_events: int = 0
-    last_bad: float = field(default=0.0, repr=False)
 
 
 class Daemon:
@@ -212,13 +210,9 @@ class Daemon:
             self.writer.submit(update)
         log.info("%s: resync with %d live channel(s), %d record update(s)", node_name, len(channels), len(updates))
 
-    def _bad_event(self, node: Node, exc: EventError) -> None:
-        node.bad_events += 1
-        node.stats.parse_errors["bad_event"] += 1
-        now = time.monotonic()
-        if now - node.last_bad > 60:
-            node.last_bad = now
-            log.warning("%s: event not correlated (%d so far): %s", node.config.name, node.bad_events, exc)
+    @staticmethod
+    def _bad_event(node: Node, exc: EventError) -> None:
+        node.stats.error("uncorrelated_event", str(exc))
 
     def _on_fatal(self, node_name: str, exc: Exception) -> None:
         log.error("%s: %s", node_name, exc)

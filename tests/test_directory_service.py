@@ -181,7 +181,7 @@ def test_digest_response_verifies_against_the_a1_hash(directory, admin):
     assert md5(f"{a1}:{nonce}:{md5('REGISTER:' + uri)}") != md5(f"{wrong}:{nonce}:{md5('REGISTER:' + uri)}")
 
 
-def test_user_call_has_dial_string_and_user_variables(directory, admin):
+def test_user_call_has_dial_string_and_user_variables(directory, admin, flush_file):
     add(admin, "bob", "calls.example", display_name="Bob Builder", role="operator")
     _, answer = directory.post(form(action="user_call", user="bob", domain="calls.example", as_channel="true"))
     user = fs_locate_user(answer, "calls.example", "bob")
@@ -195,7 +195,10 @@ def test_user_call_has_dial_string_and_user_variables(directory, admin):
         "accountcode": "bob",
         "toll_allow": "call:create,call:read,call:terminate,call:transfer",
     }
+    seen = Invalidations(flush_file)
+    before = seen.count("bob@calls.example")
     admin.execute("""UPDATE users SET permissions = '{"can_call": false}' WHERE username = 'bob'""")
+    seen.wait("bob@calls.example", before)  # the NOTIFY reached the server (TTL is 300 s)
     _, answer = directory.post(form(action="user_call", user="bob", domain="calls.example"))
     assert variables(fs_locate_user(answer, "calls.example", "bob"))["toll_allow"] == (
         "call:read,call:terminate,call:transfer")

@@ -6,10 +6,10 @@ import json
 from collections import Counter
 
 import pytest
-from esl_fixtures import CAPTURED, PUBLIC, summary_counts
 
 from eslbridge.esl.events import EventParseError, event_key, parse_event, parse_json_event, parse_plain_event
 from eslbridge.esl.framing import MAX_BODY, FrameParser, parse_stream
+from tests.esl_fixtures import CAPTURED, PUBLIC, summary_counts
 
 CAPTURES = sorted(p.name for p in CAPTURED.glob("*.esl"))
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import gevent
 import greenswitch
 import pytest
-from esl_fixtures import PASSWORD, Collector, make_client, sim  # noqa: F401
 
 from eslbridge.sim import faults
+from tests.esl_fixtures import PASSWORD, Collector, make_client, sim  # noqa: F401
 
 
 def stock(sim, fmt: str):  # noqa: F811

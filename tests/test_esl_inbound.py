@@ -10,10 +10,10 @@ from collections import Counter
 import gevent
 import gevent.subprocess
 import pytest
-from esl_fixtures import CAPTURED, PASSWORD, PUBLIC, Collector, make_client, sim, summary_counts  # noqa: F401
 
 from eslbridge.esl.inbound import SUBSCRIBED_EVENTS, EslError
 from eslbridge.sim import faults
+from tests.esl_fixtures import CAPTURED, PASSWORD, PUBLIC, Collector, make_client, sim, summary_counts  # noqa: F401
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CAPTURED.glob("*.esl")))

@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
-from esl_fixtures import CAPTURED, Collector, make_client, sim  # noqa: F401
 
 from eslbridge.esl.events import parse_plain_event
 from eslbridge.esl.framing import parse_stream
 from eslbridge.sim import calls
 from eslbridge.sim.fsformat import json_body, plain_body
 from eslbridge.sim.templates import parse_pairs_plain, render_pairs
+from tests.esl_fixtures import CAPTURED, Collector, make_client, sim  # noqa: F401
 
 
 def captured_events(name: str, fmt: str) -> list[bytes]:

@@ -141,3 +141,16 @@ def test_a_key_file_readable_by_others_is_refused(tmp_path):
         Keyring.load(keyring.path)
     assert str(key_file) in str(err.value)
     assert key_file.read_text().strip() not in str(err.value)
+
+
+def test_consecutive_messages_of_every_length_open_in_pgcrypto(db, tmp_path):
+    # Messages share one CFB stream per key (eslbridge.crypto._Encryptor): each must still be a
+    # standalone OpenPGP message, whatever the length of the ones before it (block realignment).
+    keyring = make_keyring(tmp_path)
+    texts = ["é" * (n % 7) + "x" * n for n in range(0, 70)]
+    blobs = [keyring.encrypt(t) for t in texts]
+    assert len(set(blobs)) == len(blobs)
+    opened = db.execute("SELECT array_agg(pgp_sym_decrypt(b, %s) ORDER BY i) FROM unnest(%s::bytea[])"
+                        " WITH ORDINALITY AS m(b, i)", (keyring.passphrase(keyring.active_id), blobs)).fetchone()[0]
+    assert opened == texts
+    assert [keyring.decrypt(b) for b in blobs] == texts

@@ -110,6 +110,22 @@ def test_events_written_before_the_calls_row_exist_are_linked_to_it(db, db_dsn, 
     assert linked == [("created", True), ("answered", True), ("bridged", True), ("hangup", True)]
 
 
+def test_linking_earlier_events_touches_only_that_calls_events(db, db_dsn, keyring, tmp_path):
+    bob = create_user(db, "bob")
+    others = [u for i in range(20, 60) for u in call_updates(i)]  # no local user: events stay unlinked
+    started, answered, finished = call_updates(9)
+    answered.record.user_id = finished.record.user_id = bob
+    with open_journal(tmp_path / "j", keyring) as journal:
+        write_all(db_dsn, keyring, journal, [*others, started])
+        db.execute("ANALYZE call_events")  # statistics saying most events are unlinked
+        write_all(db_dsn, keyring, journal, [answered, finished])
+    (call_id,) = db.execute("SELECT id FROM calls").fetchone()
+    rows = db.execute("SELECT call_uuid = %s, call_id IS NOT DISTINCT FROM %s, count(*) FROM call_events"
+                      " GROUP BY 1, 2 ORDER BY 1", (call_uuid(9), call_id)).fetchall()
+    assert rows == [(False, False, 40 * 4), (True, True, 4)]
+    assert db.execute("SELECT count(*) FROM call_events WHERE call_id IS NULL").fetchone()[0] == 40 * 4
+
+
 def test_the_writer_works_through_the_daemons_pool(db, db_dsn, keyring, tmp_path):
     from eslbridge.config import DatabaseConfig, Secret
     from eslbridge.store.pool import make_pool

@@ -46,8 +46,9 @@ from __future__ import annotations
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
-from operator import itemgetter
 from datetime import UTC, datetime
+from functools import partial
+from operator import itemgetter
 from typing import Any
 
 from eslbridge.calls.build import build_record
@@ -72,6 +73,7 @@ _KIND = {
 _BRIDGING = {"CHANNEL_BRIDGE": "bridged", "CHANNEL_UNBRIDGE": "unbridged"}
 _NO_SEQ_BASE = 1 << 40
 _by_seq = itemgetter(0)
+_STARTED, _ANSWERED, _FINISHED = Stage.STARTED, Stage.ANSWERED, Stage.FINISHED
 
 
 class _Call:
@@ -254,24 +256,27 @@ class Correlator:
     # ---------------------------------------------------------------- updates
 
     def _update(self, call: _Call) -> RecordUpdate | None:
+        """The update this call is due, if any (runs after every event: cheap when nothing changed)."""
         root = call.legs.get(call.root)
         if root is None or call.hold or (root.seq < 0 and not call.reconciled):
             return None
-        legs = call.legs.values()
-        if all(leg.hungup for leg in legs):
+        for leg in call.legs.values():
+            if not leg.hungup:
+                break
+        else:
             missing = [uuid for uuid in call.expected if uuid not in call.legs and uuid not in self._done]
             if not missing or call.reconciled:
                 self._waiting.pop(call.uuid, None)
-                return self._emit(call, Stage.FINISHED)
+                return self._emit(call, _FINISHED)
             self._waiting.setdefault(call.uuid, self._now + ORPHAN_GRACE_US)
             return None
-        if root.answered_us and call.sent < Stage.ANSWERED:
-            return self._emit(call, Stage.ANSWERED)
+        if root.answered_us and call.sent < _ANSWERED:
+            return self._emit(call, _ANSWERED)
         if not call.sent:
-            return self._emit(call, Stage.STARTED)
-        if call.ringing == 1 and call.sent == Stage.STARTED:
+            return self._emit(call, _STARTED)
+        if call.ringing == 1 and call.sent == _STARTED:
             call.ringing = 2
-            update = self._emit(call, Stage.STARTED)
+            update = self._emit(call, _STARTED)
             update.record.call_status = "ringing"
             return update
         return None
@@ -279,19 +284,20 @@ class Correlator:
     def _emit(self, call: _Call, stage: Stage) -> RecordUpdate:
         root = call.legs[call.root]
         others = [leg for uuid, leg in call.legs.items() if uuid != call.root]
-        others.sort(key=lambda leg: (leg.created_us, leg.uuid))
-        record = build_record(call.uuid, self.node, root, others, stage == Stage.FINISHED,
-                              lambda identity: self._lookup(call, identity))
+        if len(others) > 1:
+            others.sort(key=_leg_order)
+        record = build_record(call.uuid, self.node, root, others, stage == _FINISHED, partial(self._lookup, call))
         if call.reconciled:
             record.reconciled = True
             record.reconcile_reason = RECONCILE_REASON
-        if stage == Stage.STARTED and call.ringing and not root.answered_us:
+        if stage == _STARTED and call.ringing and not root.answered_us:
             record.call_status = "ringing"
         call.pending.sort(key=_by_seq)  # stable: rows with equal seqs keep their order
         events = [LifecycleEvent(seq, kind, to_datetime(at), data) for seq, kind, at, data in call.pending]
         call.pending = []
-        call.sent = max(call.sent, stage)
-        if stage == Stage.FINISHED:
+        if stage > call.sent:
+            call.sent = stage
+        if stage == _FINISHED:
             self._release(call)
         return RecordUpdate(stage, record, events)
 
@@ -389,6 +395,10 @@ def _parent(ev: dict[str, str]) -> str | None:
     if parent == ev.get("Unique-ID"):
         return None
     return parent or None
+
+
+def _leg_order(leg: Leg) -> tuple[int, str]:
+    return leg.created_us, leg.uuid
 
 
 def _originated(value: str) -> tuple[str, ...]:

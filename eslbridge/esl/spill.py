@@ -22,15 +22,22 @@ from eslbridge.esl.stats import IntakeStats
 
 _REC = struct.Struct("!BI")  # tag, payload length
 _CHUNK = 1 << 20
+_SPILL_BATCH = 64  # items per batch read back from the file
 
 
 class SpillQueue:
-    """Unbounded FIFO: `maxlen` items in memory, the rest in a file under `spill_dir`."""
+    """Unbounded FIFO: `maxlen` items in memory, the rest in a file under `spill_dir`.
+
+    Items travel in batches (the reader puts everything one recv brought, the consumer takes a batch at
+    a time): one queue operation and one wake-up per batch, not per event. The batch the consumer holds
+    still counts in `len` and against `maxlen` until it asks for the next one."""
 
     def __init__(self, maxlen: int, stats: IntakeStats, spill_dir: str | None = None) -> None:
         if maxlen < 1:
             raise ValueError("queue size must be at least 1")
-        self._mem: deque[tuple[int, bytes]] = deque()
+        self._mem: deque[list[tuple[int, bytes]]] = deque()
+        self._in_mem = 0  # items in self._mem
+        self._held = 0  # items of the batch the consumer is working on
         self._maxlen = maxlen
         self._stats = stats
         self._dir = spill_dir
@@ -44,30 +51,42 @@ class SpillQueue:
         self._ready = Event()
 
     def __len__(self) -> int:
-        return len(self._mem) + self._spilled
+        return self._in_mem + self._spilled + self._held
 
     def put(self, tag: int, payload: bytes) -> None:
-        if self._spilled or len(self._mem) >= self._maxlen:
-            self._spill(tag, payload)
-        else:
-            self._mem.append((tag, payload))
+        self.put_many([(tag, payload)])
+
+    def put_many(self, items: list[tuple[int, bytes]]) -> None:
+        """Append items in order; those beyond `maxlen` (and all, once spilling) go to the file."""
+        room = 0 if self._spilled else self._maxlen - len(self)
+        if room < len(items):
+            for tag, payload in items[max(room, 0) :]:
+                self._spill(tag, payload)
+            items = items[:room] if room > 0 else []
+        if items:
+            self._mem.append(items)
+            self._in_mem += len(items)
         self._stats.queue_depth = len(self)
         self._ready.set()
 
-    def get(self, timeout: float | None = None) -> tuple[int, bytes] | None:
-        """The oldest item, waiting up to `timeout` seconds; None when nothing arrived."""
+    def get_batch(self, timeout: float | None = None) -> list[tuple[int, bytes]] | None:
+        """The oldest items (the previous batch is then done), waiting up to `timeout` seconds; None
+        when nothing arrived."""
+        self._held = 0
+        self._stats.queue_depth = len(self)
         while True:
             if self._mem:
-                item = self._mem.popleft()
+                batch = self._mem.popleft()
+                self._in_mem -= len(batch)
             elif self._spilled:
-                item = self._unspill()
+                batch = [self._unspill() for _ in range(min(self._spilled, _SPILL_BATCH))]
             else:
                 self._ready.clear()
                 if not self._ready.wait(timeout):
                     return None
                 continue
-            self._stats.queue_depth = len(self)
-            return item
+            self._held = len(batch)
+            return batch
 
     def _spill(self, tag: int, payload: bytes) -> None:
         if self._fd is None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from dataclasses import dataclass, field
+
+from eslbridge.logsetup import LogOnce
 
 log = logging.getLogger(__name__)
 
@@ -27,21 +28,16 @@ class IntakeStats:
     bytes_in: int = 0
     queue_depth: int = 0
     connected: bool = False
-    _last_logged: dict = field(default_factory=dict, repr=False)
+    _log: LogOnce = field(default_factory=lambda: LogOnce(log), repr=False)
 
-    def error(self, kind: str, detail: str = "", every: float = 60.0) -> None:
-        """Count a parse error and log it once per kind, then at most once per `every` seconds."""
+    def error(self, kind: str, detail: str = "") -> None:
+        """Count a parse error; logged once per kind, then at most once a minute."""
         self.parse_errors[kind] += 1
-        self._log_limited(kind, "%s: ESL input problem %s (%d so far) %s", every, detail)
+        self._log.warning(kind, "%s: ESL input problem %s (%d so far) %s", self.node, kind,
+                          self.parse_errors[kind], detail[:200])
 
-    def ignored(self, content_type: str, every: float = 60.0) -> None:
+    def ignored(self, content_type: str) -> None:
+        """Count a frame of a content type we do not use (log/data, disconnect-notice, ...): normal, not an error."""
         self.frames_ignored[content_type] += 1
-        self._log_limited("ct:" + content_type, "%s: ignored frame %s (%d so far) %s", every, "")
-
-    def _log_limited(self, key: str, fmt: str, every: float, detail: str) -> None:
-        now = time.monotonic()
-        last = self._last_logged.get(key)
-        if last is None or now - last >= every:
-            self._last_logged[key] = now
-            count = self.parse_errors[key] if not key.startswith("ct:") else self.frames_ignored[key[3:]]
-            log.warning(fmt, self.node, key.removeprefix("ct:"), count, detail[:200])
+        self._log.log("ct:" + content_type, logging.INFO, "%s: ignored frame %s (%d so far)", self.node,
+                      content_type, self.frames_ignored[content_type])

@@ -20,7 +20,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from eslbridge.sim.templates import CAPTURED, Ctx, EventTemplate, Pairs, Scenario, load_scenario
+from eslbridge.sim.templates import Ctx, EventTemplate, Pairs, Scenario, capture_bytes, load_scenario
 
 CAPTURE_OF = {
     "bridged": "bridge-answer", "busy": "bridge-busy", "reject": "reject", "tone": "tone",
@@ -38,7 +38,7 @@ _END_KEYS = re.compile(r"^(Event-Date-(Local|GMT|Timestamp)|.*Hangup-Time|variab
 
 
 def legs(capture: str) -> list[str]:
-    truth = json.loads((CAPTURED / f"{capture}.truth.json").read_text())
+    truth = json.loads(capture_bytes(f"{capture}.truth.json"))
     return [leg["uuid"] for call in truth.get("calls", []) for leg in call["legs"]]
 
 

@@ -1,5 +1,9 @@
 """Event templates taken from the real captures in ../shared/fixtures/captured.
 
+The package carries gzip'd copies of the captures it plays (eslbridge/sim/captures/, made by
+tools/pack_sim_captures.py, checked byte for byte against ../shared by tests/test_sim_captures.py),
+so the simulator, the demo and the benchmarks run from an installed eslbridge too.
+
 Each captured scenario is loaded in both formats, each from its own capture (FreeSWITCH's json and
 plain listeners do not always order a few headers the same way). Events keep their header names and
 order; what must change per call is turned into slots: every UUID (a fresh one per call, the Core-UUID
@@ -10,6 +14,7 @@ literal parts and slot values.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import time
@@ -22,8 +27,20 @@ from urllib.parse import unquote
 from eslbridge.esl.framing import parse_stream
 from eslbridge.sim.fsformat import fs_url_encode, json_body
 
-CAPTURED = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "captured"
+PACKAGED = Path(__file__).resolve().parent / "captures"
 SCENARIO_FILES = ("tone", "bridge-answer", "bridge-busy", "reject", "register", "auth-call")
+
+
+def packaged_files(scenarios: tuple[str, ...]) -> list[str]:
+    """The capture files (as named in ../shared) the simulator needs for these scenarios."""
+    return [f"{name}.{kind}" for name in scenarios for kind in ("json.esl", "plain.esl", "truth.json")]
+
+
+def capture_bytes(filename: str) -> bytes:
+    """A captured file's bytes, as in ../shared/fixtures/captured/<filename>."""
+    if filename.endswith(".esl"):
+        return gzip.decompress((PACKAGED / f"{filename}.gz").read_bytes())
+    return (PACKAGED / filename).read_bytes()
 BACKGROUND = ("HEARTBEAT", "RE_SCHEDULE")
 
 Pairs = list[tuple[str, object]]
@@ -197,9 +214,9 @@ class _Compiler:
         tpl.unique_id = self.uuids.get(uid) if isinstance(uid, str) else None
 
 
-def _load_events(path: Path, fmt: str) -> list[Pairs]:
+def _load_events(data: bytes, fmt: str) -> list[Pairs]:
     out = []
-    for fr in parse_stream(path.read_bytes()):
+    for fr in parse_stream(data):
         if fr.content_type == f"text/event-{fmt}":
             out.append(json.loads(fr.body, object_pairs_hook=list) if fmt == "json" else parse_pairs_plain(fr.body))
     return out
@@ -236,7 +253,7 @@ class Scenario:
 @cache
 def captured(name: str) -> tuple[dict[str, list[Pairs]], str, int]:
     """The raw (uncompiled) pairs of a capture: ({fmt: [pairs]}, core uuid, first timestamp)."""
-    events = {fmt: _load_events(CAPTURED / f"{name}.{fmt}.esl", fmt) for fmt in ("json", "plain")}
+    events = {fmt: _load_events(capture_bytes(f"{name}.{fmt}.esl"), fmt) for fmt in ("json", "plain")}
     first = dict(events["json"][0])
     return events, str(first["Core-UUID"]), int(first["Event-Date-Timestamp"])
 

@@ -14,7 +14,11 @@ Every method runs its transaction with ``plan_cache_mode = force_generic_plan`` 
 pooled connection is left as it was): the call_events foreign key is checked by a cached query
 on the partitioned ``calls``, and with custom plans PostgreSQL re-plans it for every event row
 (~100 us each, over half of the batch); the generic plan prunes partitions at run time. Measured
-on a steady-state batch: call_events upsert 385 -> 114 us per call.
+on a steady-state batch: call_events upsert 385 -> 114 us per call. The batch statements
+themselves are never prepared (``prepare=False``): a plan cached while the tables were small
+(or generic: the array sizes are unknown) turned linking events into a hash of every unlinked
+event, a cost that grew with the table (120 -> 360 ms per batch within seconds); planned
+afresh for every batch they probe indexes, for ~0.5 ms of planning per statement.
 
 Measured by ``python -m bench.writes --compare`` (as fast as possible, fsync on, the whole writer
 path with encryption and journal, on this shared 2-core machine): see bench/writes.py's docstring;
@@ -53,15 +57,16 @@ _EVENT_LINK = ("call_id, call_initiated_at", "c.id, c.initiated_at")
 # Events written before their call got a `calls` row (its local user became known later)
 # are linked when that row is inserted (created_at = now(): inserted by this transaction; an
 # updated row keeps its first created_at. Partitioned tables cannot return xmax).
-# An index probe per new calls row: a plain join is planned as a scan of every unlinked event
-# (all events of calls without a local user, a number that only grows). OFFSET 0 keeps the
-# planner from flattening the LATERAL subquery back into that join; `call_id IS NULL` stays
-# outside it, or the probe would be ANDed with a scan of that ever-growing index range.
+# An index probe per new calls row, then one primary-key probe per event to link. The shape
+# matters: OFFSET 0 fences the LATERAL probe (so `call_id IS NULL` is filtered on its output and
+# never ANDed with, or driven by, the ever-growing index range of unlinked events), and the
+# UPDATE's own table has no condition but its primary key. Measured: with `e.call_id IS NULL`
+# on the outer table, a plan made before autoanalyze looped over every unlinked event per batch.
 _LINK_EARLIER_EVENTS = (
     "UPDATE call_events e SET call_id = x.id, call_initiated_at = x.initiated_at FROM ("
     "SELECT up.id, up.initiated_at, ev.id AS event_id FROM up CROSS JOIN LATERAL ("
-    "SELECT id FROM call_events WHERE call_uuid = up.call_uuid OFFSET 0) ev"
-    " WHERE up.inserted) x WHERE e.id = x.event_id AND e.call_id IS NULL"
+    "SELECT id, call_id FROM call_events WHERE call_uuid = up.call_uuid OFFSET 0) ev"
+    " WHERE up.inserted AND ev.call_id IS NULL) x WHERE e.id = x.event_id"
 )
 
 
@@ -166,7 +171,7 @@ def write_copy(conn: psycopg.Connection, rows: BatchRows) -> None:
                 cp.set_types(spec.types)
                 for row in table_rows:
                     cp.write_row(row)
-            cur.execute(_STAGED_SQL[spec.name])
+            cur.execute(_STAGED_SQL[spec.name], prepare=False)
 
 
 def write_arrays(conn: psycopg.Connection, rows: BatchRows) -> None:
@@ -175,7 +180,8 @@ def write_arrays(conn: psycopg.Connection, rows: BatchRows) -> None:
         cur.execute(_GENERIC_PLANS)
         for spec, table_rows in _tables(rows):
             if table_rows:
-                cur.execute(_ARRAYS_SQL[spec.name], [list(column) for column in zip(*table_rows, strict=True)])
+                columns = [list(column) for column in zip(*table_rows, strict=True)]
+                cur.execute(_ARRAYS_SQL[spec.name], columns, prepare=False)
 
 
 def _nothing(conn: psycopg.Connection) -> None:

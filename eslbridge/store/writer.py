@@ -7,9 +7,10 @@
   acknowledged (``on_durable``). While the in-memory queue has room they are also kept there,
   so the writer does not read them back; once it is full (or the DB is down long enough for it
   to fill), later ones live in the journal only and the writer replays the journal, in seq
-  order, until it has caught up. ``journal.commit(seq)`` follows every committed batch, so
-  after ``kill -9`` a restart replays exactly what was not yet in PostgreSQL (plus at most the
-  batch in flight, which the idempotent upserts absorb).
+  order, until it has caught up. ``journal.commit(seq)`` follows committed batches, in a
+  greenlet of its own (its checkpoint fsync would otherwise stall the next batch), so after
+  ``kill -9`` a restart replays what was not yet in PostgreSQL plus at most the batches
+  committed since the last checkpoint, which the idempotent upserts absorb.
 * STARTED and ANSWERED updates are in memory only, coalesced per call (the highest stage, the
   latest on a tie, wins): each carries the call's full state, so a later update supersedes
   an earlier one, and a FINISHED update supersedes them all. Their number is bounded by the
@@ -142,6 +143,7 @@ class Writer:
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._wake = gevent.event.Event()
         self._journal_wake = gevent.event.Event()
+        self._commit_wake = gevent.event.Event()
         self._greenlets: list[gevent.Greenlet] = []
         self._undurable_logged = False
         if metrics is not None:
@@ -162,7 +164,8 @@ class Writer:
     def start(self) -> None:
         """Spawn the journal and writer greenlets; the writer replays the journal first."""
         if not self._greenlets:
-            self._greenlets = [gevent.spawn(self._journal_loop), gevent.spawn(self._write_loop)]
+            self._greenlets = [gevent.spawn(self._journal_loop), gevent.spawn(self._write_loop),
+                               gevent.spawn(self._commit_loop)]
 
     def submit(self, update: RecordUpdate) -> None:
         """Queue one update. Never blocks, never raises on load or outages."""
@@ -182,7 +185,7 @@ class Writer:
     def idle(self) -> bool:
         """Nothing submitted is waiting: every update is committed (or rejected)."""
         return not (self._incoming or self._pending or self._ready or self._in_flight or self._next or self._overflow
-                    or self._journaling or self._busy)
+                    or self._journaling or self._busy or self._journal.committed_seq < self._written_seq)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted is in PostgreSQL; True if it got there in time.
@@ -262,6 +265,20 @@ class Writer:
             self._last_seq = seqs[-1]
         if self._on_durable is not None and durable:
             self._on_durable([u for u, _ in durable])
+
+    def _commit_loop(self) -> None:
+        """Tell the journal what PostgreSQL has (the only caller of ``journal.commit``)."""
+        while True:
+            self._commit_wake.wait()
+            self._commit_wake.clear()
+            try:
+                if self._written_seq > self._journal.committed_seq:
+                    self._journal.commit(self._written_seq)
+            except (JournalError, OSError) as e:
+                # Only bookkeeping: the records are in PostgreSQL; a restart would replay them again.
+                log.error("writer: journal checkpoint failed (%s); retrying", e)
+                gevent.sleep(1.0)
+                self._commit_wake.set()
 
     def _keep_in_memory(self, update: RecordUpdate, t: float, why: str) -> None:
         if not self._undurable_logged:
@@ -379,8 +396,7 @@ class Writer:
         # Records the journal skipped as damaged or unreadable (it logged them) are gone for good:
         # count them as done, or this pass would repeat forever.
         self._written_seq = max(self._written_seq, upto)
-        if self._written_seq > self._journal.committed_seq:
-            self._journal.commit(self._written_seq)
+        self._commit_wake.set()
         # Cooperative scheduling: no switch between this check and the flag change, so an
         # append that finished during the replay either was replayed or lands in the queue.
         if self._written_seq >= self._last_seq:
@@ -410,7 +426,7 @@ class Writer:
         seqs = [seq for seq, _, _ in items if seq is not None]
         if seqs:
             self._written_seq = max(self._written_seq, max(seqs))
-            self._journal.commit(self._written_seq)
+            self._commit_wake.set()
 
     def _write_one_by_one(self, items: list[Item]) -> None:
         for seq, update, _ in items:
