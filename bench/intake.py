@@ -11,8 +11,10 @@ to every client that subscribes (`--blast`: a pool of rendered calls, sent round
   sent round and round would give the correlator cheap repeats);
 * sim ceiling: a bare socket counting frames, what the simulator can send at all on this machine.
 
-Every rate runs from the first event delivered to the last (the simulator renders its pool before it
-sends, which is not intake). The last line is machine-readable (`bench-result: {...}`).
+Rates run from the subscription to the last event handled (stock greenswitch hands events on after
+a delay, so its first delivery is no start mark), except for the correlated run: it runs from its first
+event, since the simulator first renders a pool as big as the run. The last line is machine-readable
+(`bench-result: {...}`).
 
     python bench/intake.py [--events 200000] [--stock-events 30000] [--correlated-events 30000]
                            [--all] [--paused]
@@ -31,7 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,10 +47,11 @@ from eslbridge.calls.correlator import Correlator
 from eslbridge.esl.inbound import SUBSCRIBED_EVENTS, InboundClient
 
 MIX = "bridged=5,busy=1,no_answer=1,cancel=1,reject=1,blind_transfer=1,originate=1"
+T = TypeVar("T")
 EVENTS_PER_CALL = 7  # a little below what MIX gives with the daemon's subscription (~7.7)
 
 
-def start_sim(n: int, pool: int = 400) -> tuple[subprocess.Popen, int]:
+def start_sim(n: int, pool: int) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "eslbridge.sim", "--listen", "127.0.0.1:0", "--blast", str(n), "--mix", MIX,
          "--heartbeat", "3600", "--blast-pool", str(pool), "--seed", "1"],
@@ -54,18 +59,31 @@ def start_sim(n: int, pool: int = 400) -> tuple[subprocess.Popen, int]:
     return proc, int(proc.stdout.readline().split(":")[-1])
 
 
+def with_sim(n: int, pool: int, run: Callable[[int], T]) -> T:
+    """`run(port)` against a fresh simulator that blasts `n` events from a pool of `pool` calls."""
+    proc, port = start_sim(n, pool)
+    try:
+        return run(port)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 class Clock:
-    """Counts deliveries; `rate` is events/s from the first delivery to the n-th."""
+    """Counts deliveries; `rate` is events/s from `start()` (else the first delivery) to the n-th."""
 
     def __init__(self, n: int) -> None:
         self.n, self.count, self.first, self.last = n, 0, 0.0, 0.0
         self.done = Event()
 
+    def start(self) -> None:
+        self.first = time.perf_counter()
+
     def tick(self) -> None:
         self.count += 1
-        if self.count == 1:
+        if self.count == 1 and not self.first:
             self.first = time.perf_counter()
-        elif self.count == self.n:
+        if self.count == self.n:
             self.last = time.perf_counter()
             self.done.set()
 
@@ -75,7 +93,7 @@ class Clock:
 
     @property
     def rate(self) -> float:
-        return (self.n - 1) / self.seconds
+        return self.n / self.seconds
 
 
 def run_ours(port: int, fmt: str, n: int, events: tuple[str, ...], paused: bool = False,
@@ -98,6 +116,8 @@ def run_ours(port: int, fmt: str, n: int, events: tuple[str, ...], paused: bool 
 
     consumer = blocked if paused else correlated if correlate else consume
     with tempfile.TemporaryDirectory() as spill:
+        if not correlate:  # the clock runs from connect, as for greenswitch (see main)
+            clock.start()
         client = InboundClient("127.0.0.1", port, "ClueCon", "bench", fmt, consumer, lambda node, rows: None,
                                events=events, spill_dir=spill, queue_size=10_000, heartbeat_interval=600)
         client.start()
@@ -123,6 +143,7 @@ def run_stock(port: int, n: int, events: tuple[str, ...]) -> float:
     esl.connect()
     clock = Clock(n)
     esl.register_handle("*", lambda event: clock.tick())
+    clock.start()  # the simulator starts sending when the subscription is acknowledged
     esl.send(f"event plain {' '.join(events)}")
     clock.done.wait(900)
     esl._run = False
@@ -163,26 +184,17 @@ def main() -> int:
     n, n_stock, n_corr = args.events, args.stock_events, args.correlated_events
     events = ("ALL",) if args.all else SUBSCRIBED_EVENTS
     rows: list[tuple[str, str, int, float, float]] = []  # reader, format, events, events/s, MB/s
-    proc, port = start_sim(max(n, n_stock))
-    try:
-        rows.append(("sim ceiling", "json", n, run_ceiling(port, "json", n, events), 0.0))
-        for fmt in ("json", "plain"):
-            gevent.sleep(0.3)
-            rows.append(("eslbridge", fmt, n, *run_ours(port, fmt, n, events, args.paused)))
-        gevent.sleep(0.3)
-        rows.append(("greenswitch", "plain", n_stock, run_stock(port, n_stock, events), 0.0))
-    finally:
-        proc.terminate()
-        proc.wait()
+    rows.append(("sim ceiling", "json", n, with_sim(n, 400, lambda port: run_ceiling(port, "json", n, events)), 0))
+    for fmt in ("json", "plain"):
+        rows.append(("eslbridge", fmt, n, *with_sim(n, 400, lambda port: run_ours(port, fmt, n, events, args.paused))))
+    # Its own simulator: the stream must end with the last event counted (greenswitch's reader starves
+    # its handler greenlet while data keeps coming).
+    rows.append(("greenswitch", "plain", n_stock, with_sim(n_stock, 400, lambda port: run_stock(port, n_stock, events)), 0))
     correlated = 0.0
     if not args.paused and n_corr:
-        proc, port = start_sim(n_corr, pool=n_corr // EVENTS_PER_CALL + 1)
-        try:
-            correlated = run_ours(port, "json", n_corr, events, correlate=True)[0]
-            rows.append(("eslbridge+correlator", "json", n_corr, correlated, 0.0))
-        finally:
-            proc.terminate()
-            proc.wait()
+        correlated = with_sim(n_corr, n_corr // EVENTS_PER_CALL + 1,
+                              lambda port: run_ours(port, "json", n_corr, events, correlate=True)[0])
+        rows.append(("eslbridge+correlator", "json", n_corr, correlated, 0.0))
     rate = {(name, fmt): (eps, mbps) for name, fmt, _, eps, mbps in rows}
     stock = rate[("greenswitch", "plain")][0]
     ours_json, ours_mbps = rate[("eslbridge", "json")]

@@ -71,6 +71,24 @@ def test_a_same_stage_update_with_new_content_is_applied(db, db_dsn, keyring, tm
     assert keyring.decrypt(blob) == "2001:db8::8"
 
 
+def test_a_replay_never_rewrites_an_erased_row(db, db_dsn, keyring, tmp_path):
+    alice = create_user(db)
+    updates = call_updates(9, alice)
+    finished = updates[-1]
+    with open_journal(tmp_path / "j", keyring) as journal:
+        write_all(db_dsn, keyring, journal, updates)
+        # A GDPR erase of the other party: their fields go, the row stays for its owner and for billing.
+        db.execute("UPDATE calls SET destination_number_enc = NULL, destination_number_hash = NULL,"
+                   " erased_at = now()")
+        db.execute("UPDATE call_records SET callee = NULL, callee_hash = NULL, erased_at = now()")
+        erased = snapshot(db)
+        finished.record.call_status = "failed"  # even a changed record of the same stage
+        write_all(db_dsn, keyring, journal, [finished])
+    after = snapshot(db)
+    assert after["calls"] == erased["calls"] and after["call_records"] == erased["call_records"]
+    assert db.execute("SELECT destination_number_enc FROM calls").fetchone() == (None,)
+
+
 def test_calls_row_only_for_existing_local_users(db, db_dsn, keyring, tmp_path):
     alice = create_user(db)
     gone = "0b0e0000-0000-4000-8000-000000000000"  # no such user (deleted meanwhile)

@@ -30,8 +30,8 @@ Content means every plain column and blind index, and the *length* of every encr
 (ciphertext is randomised, so comparing bytes would make every replay rewrite the row; a
 length or NULL change still catches an IP or SDP appearing). A same-stage change that only
 alters an encrypted value without changing its length waits for the next stage: the final
-record always carries the full state. A GDPR-erased call_records row (erased_at set) is never
-written again.
+record always carries the full state. A GDPR-erased call_records or calls row (erased_at set)
+is never written again, so a journal replay cannot bring an erased party back.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _changed(spec: TableSpec) -> str:
 
     same = f"({cmp('t')}) IS NOT DISTINCT FROM ({cmp('EXCLUDED')})"
     rule = f"t.stage < EXCLUDED.stage OR (t.stage = EXCLUDED.stage AND NOT {same})"
-    if spec.name == "call_records":
+    if spec.name in ("call_records", "calls"):  # both carry erased_at (migrations 0002, 0007)
         rule = f"t.erased_at IS NULL AND ({rule})"
     return rule
 
