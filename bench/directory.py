@@ -11,8 +11,10 @@ process and the load generator in another (2 cores: the numbers include the clie
 - baseline              one SELECT per request, no cache, pywsgi (the FusionPBX-without-memcache
                         pattern the targets are anchored on).
 
-Clients: gevent greenlets with keep-alive connections, each posting a real mod_xml_curl
-sip_auth body (the tropo-proxy capture, user/domain replaced) for a random user.
+Clients: keep-alive connections, each posting a real mod_xml_curl sip_auth body (the tropo-proxy
+capture, user/domain replaced) for a random user; every answer must carry an a1-hash. With `wrk`
+on PATH (Debian: wrk) it generates the load: a C client takes far less of the two cores than a
+Python one, so the numbers describe the server. Without it, gevent greenlets in a child process.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ import argparse
 import base64
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,10 +112,8 @@ def load() -> None:
     import gevent
 
     spec = json.loads(sys.stdin.readline())
-    template = TEMPLATE.read_text()
     requests = []
-    for i in range(spec["users"]):
-        body = (template.replace("%2B14158510070", f"u{i}").replace("connect.tropo.com", REALM)).encode()
+    for body in (b.encode() for b in _bodies(spec["users"])):
         requests.append(b"POST /directory HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: %s\r\n"
                         b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s"
                         % (AUTH.encode(), len(body), body))
@@ -145,6 +148,56 @@ def load() -> None:
                       "p99": latencies[int(n * 0.99)] * 1000, "n": n, "errors": errors[0]}), flush=True)
 
 
+def _bodies(users: int) -> list[str]:
+    template = TEMPLATE.read_text()
+    return [template.replace("%2B14158510070", f"u{i}").replace("connect.tropo.com", REALM) for i in range(users)]
+
+
+_WRK_SCRIPT = """
+local bodies = {%s}
+n, errors = 0, 0  -- globals: done() reads them with thread:get
+local headers = {["Authorization"] = "%s", ["Content-Type"] = "application/x-www-form-urlencoded"}
+request = function()
+  n = n %% #bodies + 1
+  return wrk.format("POST", "/directory", headers, bodies[n])
+end
+delay = function() return %d end  -- ms between a connection's requests; 0: as fast as possible
+response = function(status, hdrs, body)
+  if status ~= 200 or not body:find("a1-hash", 1, true) then errors = errors + 1 end
+end
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+done = function(summary, latency, requests)
+  local e = 0
+  for _, t in ipairs(threads) do e = e + t:get("errors") end
+  io.write(string.format("RESULT %%d %%f %%f %%d\\n", summary.requests, latency:percentile(50),
+                         latency:percentile(99), e))
+end
+"""
+
+
+def wrk_load(port: int, users: int, clients: int, seconds: float, warmup: float, rate: float = 0) -> dict:
+    """Load with wrk (one thread: the other core is the server's); latencies in ms.
+
+    rate 0: every connection sends its next request as soon as the answer arrives (throughput at
+    saturation, where latency is only queueing: clients / throughput). rate > 0: each connection
+    waits clients/rate s between requests, offering about `rate` requests/s: latency at that load.
+    """
+    bodies = ", ".join(json.dumps(b) for b in _bodies(users))
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_WRK_SCRIPT % (bodies, AUTH, round(1000 * clients / rate) if rate else 0))
+    try:
+        base = ["wrk", "-t1", f"-c{clients}", "-s", script.name, f"http://127.0.0.1:{port}/directory"]
+        subprocess.run([*base, f"-d{max(1, round(warmup))}s"], check=True, capture_output=True)
+        out = subprocess.run([*base, f"-d{max(1, round(seconds))}s"], check=True, capture_output=True,
+                             text=True).stdout
+    finally:
+        os.unlink(script.name)
+    requests, p50_us, p99_us, errors = re.search(r"RESULT (\d+) ([\d.]+) ([\d.]+) (\d+)", out).groups()
+    return {"rps": int(requests) / max(1, round(seconds)), "p50": float(p50_us) / 1000,
+            "p99": float(p99_us) / 1000, "n": int(requests), "errors": int(errors)}
+
+
 # --- orchestration ----------------------------------------------------------------------------
 
 
@@ -170,30 +223,47 @@ def main() -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             for i in range(args.users):
                 users.add_user(conn, f"u{i}", REALM, f"password-{i}", rounds=4, actor="bench")
-        runs = [("eslbridge, cached", "serve_eslbridge", {"cache_seconds": 300}),
-                ("eslbridge, uncached", "serve_eslbridge", {"cache_seconds": 0}),
-                ("eslbridge via pywsgi, cached", "serve_eslbridge", {"cache_seconds": 300, "pywsgi": True}),
-                ("baseline: SELECT per request", "serve_baseline", {})]
-        print(f"{args.clients} concurrent keep-alive clients, {args.seconds:g} s each, {args.users} users, "
+        # (label, server role, server options, offered rate: 0 = saturation; DESIGN targets in the label)
+        runs = [("eslbridge cached, saturation", "serve_eslbridge", {"cache_seconds": 300}, 0),
+                ("eslbridge cached, 5,000/s offered", "serve_eslbridge", {"cache_seconds": 300}, 5000),
+                ("eslbridge uncached, saturation", "serve_eslbridge", {"cache_seconds": 0}, 0),
+                ("eslbridge uncached, 1,500/s offered", "serve_eslbridge", {"cache_seconds": 0}, 1500),
+                ("eslbridge cached via pywsgi, saturation", "serve_eslbridge", {"cache_seconds": 300, "pywsgi": True},
+                 0),
+                ("baseline: SELECT per request, saturation", "serve_baseline", {}, 0)]
+        wrk = shutil.which("wrk")
+        print(f"load: {'wrk' if wrk else 'python (install wrk for a lighter client and paced runs)'}; "
+              f"{args.clients} concurrent keep-alive clients, {args.seconds:g} s each, {args.users} users, "
               f"{os.cpu_count()} CPUs (server, client and PostgreSQL share them)")
-        print(f"{'server':32} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        print(f"{'server':42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
         results = {}
-        for label, role, extra in runs:
+        for label, role, extra, rate in runs:
+            if rate and not wrk:
+                continue
             server = _child(role, {"dsn": dsn, **extra})
             try:
                 port = int(server.stdout.readline().split()[1])
-                client = _child("load", {"port": port, "users": args.users, "clients": args.clients,
-                                         "seconds": args.seconds, "warmup": args.warmup})
-                result = json.loads(client.stdout.readline())
-                client.wait()
+                if wrk:
+                    result = wrk_load(port, args.users, args.clients, args.seconds, args.warmup, rate)
+                else:
+                    client = _child("load", {"port": port, "users": args.users, "clients": args.clients,
+                                             "seconds": args.seconds, "warmup": args.warmup})
+                    result = json.loads(client.stdout.readline())
+                    client.wait()
             finally:
                 server.kill()
                 server.wait()
-            print(f"{label:32} {result['rps']:9.0f} {result['p50']:8.2f} {result['p99']:8.2f} {result['errors']:7d}")
+            print(f"{label:42} {result['rps']:9.0f} {result['p50']:8.2f} {result['p99']:8.2f} {result['errors']:7d}")
             results[label] = result
-        print("bench-result: " + json.dumps({"bench": "directory", "clients": args.clients, **{
-            key: {k: round(results[label][k], 2) for k in ("rps", "p50", "p99")}
-            for key, label in (("cached", runs[0][0]), ("uncached", runs[1][0]), ("baseline", runs[3][0]))}}))
+
+        def pick(saturated: str, paced: str) -> dict:
+            latency = results.get(paced, results[saturated])
+            return {"rps": round(results[saturated]["rps"]), "p50": round(latency["p50"], 2),
+                    "p99": round(latency["p99"], 2), "paced_rps": round(latency["rps"])}
+
+        print("bench-result: " + json.dumps({"bench": "directory", "clients": args.clients,
+              "cached": pick(runs[0][0], runs[1][0]), "uncached": pick(runs[2][0], runs[3][0]),
+              "baseline": pick(runs[5][0], runs[5][0])}))
     finally:
         cluster.destroy()
 

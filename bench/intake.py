@@ -48,6 +48,7 @@ from eslbridge.esl.inbound import SUBSCRIBED_EVENTS, InboundClient
 
 MIX = "bridged=5,busy=1,no_answer=1,cancel=1,reject=1,blind_transfer=1,originate=1"
 T = TypeVar("T")
+POOL = 400  # calls rendered by the simulator and sent round and round
 EVENTS_PER_CALL = 7  # a little below what MIX gives with the daemon's subscription (~7.7)
 
 
@@ -59,11 +60,11 @@ def start_sim(n: int, pool: int) -> tuple[subprocess.Popen, int]:
     return proc, int(proc.stdout.readline().split(":")[-1])
 
 
-def with_sim(n: int, pool: int, run: Callable[[int], T]) -> T:
-    """`run(port)` against a fresh simulator that blasts `n` events from a pool of `pool` calls."""
+def with_sim(n: int, pool: int, run: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """`run(port, *args, **kwargs)` against a fresh simulator blasting `n` events from `pool` calls."""
     proc, port = start_sim(n, pool)
     try:
-        return run(port)
+        return run(port, *args, **kwargs)
     finally:
         proc.terminate()
         proc.wait()
@@ -184,16 +185,16 @@ def main() -> int:
     n, n_stock, n_corr = args.events, args.stock_events, args.correlated_events
     events = ("ALL",) if args.all else SUBSCRIBED_EVENTS
     rows: list[tuple[str, str, int, float, float]] = []  # reader, format, events, events/s, MB/s
-    rows.append(("sim ceiling", "json", n, with_sim(n, 400, lambda port: run_ceiling(port, "json", n, events)), 0))
+    rows.append(("sim ceiling", "json", n, with_sim(n, POOL, run_ceiling, "json", n, events), 0.0))
     for fmt in ("json", "plain"):
-        rows.append(("eslbridge", fmt, n, *with_sim(n, 400, lambda port: run_ours(port, fmt, n, events, args.paused))))
+        rows.append(("eslbridge", fmt, n, *with_sim(n, POOL, run_ours, fmt, n, events, args.paused)))
     # Its own simulator: the stream must end with the last event counted (greenswitch's reader starves
     # its handler greenlet while data keeps coming).
-    rows.append(("greenswitch", "plain", n_stock, with_sim(n_stock, 400, lambda port: run_stock(port, n_stock, events)), 0))
+    rows.append(("greenswitch", "plain", n_stock, with_sim(n_stock, POOL, run_stock, n_stock, events), 0.0))
     correlated = 0.0
     if not args.paused and n_corr:
-        correlated = with_sim(n_corr, n_corr // EVENTS_PER_CALL + 1,
-                              lambda port: run_ours(port, "json", n_corr, events, correlate=True)[0])
+        pool = n_corr // EVENTS_PER_CALL + 1
+        correlated = with_sim(n_corr, pool, run_ours, "json", n_corr, events, correlate=True)[0]
         rows.append(("eslbridge+correlator", "json", n_corr, correlated, 0.0))
     rate = {(name, fmt): (eps, mbps) for name, fmt, _, eps, mbps in rows}
     stock = rate[("greenswitch", "plain")][0]

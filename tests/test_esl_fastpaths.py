@@ -1,0 +1,128 @@
+"""The C-speed paths of intake give exactly what the plain, line-by-line definitions give."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from urllib.parse import unquote_to_bytes
+
+import pytest
+
+from eslbridge.esl.events import parse_json_event, parse_plain_event
+from eslbridge.esl.framing import MIN_FREE, FrameParser, parse_stream
+from eslbridge.esl.spill import SpillQueue
+from eslbridge.esl.stats import IntakeStats
+from tests.esl_fixtures import CAPTURED
+
+
+def reference_plain(body: bytes) -> dict[str, str]:
+    """DESIGN 5 spelled out: split lines, first header wins, then URL-decode each value on its own."""
+    head = body.partition(b"\n\n")[0].decode("utf-8", "replace")
+    event: dict[str, str] = {}
+    for line in head.split("\n"):
+        name, sep, value = line.partition(": ")
+        if sep and name not in event:
+            event[name] = unquote_to_bytes(value).decode("utf-8", "replace")
+    return event
+
+
+@pytest.mark.parametrize("scenario", ["tone", "bridge-answer", "bridge-busy", "reject", "register", "auth-call"])
+def test_plain_fast_path_matches_reference_on_captures(scenario):
+    frames = parse_stream((CAPTURED / f"{scenario}.plain.esl").read_bytes())
+    bodies = [f.body for f in frames if f.content_type == "text/event-plain"]
+    assert bodies
+    for body in bodies:
+        event = parse_plain_event(body)
+        event.pop("_body", None)
+        assert event == reference_plain(body)
+
+
+@pytest.mark.parametrize("value", [
+    "a%0Ab%0D%0Ac",  # encoded newlines stay inside the value
+    "x%01y", "x\x01y",  # the joining separator, encoded and raw
+    "100%", "%zz%2", "%%41",  # malformed escapes stay as they are
+    "a=3Db=c", "=41", "_under_",  # quoted-printable look-alikes are not decoded
+    "%E2%82%AC%e2%82%ac",  # UTF-8, both hex cases
+])
+def test_plain_values_decode_like_urllib(value):
+    body = f"Event-Name: CUSTOM\nA: pre%20fix\nValue: {value}\nB: %3Apost\nValue: second\n\n".encode()
+    assert parse_plain_event(body) == reference_plain(body)
+
+
+def test_plain_invalid_utf8_counted_per_bad_value():
+    errors = Counter()
+    body = b"Event-Name: X\nA: %FF\nB: ok%20\nC: %C3%28\n\n"
+    event = parse_plain_event(body, lambda kind, detail="": errors.update([kind]))
+    assert event == reference_plain(body)
+    assert errors["invalid_utf8"] == 2
+
+
+def test_plain_random_values_match_reference():
+    rng = random.Random(7)
+    alphabet = ["%", "%0A", "%01", "%41", "%e2%82%ac", "%FF", "=", "_", "a", " ", ":", "%3A%20", "\x01", "\t"]
+    for _ in range(300):
+        values = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8))) for _ in range(5)]
+        body = ("Event-Name: X\n" + "".join(f"H{i % 3}: {v}\n" for i, v in enumerate(values)) + "\n").encode()
+        assert parse_plain_event(body) == reference_plain(body), values
+
+
+def test_plain_odd_lines_take_the_careful_path():
+    errors = Counter()
+    body = b"Event-Name: X\nNoSpace:v%41\ngarbage\nTwo: a: b\n\n"
+    event = parse_plain_event(body, lambda kind, detail="": errors.update([kind]))
+    assert event == {"Event-Name": "X", "NoSpace": "vA", "Two": "a: b"}
+    assert errors["garbage_line"] == 1
+
+
+def test_json_non_string_values_are_flattened():
+    event = parse_json_event(b'{"Event-Name":"X","n":5,"z":null,"t":true,"a":["x",1],"s":"ok"}')
+    assert event == {"Event-Name": "X", "n": "5", "z": "", "t": "true", "a": "ARRAY::x|:1", "s": "ok"}
+
+
+def _event_frame(i: int, size: int) -> bytes:
+    body = (f"Event-Name: HEARTBEAT\nEvent-Sequence: {i}\nPad: " + "p" * size + "\n\n").encode()
+    return b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(body) + body
+
+
+def test_recv_into_path_across_buffer_growth():
+    # Frames bigger than the buffer, split at every odd place, through writable()/commit().
+    stream = b"".join(_event_frame(i, size) for i, size in enumerate([10, 3 * MIN_FREE, 5, 9 * MIN_FREE, 0]))
+    parser = FrameParser(size=1024)
+    frames, pos, rng = [], 0, random.Random(3)
+    while pos < len(stream):
+        with parser.writable(1) as view:
+            take = min(len(view), rng.randint(1, 2 * MIN_FREE), len(stream) - pos)
+            view[:take] = stream[pos : pos + take]
+        frames += parser.commit(take)
+        pos += take
+    assert [parse_plain_event(f.body)["Event-Sequence"] for f in frames] == ["0", "1", "2", "3", "4"]
+    assert [(f.headers, f.body) for f in frames] == [(f.headers, f.body) for f in parse_stream(stream)]
+    assert parser.close() == 0
+
+
+def test_stale_bytes_beyond_the_data_are_never_parsed():
+    parser = FrameParser()
+    first = _event_frame(1, 50)
+    assert len(parser.feed(first)) == 1
+    # The buffer still holds `first` past the new end: "Content-Length: 1" must wait for its digits.
+    assert parser.feed(first[:17]) == []
+    assert parse_plain_event(parser.feed(first[17:])[0].body)["Event-Sequence"] == "1"
+
+
+def test_spill_queue_batches_keep_order_and_count_held_batch(tmp_path):
+    stats = IntakeStats()
+    queue = SpillQueue(5, stats, str(tmp_path))
+    queue.put_many([(1, b"a"), (1, b"b"), (1, b"c")])
+    batch = queue.get_batch(0)
+    assert batch == [(1, b"a"), (1, b"b"), (1, b"c")]
+    assert len(queue) == 3  # held by the consumer until it asks again
+    queue.put_many([(1, b"d"), (1, b"e"), (1, b"f")])  # room for 2: f is spilled
+    queue.put(2, b"g")  # spilling: g follows f into the file
+    assert stats.overflows == 2 and len(queue) == 7
+    got = []
+    while (batch := queue.get_batch(0)) is not None:
+        got += batch
+    assert [p for _, p in got] == [b"d", b"e", b"f", b"g"]
+    assert got[-1][0] == 2
+    assert len(queue) == 0 and stats.queue_depth == 0
+    queue.close()
