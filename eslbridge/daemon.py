@@ -18,6 +18,7 @@ import logging
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from eslbridge import systemd
 from eslbridge.authorizer import CallAuthorizer
 from eslbridge.calls.correlator import Correlator
 from eslbridge.calls.errors import EventError
+from eslbridge.calls.records import RecordUpdate
 from eslbridge.config import Config, NodeConfig, load_config
 from eslbridge.directory.service import DirectoryService
 from eslbridge.esl.inbound import InboundClient
@@ -185,34 +187,29 @@ class Daemon:
     # --- ESL consumers (run in each node's consumer greenlet; must never block) ----------------
 
     def _on_event(self, node_name: str, event: dict[str, str]) -> None:
-        node = self.nodes[node_name]
         if event.get("Event-Name") == "CUSTOM":
             login = login_from_event(event)
             if login is not None:
                 self._logins.append(login)
             return
-        try:
-            updates = node.correlator.feed(event)
-        except EventError as exc:
-            self._bad_event(node, exc)
-            return
-        for update in updates:
-            self.writer.submit(update)
+        node = self.nodes[node_name]
+        self._correlate(node, node.correlator.feed, event)
 
     def _on_snapshot(self, node_name: str, channels: list[dict]) -> None:
         node = self.nodes[node_name]
+        n = self._correlate(node, node.correlator.resync, channels)
+        log.info("%s: resync with %d live channel(s), %d record update(s)", node_name, len(channels), n)
+
+    def _correlate(self, node: Node, step: Callable[[Any], list[RecordUpdate]], item: Any) -> int:
+        """One correlator step; its updates go to the writer (never blocks). Bad input is counted."""
         try:
-            updates = node.correlator.resync(channels)
+            updates = step(item)
         except EventError as exc:
-            self._bad_event(node, exc)
-            return
+            node.stats.error("uncorrelated_event", str(exc))
+            return 0
         for update in updates:
             self.writer.submit(update)
-        log.info("%s: resync with %d live channel(s), %d record update(s)", node_name, len(channels), len(updates))
-
-    @staticmethod
-    def _bad_event(node: Node, exc: EventError) -> None:
-        node.stats.error("uncorrelated_event", str(exc))
+        return len(updates)
 
     def _on_fatal(self, node_name: str, exc: Exception) -> None:
         log.error("%s: %s", node_name, exc)

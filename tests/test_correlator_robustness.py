@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eslbridge.calls.correlator import ORPHAN_GRACE_US, RECONCILE_REASON, Correlator
+from eslbridge.calls.correlator import ORPHAN_GRACE_US, RECONCILE_REASON, TOMBSTONE_US, Correlator
 from eslbridge.calls.errors import EventError
 from eslbridge.calls.records import Stage
 from tests.correlator_fixtures import (
@@ -165,6 +165,18 @@ def test_the_same_uuid_on_two_nodes_makes_two_records():
     first, second = run(events, "fs1")[1], run(events, "fs2")[1]
     assert (final(first).node, final(second).node) == ("fs1", "fs2")
     assert final(first).call_uuid == final(second).call_uuid
+
+
+def test_tombstones_expire_with_event_time():
+    """Finished legs are remembered TOMBSTONE_US of event time (duplicates dropped), then forgotten."""
+    events, a, b = bridge_answer()
+    correlator, _ = run(events)
+    assert set(correlator._done) == {a, b}
+    newest = max(int(e["Event-Date-Timestamp"]) for e in events)
+    assert correlator.feed({"Event-Name": "HEARTBEAT", "Event-Date-Timestamp": str(newest + TOMBSTONE_US)}) == []
+    assert set(correlator._done) == {a, b}  # not older than the window yet
+    correlator.feed({"Event-Name": "HEARTBEAT", "Event-Date-Timestamp": str(newest + TOMBSTONE_US + 1)})
+    assert not correlator._done
 
 
 def test_finished_state_is_released():

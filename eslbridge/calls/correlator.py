@@ -163,6 +163,8 @@ class Correlator:
         if created:
             _note_once(call, uuid, "created", leg.created_us or ts, _data(leg=uuid, direction=leg.direction))
         self._on_event(call, leg, name, event, seq, ts, was_answered)
+        # Only a call that has emitted nothing can still join a parent (see _link_root; a held
+        # call never emits), so the parent lookup is skipped for the rest of the call.
         if not call.sent and (call.uuid == uuid or call.root == uuid):
             call = self._link_root(call, leg, event)
         update = self._update(call)

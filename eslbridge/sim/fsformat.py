@@ -6,6 +6,7 @@ Checked byte for byte against the captures in ../shared/fixtures/captured (tests
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from urllib.parse import quote
 
 # switch_utils.h SWITCH_URL_UNSAFE; switch_url_encode also escapes control and non-ASCII bytes.
@@ -61,3 +62,13 @@ AUTH_REQUEST = b"Content-Type: auth/request\n\n"
 DISCONNECT_MESSAGE = b"Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
 DISCONNECT_NOTICE = frame("text/disconnect-notice", DISCONNECT_MESSAGE)
 RUDE_REJECTION = frame("text/rude-rejection", b"Access Denied, go away.\n")
+
+
+def read_commands(sock) -> Iterator[str]:
+    """Commands a client sends FreeSWITCH (each ends with a blank line), until the socket closes."""
+    buf = b""
+    while chunk := sock.recv(65536):
+        buf += chunk
+        while b"\n\n" in buf:
+            raw, buf = buf.split(b"\n\n", 1)
+            yield raw.decode("utf-8", "replace").strip()

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 
 from gevent import socket
 
-from eslbridge.esl.framing import FrameParser
 from eslbridge.sim import calls
-from eslbridge.sim.fsformat import fs_url_encode, reply
+from eslbridge.sim.fsformat import fs_url_encode, read_commands, reply
 from eslbridge.sim.templates import Ctx
 
 
@@ -44,36 +43,26 @@ def place_call(host: str, port: int, data: dict[str, str], timeout: float = 5.0)
     """Connect like the `socket` app, answer the server's commands, return what became of the call."""
     result = OutboundResult(data)
     sock = socket.create_connection((host, port), timeout=timeout)
-    parser = FrameParser()
-    buf = b""
     try:
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-            while b"\n\n" in buf:
-                raw, buf = buf.split(b"\n\n", 1)
-                text = raw.decode()
-                verb = text.split()[0] if text.strip() else ""
-                result.commands.append(verb)
-                if verb == "connect":
-                    head = "".join(f"{k}: {fs_url_encode(v)}\n" for k, v in data.items() if k != "Content-Type")
-                    sock.sendall(f"Content-Type: command/reply\n{head}\n".encode())
-                elif verb == "sendmsg":
-                    headers = dict(line.split(": ", 1) for line in text.split("\n")[1:] if ": " in line)
-                    if headers.get("call-command") == "hangup":
-                        result.hangup_cause = headers.get("hangup-cause", "NORMAL_CLEARING")
-                    sock.sendall(reply("+OK"))
-                elif verb == "resume":
-                    result.resumed = True
-                    sock.sendall(reply("+OK"))
-                elif verb == "exit":
-                    sock.sendall(reply("+OK bye"))
-                    return result
-                else:
-                    sock.sendall(reply("+OK" if verb in ("myevents", "linger", "event") else "-ERR command not found"))
+        for text in read_commands(sock):
+            verb = text.split()[0] if text else ""
+            result.commands.append(verb)
+            if verb == "connect":
+                head = "".join(f"{k}: {fs_url_encode(v)}\n" for k, v in data.items() if k != "Content-Type")
+                sock.sendall(f"Content-Type: command/reply\n{head}\n".encode())
+            elif verb == "sendmsg":
+                headers = dict(line.split(": ", 1) for line in text.split("\n")[1:] if ": " in line)
+                if headers.get("call-command") == "hangup":
+                    result.hangup_cause = headers.get("hangup-cause", "NORMAL_CLEARING")
+                sock.sendall(reply("+OK"))
+            elif verb == "resume":
+                result.resumed = True
+                sock.sendall(reply("+OK"))
+            elif verb == "exit":
+                sock.sendall(reply("+OK bye"))
+                return result
+            else:
+                sock.sendall(reply("+OK" if verb in ("myevents", "linger", "event") else "-ERR command not found"))
     finally:
-        parser.close()
         sock.close()
     return result

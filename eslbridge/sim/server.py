@@ -32,6 +32,7 @@ from eslbridge.sim.fsformat import (
     event_frame,
     json_body,
     plain_body,
+    read_commands,
     reply,
 )
 from eslbridge.sim.replay import replay_bytes
@@ -311,15 +312,10 @@ class Simulator:
         self.sessions.append(session)
         try:
             session.send(AUTH_REQUEST)
-            buf = b""
-            while not session.closed:
-                data = sock.recv(65536)
-                if not data:
+            for cmd in read_commands(sock):
+                self._command(session, cmd)
+                if session.closed:
                     break
-                buf += data
-                while b"\n\n" in buf:
-                    raw_cmd, buf = buf.split(b"\n\n", 1)
-                    self._command(session, raw_cmd.decode("utf-8", "replace").strip())
         except OSError:
             pass
         finally:
