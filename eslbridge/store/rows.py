@@ -203,6 +203,17 @@ class BatchRows:
     calls: list[tuple[Any, ...]]
     events: list[tuple[Any, ...]]
 
+    def split(self, parts: int) -> list[BatchRows]:
+        """The rows in up to ``parts`` non-empty batches, a call's rows (all three tables) in one of
+        them: written concurrently, two parts never touch the same row (every row starts with call_uuid)."""
+        if parts <= 1:
+            return [self]
+        out = [BatchRows([], [], []) for _ in range(parts)]
+        for name in ("call_records", "calls", "events"):
+            for row in getattr(self, name):
+                getattr(out[hash(row[0]) % parts], name).append(row)  # stays sorted by key
+        return [b for b in out if b.call_records or b.calls or b.events]
+
 
 def batch_rows(updates: Sequence[RecordUpdate], enc: FieldEncoder) -> BatchRows:
     """Rows for a batch of updates (any order, duplicates allowed).

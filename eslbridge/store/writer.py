@@ -14,14 +14,19 @@
 * STARTED and ANSWERED updates are in memory only, coalesced per call (the highest stage, the
   latest on a tie, wins): each carries the call's full state, so a later update supersedes
   an earlier one, and a FINISHED update supersedes them all. Their number is bounded by the
-  calls in flight. On ``stop`` they go to the journal too (replays are monotonic, any order
-  converges), so a restart during an outage still shows the live calls.
+  calls in flight. A batch takes FINISHED first, then calls' first rows (STARTED), then
+  updates of rows already written (ANSWERED): under overload the ANSWERED ones wait and are
+  mostly superseded by their FINISHED, so the writer sheds work instead of falling behind
+  (an ANSWERED update is then late, or skipped in favour of the final row, never lost).
+  On ``stop`` they go to the journal too (replays are monotonic, any order converges), so a
+  restart during an outage still shows the live calls.
 * If the journal cannot take a FINISHED update (full, disk error, unserialisable), it is kept
   in memory like a STARTED one: still written when PostgreSQL is up, logged as not durable.
 
 One writer greenlet takes batches (queue first, then the journal when it spilled), encrypts
 them (``eslbridge.store.rows``), upserts call_records, calls and call_events in one
-transaction (``eslbridge.store.upsert``), then commits the journal. Encoding and PostgreSQL
+transaction per lane (``lanes`` connections; a call's rows all in one lane; see
+``_write_batch``) (``eslbridge.store.upsert``), then commits the journal. Encoding and PostgreSQL
 overlap: while a batch is being written (the writer waits on the socket, and gevent runs
 others), a prefetch greenlet takes and encrypts the next batch, so the two processes' work
 runs on two cores instead of in turn. FINISHED updates (the journaled queue) go into a batch
@@ -105,14 +110,16 @@ class Writer:
                  batch_size: int = 500, flush_interval: float = 0.05, queue_max: int = 20_000,
                  method: str = DEFAULT_METHOD, metrics: Any = None,
                  on_durable: Callable[[list[RecordUpdate]], None] | None = None,
-                 connect_timeout: float = 5.0, max_backoff: float = 10.0) -> None:
+                 connect_timeout: float = 5.0, max_backoff: float = 10.0, lanes: int = 2) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown write method {method!r}; expected one of {sorted(METHODS)}")
-        if batch_size < 1 or queue_max < 1 or flush_interval <= 0:
-            raise ValueError("batch_size and queue_max must be >= 1, flush_interval > 0")
+        if batch_size < 1 or queue_max < 1 or flush_interval <= 0 or lanes < 1:
+            raise ValueError("batch_size, queue_max and lanes must be >= 1, flush_interval > 0")
         self._encoder = FieldEncoder(keyring)
         self._source = pool_or_dsn
-        self._conn: psycopg.Connection | None = None
+        if isinstance(pool_or_dsn, ConnectionPool):
+            lanes = max(1, min(lanes, pool_or_dsn.max_size - 1))  # leave the pool a connection for upkeep
+        self._conns: list[psycopg.Connection | None] = [None] * lanes
         self._journal = journal
         self._batch_size = batch_size
         self._flush_interval = flush_interval
@@ -124,7 +131,8 @@ class Writer:
         self._max_backoff = max_backoff
 
         self._incoming: list[tuple[RecordUpdate, float]] = []  # FINISHED, waiting for the journal
-        self._pending: dict[tuple[str, Any], Item] = {}  # in memory only, coalesced per call
+        self._pending: dict[tuple[str, Any], Item] = {}  # in memory only, coalesced per call: new rows
+        self._later: dict[tuple[str, Any], Item] = {}  # ... updates of rows already on their way
         self._ready: deque[Item] = deque()  # journaled, in seq order
         self._overflow = True  # some journaled seqs are only on disk: replay first (also at start)
         self._written_seq = journal.committed_seq
@@ -147,7 +155,8 @@ class Writer:
         self._greenlets: list[gevent.Greenlet] = []
         self._undurable_logged = False
         if metrics is not None:
-            metrics.queue_depth.set_function(lambda: len(self._ready) + len(self._pending) + len(self._incoming))
+            metrics.queue_depth.set_function(lambda: len(self._ready) + len(self._pending) + len(self._later)
+                                           + len(self._incoming))
             metrics.journal_bytes.set_function(lambda: self._journal.bytes_used)
 
     # --- public ---------------------------------------------------------------------------
@@ -172,20 +181,25 @@ class Writer:
         now = time.monotonic()
         rec = update.record
         key = (rec.call_uuid, rec.start_time)
-        kept = self._pending.pop(key, None)
+        first = self._pending.pop(key, None)
+        kept = first if first is not None else self._later.pop(key, None)
         if kept is not None:
             update = _supersede(kept[1], update)
         if update.stage >= Stage.FINISHED:
             self._incoming.append((update, now))
             self._journal_wake.set()
         else:
-            self._pending[key] = (None, update, now if kept is None else kept[2])
+            # A call's first row keeps its priority (DESIGN: the row within a second); a later
+            # update of a row already written or being written can wait for room.
+            queue = self._later if first is None and update.stage > Stage.STARTED else self._pending
+            queue[key] = (None, update, now if kept is None else kept[2])
             self._wake.set()
 
     def idle(self) -> bool:
         """Nothing submitted is waiting: every update is committed (or rejected)."""
-        return not (self._incoming or self._pending or self._ready or self._in_flight or self._next or self._overflow
-                    or self._journaling or self._busy or self._journal.committed_seq < self._written_seq)
+        return not (self._incoming or self._pending or self._later or self._ready or self._in_flight or self._next
+                    or self._overflow or self._journaling or self._busy
+                    or self._journal.committed_seq < self._written_seq)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted is in PostgreSQL; True if it got there in time.
@@ -215,7 +229,7 @@ class Writer:
     def stats(self) -> WriterStats:
         lat = sorted(self._latencies)
         return WriterStats(
-            queue_depth=len(self._ready), pending=len(self._pending) + len(self._incoming),
+            queue_depth=len(self._ready), pending=len(self._pending) + len(self._later) + len(self._incoming),
             journal_bytes=self._journal.bytes_used, journal_backlog=self._last_seq - self._written_seq,
             records_written=self._records_written, rejected=self._rejected, batches=self._batches,
             db_up=self._db_up, latency_p50=_percentile(lat, 0.50), latency_p99=_percentile(lat, 0.99),
@@ -289,8 +303,9 @@ class Writer:
 
     def _spill_memory(self) -> None:
         """Journal the in-memory-only updates (shutdown with PostgreSQL unreachable)."""
-        items = [*(i for i in (*self._in_flight, *self._next) if i[0] is None), *self._pending.values()]
-        self._in_flight, self._next, self._pending = [], [], {}
+        items = [*(i for i in (*self._in_flight, *self._next) if i[0] is None), *self._pending.values(),
+                 *self._later.values()]
+        self._in_flight, self._next, self._pending, self._later = [], [], {}, {}
         items += [(None, u, t) for u, t in self._incoming]
         self._incoming = []
         try:
@@ -345,19 +360,18 @@ class Writer:
         return bool(self._in_flight)
 
     def _take_items(self) -> list[Item]:
-        """A batch from the queue (seqs above what is committed) first, then the in-memory updates."""
+        """A batch from the queue (seqs above what is committed) first, then the in-memory new
+        rows, then the in-memory updates of existing rows (ANSWERED): near saturation these wait
+        for room, and most are superseded by their call's FINISHED before they get it, which
+        sheds a third of the work exactly when the writer has too much."""
         batch: list[Item] = []
         while self._ready and len(batch) < self._batch_size:
             item = self._ready.popleft()
             if item[0] > self._written_seq:
                 batch.append(item)
-        room = self._batch_size - len(batch)
-        if len(self._pending) <= room:
-            batch += self._pending.values()
-            self._pending = {}
-        else:
-            for key in list(itertools.islice(self._pending, room)):
-                batch.append(self._pending.pop(key))
+        for source in (self._pending, self._later):
+            for key in list(itertools.islice(source, self._batch_size - len(batch))):
+                batch.append(source.pop(key))
         return batch
 
     def _start_prefetch(self) -> None:
@@ -444,13 +458,39 @@ class Writer:
 
     def _write_batch(self, updates: list[RecordUpdate], rows: BatchRows | None = None,
                      prefetch: bool = False) -> None:
+        """One transaction per lane, concurrently (a call's rows all in one lane), so both cores
+        work: PostgreSQL runs one lane's transaction while this process dumps the next lane's
+        and encodes the next batch. Batches stay sequential, so a call is never in two
+        transactions at once; a batch counts as written once every lane committed (a lane that
+        committed before another failed is written again with the batch: idempotent)."""
         if rows is None:
             rows = batch_rows(updates, self._encoder)
-        with self._connection() as conn:
-            self._method.prepare(conn)
-            if prefetch:
-                self._start_prefetch()
-            self._method.write(conn, rows)
+        parts = rows.split(len(self._conns))
+        # Spawned before the prefetcher: each lane dumps and sends before anything else runs.
+        lanes = [gevent.spawn(self._write_lane, lane, part) for lane, part in enumerate(parts)]
+        if prefetch:
+            self._start_prefetch()
+        try:
+            gevent.joinall(lanes)
+        finally:  # the writer killed (stop): its lanes go with it
+            gevent.killall(lanes)
+        errors = [g.value for g in lanes if g.value is not None]
+        for e in errors:  # "DB down" first: it decides between retrying and isolating records
+            if isinstance(e, psycopg.OperationalError | PoolTimeout):
+                raise e
+        if errors:
+            raise errors[0]
+
+    def _write_lane(self, lane: int, rows: BatchRows) -> Exception | None:
+        # Returned, not raised: gevent would print a dying greenlet's error, whose server DETAIL
+        # may quote row values; _write_batch raises it in the writer greenlet, which logs safely.
+        try:
+            with self._connection(lane) as conn:
+                self._method.prepare(conn)
+                self._method.write(conn, rows)
+        except Exception as e:
+            return e
+        return None
 
     def _probe(self) -> None:
         with self._connection() as conn:
@@ -472,22 +512,25 @@ class Writer:
                 self._metrics.db_errors.labels(operation="write").inc()
 
     @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection]:
+    def _connection(self, lane: int = 0) -> Iterator[psycopg.Connection]:
         if isinstance(self._source, ConnectionPool):
             with self._source.connection(timeout=self._connect_timeout) as conn:
                 conn.autocommit = True  # batches open their own transactions
                 yield conn
             return
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._source, autocommit=True,
-                                         connect_timeout=max(1, round(self._connect_timeout)))
+        conn = self._conns[lane]
+        if conn is None or conn.closed:
+            conn = self._conns[lane] = psycopg.connect(self._source, autocommit=True,
+                                                       connect_timeout=max(1, round(self._connect_timeout)))
         try:
-            yield self._conn
+            yield conn
         except psycopg.OperationalError:
-            self._close_connection()
+            conn.close()
+            self._conns[lane] = None
             raise
 
     def _close_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for lane, conn in enumerate(self._conns):
+            if conn is not None:
+                conn.close()
+                self._conns[lane] = None
