@@ -137,7 +137,8 @@ def _demo(report: _Report, tmp: Path, cluster: PgCluster, seconds: float, rate: 
         report.say(f"3. simulated FreeSWITCH on {sim_host}:{sim_port}; daemon connected: {daemon.health()[1]}")
 
         n_calls = max(1, int(seconds * rate))
-        report.say(f"4. playing {n_calls} calls ({rate:g}/s, 4x real time) and directory lookups ...")
+        report.say(f"4. playing {n_calls} scenarios ({rate:g}/s, 4x real time; a few are registrations, not calls)"
+                   " and directory lookups ...")
         started = time.monotonic()
         sim.play_calls(n_calls, mix, rate=rate, speed=4.0, wait=False)
         auth = base64.b64encode(f"freeswitch:{directory_password}".encode()).decode()
@@ -161,7 +162,7 @@ def _demo(report: _Report, tmp: Path, cluster: PgCluster, seconds: float, rate: 
 
     events = sum(sim.sent_events.values())
     report.say(f"   {events} ESL events in {played:.1f} s ({events / played:,.0f} events/s, "
-               f"{n_calls / played:,.1f} calls/s); all committed after {written:.1f} s, "
+               f"{n_calls / played:,.1f} scenarios/s); all committed after {written:.1f} s, "
                f"p99 hangup-to-commit {1000 * (stats.latency_p99 or 0):.0f} ms")
     report.say(f"   directory: {lookups} sip_auth lookups served, {verified} a1-hashes match the passwords\n")
     _print_results(report, dsn, keyring)
