@@ -20,6 +20,9 @@ from psycopg.conninfo import make_conninfo
 from eslbridge.localpg import PgCluster
 from eslbridge.store.migrate import migrate
 
+# Fixtures other test modules share (e.g. the writer tests' `keyring`).
+pytest_plugins = ["tests.writer_fixtures"]
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURES = SHARED / "fixtures"
 TEMPLATE_DB = "eslbridge_template"

@@ -15,14 +15,10 @@ from eslbridge.localpg import PgCluster
 from eslbridge.store.migrate import migrate
 from eslbridge.store.serialize import encode_update
 from eslbridge.store.writer import Writer
-from tests.writer_fixtures import call_updates, call_uuid, count_by_uuid, make_keyring, open_journal, write_all
+from tests.writer_fixtures import call_updates, call_uuid, count_by_uuid, open_journal, write_all
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture
-def keyring(tmp_path):
-    return make_keyring(tmp_path)
 
 
 @pytest.fixture

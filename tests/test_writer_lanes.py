@@ -11,17 +11,11 @@ from tests.writer_fixtures import (
     call_uuid,
     count_by_uuid,
     create_user,
-    make_keyring,
     open_journal,
     snapshot,
     stream,
     write_all,
 )
-
-
-@pytest.fixture
-def keyring(tmp_path):
-    return make_keyring(tmp_path)
 
 
 def test_split_keeps_every_row_once_and_each_calls_rows_in_one_part(keyring):

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import socket
 
-import pytest
-
 from eslbridge.calls.records import Stage
 from eslbridge.store.writer import Writer
-from tests.writer_fixtures import call_updates, call_uuid, make_keyring, open_journal, write_all
-
-
-@pytest.fixture
-def keyring(tmp_path):
-    return make_keyring(tmp_path)
+from tests.writer_fixtures import call_updates, call_uuid, open_journal, write_all
 
 
 def _unreachable_dsn() -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import gevent
 import psycopg
+import pytest
 
 from eslbridge.calls.records import CallRecord, LifecycleEvent, RecordUpdate, Stage
 from eslbridge.keyring import Keyring, generate_keyring
@@ -128,3 +129,9 @@ def snapshot(conn: psycopg.Connection) -> dict[str, list[tuple]]:
 
 def count_by_uuid(conn: psycopg.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT call_uuid, count(*) FROM call_records GROUP BY call_uuid").fetchall())
+
+
+@pytest.fixture
+def keyring(tmp_path: Path) -> Keyring:
+    """A fresh keyring of the test's own (the writer tests share this fixture)."""
+    return make_keyring(tmp_path)
