@@ -14,6 +14,7 @@ import logging
 import sys
 
 from eslbridge.errors import EXIT_FAILURE, EslBridgeError
+from eslbridge.logsetup import setup_logging
 
 # Modules that contribute subcommands, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -30,8 +31,6 @@ COMMAND_MODULES: tuple[str, ...] = (
 # Commands that run gevent servers: gevent must patch the standard library before
 # psycopg and friends are imported, so this happens before the parser is built.
 GEVENT_COMMANDS = frozenset({"run", "demo"})
-
-log = logging.getLogger("eslbridge")
 
 
 def _command_name(argv: list[str]) -> str | None:
@@ -59,13 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:  # a real import error inside the module
-                raise
-            continue  # feature not built yet
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -80,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not logging.getLogger().handlers:  # `run` and `demo` set up their own from the config
+        setup_logging("info", "text", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except EslBridgeError as exc:

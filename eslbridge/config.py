@@ -429,22 +429,33 @@ def _url(f: _Field, v: Any) -> str:
 # --- secrets ----------------------------------------------------------------------------------
 
 
-def read_secret_file(path: Path, key: str, ctx: _Context, source: str) -> Secret:
-    """Read a secret file: refused if group/other may read it, missing, empty or oversized."""
+def read_private_file(path: Path) -> bytes:
+    """A secret file's bytes, refused (ConfigError naming the path, never the content) unless it is
+    a regular file that group and others cannot access, of at most MAX_SECRET_BYTES. The config and
+    the keyring both read their secrets through this one check."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise ctx.error(key, f"cannot read secret file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as fh:
-        mode = os.fstat(fh.fileno()).st_mode
+        mode = os.fstat(fh.fileno()).st_mode  # of the file we opened: no check-then-open race
         if not stat.S_ISREG(mode):
-            raise ctx.error(key, f"secret file {path} is not a regular file")
+            raise ConfigError(f"secret file {path} is not a regular file")
         if mode & 0o077:
             perms = f"{stat.S_IMODE(mode):04o}"
-            raise ctx.error(key, f"secret file {path} grants access to group or others (mode {perms}); chmod 600 it")
+            raise ConfigError(f"secret file {path} grants access to group or others (mode {perms}); chmod 600 it")
         data = fh.read(MAX_SECRET_BYTES + 1)
     if len(data) > MAX_SECRET_BYTES:
-        raise ctx.error(key, f"secret file {path} is larger than {MAX_SECRET_BYTES} bytes")
+        raise ConfigError(f"secret file {path} is larger than {MAX_SECRET_BYTES} bytes")
+    return data
+
+
+def read_secret_file(path: Path, key: str, ctx: _Context, source: str) -> Secret:
+    """A config secret: read_private_file's checks, then UTF-8, one line, not empty."""
+    try:
+        data = read_private_file(path)
+    except ConfigError as exc:
+        raise ctx.error(key, str(exc)) from None
     try:
         value = data.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:

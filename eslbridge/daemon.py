@@ -60,8 +60,7 @@ class Node:
 
     config: NodeConfig
     correlator: Correlator
-    stats: IntakeStats
-    client: InboundClient | None = None
+    client: InboundClient
 
 
 class Daemon:
@@ -77,15 +76,13 @@ class Daemon:
         self.users = UserIndex(config.database.url.reveal(), connect_timeout=config.database.connect_timeout)
         self.nodes: dict[str, Node] = {}
         for node_cfg in config.freeswitch:
-            stats = IntakeStats()
-            node = Node(node_cfg, Correlator(node_cfg.name, self.users.lookup), stats)
-            node.client = InboundClient(
+            client = InboundClient(
                 node_cfg.host, node_cfg.port, node_cfg.password.reveal(), node_cfg.name, node_cfg.event_format,
-                self._on_event, self._on_snapshot, stats,
+                self._on_event, self._on_snapshot, IntakeStats(),
                 spill_dir=str(config.journal.dir / f"spill-{node_cfg.name}"),
                 on_fatal=self._on_fatal,
             )
-            self.nodes[node_cfg.name] = node
+            self.nodes[node_cfg.name] = Node(node_cfg, Correlator(node_cfg.name, self.users.lookup), client)
         # Lookups use the primary: the directory LISTENs on the pool's database, and NOTIFY only
         # happens on the primary (database.replica_url is not used yet, see README).
         self.directory = DirectoryService(config.directory, self.pool, flush_hook=self._flush_user,
@@ -181,7 +178,7 @@ class Daemon:
         return all(esl.values()) and db, {"esl": esl, "database": db}
 
     def _intake_sources(self) -> list[IntakeSource]:
-        return [IntakeSource(name, node.stats, len(node.client.queue), node.client.connected,
+        return [IntakeSource(name, node.client.stats, len(node.client.queue), node.client.connected,
                              node.correlator.active_calls) for name, node in self.nodes.items()]
 
     # --- ESL consumers (run in each node's consumer greenlet; must never block) ----------------
@@ -205,7 +202,7 @@ class Daemon:
         try:
             updates = step(item)
         except EventError as exc:
-            node.stats.error("uncorrelated_event", str(exc))
+            node.client.stats.error("uncorrelated_event", str(exc))
             return 0
         for update in updates:
             self.writer.submit(update)

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import base64
 import os
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
 from eslbridge import blindindex
+from eslbridge.config import read_private_file
 from eslbridge.crypto import DecryptionError, MessageKey, Sealer
 from eslbridge.errors import ConfigError
 
@@ -36,22 +36,10 @@ KEYRING_FIELDS = {"active", "keys", "blind_index_key_file"}
 
 
 def read_secret_file(path: Path) -> bytes:
-    """A secret file's stripped content, refusing files that group or others may access."""
-    try:
-        st = path.stat()
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{path}: not a regular file")
-        if st.st_mode & 0o077:
-            raise ConfigError(
-                f"{path}: permissions {stat.S_IMODE(st.st_mode):04o} give access to group or others; "
-                f"refused (run: chmod 600 {path})")
-        content = path.read_bytes().strip()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except PermissionError:
-        raise ConfigError(f"{path}: permission denied") from None
+    """A key or keyring file's stripped content (the config's private-file checks, then not empty)."""
+    content = read_private_file(path).strip()
     if not content:
-        raise ConfigError(f"{path}: file is empty")
+        raise ConfigError(f"secret file {path} is empty")
     return content
 
 

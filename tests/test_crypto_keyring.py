@@ -95,12 +95,12 @@ def test_group_or_other_access_is_refused(keyring_path, mode, which):
 
 def test_missing_key_file(keyring_path):
     (keyring_path.parent / "keys/1.key").unlink()
-    with pytest.raises(ConfigError, match=r"keys/1\.key: file not found"):
+    with pytest.raises(ConfigError, match=r"keys/1\.key: No such file or directory"):
         Keyring.load(keyring_path)
 
 
 def test_missing_keyring(tmp_path):
-    with pytest.raises(ConfigError, match=r"nowhere\.yaml: file not found"):
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml: No such file or directory"):
         Keyring.load(tmp_path / "nowhere.yaml")
 
 

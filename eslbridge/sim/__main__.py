@@ -22,8 +22,8 @@ def _hostport(text: str) -> tuple[str, int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eslbridge.sim", description="Simulated FreeSWITCH speaking ESL.")
     p.add_argument("--listen", type=_hostport, default=("127.0.0.1", 8021), help="HOST:PORT (port 0: any)")
-    p.add_argument("--password", default=None, help="ESL password (default: $ESLBRIDGE_SIM_PASSWORD or ClueCon)")
-    p.add_argument("--password-file", help="read the ESL password from this file")
+    p.add_argument("--password-file", help="read the ESL password from this file "
+                   "(default: $ESLBRIDGE_SIM_PASSWORD, else ClueCon; never on the command line)")
     p.add_argument("--rate", type=float, default=10.0, help="new calls per second")
     p.add_argument("--mix", default="bridged=5,busy=1,no_answer=1,cancel=1,reject=1,blind_transfer=1,originate=1",
                    help="scenario=weight,... (bridged busy no_answer cancel reject blind_transfer originate tone "
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    password = args.password or os.environ.get("ESLBRIDGE_SIM_PASSWORD", "ClueCon")
+    password = os.environ.get("ESLBRIDGE_SIM_PASSWORD", "ClueCon")
     if args.password_file:
         with open(args.password_file, encoding="utf-8") as fh:
             password = fh.read().strip()
