@@ -27,7 +27,6 @@ Empty or malformed values raise ``ValueError``.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import re
@@ -70,6 +69,8 @@ def _normalize_host(host: str) -> str:
             raise ValueError("unterminated IPv6 host in SIP URI")
         return "[" + normalize_ip(host[1:end]) + "]"
     host = host.split(":", 1)[0].rstrip(".").lower()
+    if host.strip("0123456789."):
+        return host  # a domain name: only digits and dots can be an IPv4 literal (ipaddress is slow to refuse)
     try:
         return normalize_ip(host)
     except ValueError:
@@ -108,4 +109,4 @@ def blind_index(key: bytes, kind: str, value: str) -> bytes:
     if normalize is None:
         raise ValueError(f"unknown blind index kind {kind!r}; expected one of {sorted(NORMALIZERS)}")
     message = kind.encode() + b"\0" + normalize(value).encode("utf-8")
-    return hmac.new(key, message, hashlib.sha256).digest()
+    return hmac.digest(key, message, "sha256")  # one-shot: OpenSSL's HMAC without the hmac.HMAC object

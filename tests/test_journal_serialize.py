@@ -58,3 +58,12 @@ def test_non_json_values_fail_at_encode():
     update.record.media_info = {"when": T0}
     with pytest.raises(TypeError):
         encode_update(update)
+
+
+def test_nan_is_stored_as_unknown():
+    update = full_update()
+    update.record.quality_score = float("nan")
+    update.record.media_info = {"caller": {"mos": float("nan")}}
+    back = decode_update(encode_update(update))
+    assert back.record.quality_score is None
+    assert back.record.media_info == {"caller": {"mos": None}}

@@ -74,6 +74,39 @@ def test_postgres_stopped_mid_stream_every_record_lands_exactly_once(own_cluster
     assert events == 400 * 4
 
 
+def test_commits_a_postgresql_crash_forgot_are_written_again(own_cluster, keyring, tmp_path):
+    """Batches commit with synchronous_commit off; the journal keeps them until the durability
+    barrier has flushed PostgreSQL's WAL. A crash (immediate stop) forgets commits still in the
+    WAL buffers; which ones depends on timing, so the test then deletes them all (the worst case)."""
+    dsn = own_cluster.dsn("eslbridge")
+    with open_journal(tmp_path / "journal", keyring) as journal:
+        writer = Writer(dsn, keyring, journal, batch_size=20, max_backoff=0.5, durability_interval=3600)
+        writer.start()
+        for i in range(60):
+            for update in call_updates(i):
+                writer.submit(update)
+            gevent.sleep(0.002)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for _ in range(300):
+                if conn.execute("SELECT count(*) FROM call_records WHERE stage = 3").fetchone()[0] == 60:
+                    break
+                gevent.sleep(0.05)
+            else:
+                pytest.fail("the batches were not committed")
+        assert journal.committed_seq == 0  # committed, not yet known durable: the journal keeps them
+        own_cluster.stop("immediate")
+        own_cluster.start()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("TRUNCATE call_events, calls, call_records")
+        assert writer.flush(60), writer.stats()
+        writer.stop()
+        assert journal.bytes_used == 0
+    with psycopg.connect(dsn) as conn:
+        assert count_by_uuid(conn) == {call_uuid(i): 1 for i in range(60)}
+        assert conn.execute("SELECT count(*) FROM call_records WHERE stage = 3").fetchone()[0] == 60
+        assert conn.execute("SELECT count(*) FROM call_events").fetchone()[0] == 60 * 4
+
+
 def test_kill_9_mid_stream_loses_no_acknowledged_record(db, db_dsn, keyring, tmp_path):
     journal_dir = tmp_path / "journal"
     proc = _feeder("feed", db_dsn, str(keyring.path), str(journal_dir), "0", "5000", "0.002")
