@@ -161,7 +161,23 @@ request = function()
   n = n %% #bodies + 1
   return wrk.format("POST", "/directory", headers, bodies[n])
 end
-delay = function() return %d end  -- ms between a connection's requests; 0: as fast as possible
+local interval = %f  -- ms between two requests of the whole run; 0: as fast as possible
+if interval > 0 then
+  -- One schedule for all connections (wrk runs one thread here): request k is due at start + k * interval,
+  -- whatever the latency of the others, so the offered rate is the rate asked for.
+  local ffi = require("ffi")
+  ffi.cdef[[
+    typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+    int clock_gettime(int clock, bench_timespec *tp);
+  ]]
+  local ts, due = ffi.new("bench_timespec"), nil
+  delay = function()
+    ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+    local now = tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+    due = (due or now) + interval
+    return math.max(0, due - now)
+  end
+end
 response = function(status, hdrs, body)
   if status ~= 200 or not body:find("a1-hash", 1, true) then errors = errors + 1 end
 end
@@ -180,12 +196,13 @@ def wrk_load(port: int, users: int, clients: int, seconds: float, warmup: float,
     """Load with wrk (one thread: the other core is the server's); latencies in ms.
 
     rate 0: every connection sends its next request as soon as the answer arrives (throughput at
-    saturation, where latency is only queueing: clients / throughput). rate > 0: each connection
-    waits clients/rate s between requests, offering about `rate` requests/s: latency at that load.
+    saturation, where latency is only queueing: clients / throughput). rate > 0: requests are sent on
+    one schedule, `rate` per second over all connections (a connection waits for its next slot): latency
+    at that load. The achieved rate falls short of `rate` only when the server cannot keep up.
     """
     bodies = ", ".join(json.dumps(b) for b in _bodies(users))
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(_WRK_SCRIPT % (bodies, AUTH, round(1000 * clients / rate) if rate else 0))
+        script.write(_WRK_SCRIPT % (bodies, AUTH, 1000 / rate if rate else 0))
     try:
         base = ["wrk", "-t1", f"-c{clients}", "-s", script.name, f"http://127.0.0.1:{port}/directory"]
         subprocess.run([*base, f"-d{max(1, round(warmup))}s"], check=True, capture_output=True)

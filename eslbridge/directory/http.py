@@ -8,16 +8,21 @@ connection, ``Content-Length`` bodies (no chunked uploads), ``Expect: 100-contin
 keep-alive. Everything else is refused with 400 and the connection closed.
 
 Limits: request head 16 KiB / 100 lines, body ``max_body``; a started request must arrive
-within ``request_timeout``; an idle keep-alive connection is closed after ``idle_timeout``.
+and be answered within ``request_timeout`` (else 400 and close); an idle keep-alive connection
+is closed after ``idle_timeout``. Both are enforced by one sweeper greenlet that checks every
+connection's deadline a few times per timeout: two gevent.Timeout objects per request (a libev
+timer started and stopped each) cost more than parsing the request.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from typing import Protocol
 
 import gevent
+from gevent import get_hub
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
@@ -37,6 +42,10 @@ class App(Protocol):
 
     def oversized(self) -> tuple[int, bytes]:
         """The response to an accepted request whose body exceeds the limit (the connection closes)."""
+
+
+class _Idle(Exception):
+    """The keep-alive connection was idle for too long: close it without an answer."""
 
 
 class _Close(Exception):
@@ -60,6 +69,10 @@ class HttpServer:
         self._request_timeout = request_timeout
         self._idle_timeout = idle_timeout
         self._server = StreamServer(tuple(listen), self._serve, spawn=Pool(max_connections))
+        # connection greenlet -> (monotonic deadline, whether a request is under way)
+        self._deadlines: dict[gevent.Greenlet, tuple[float, bool]] = {}
+        self._sweep_every = min(1.0, request_timeout / 4, idle_timeout / 4)
+        self._sweeper: gevent.Greenlet | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -67,34 +80,54 @@ class HttpServer:
 
     def start(self) -> None:
         self._server.start()
+        self._sweeper = gevent.spawn(self._sweep)
 
     def stop(self, timeout: float = 1.0) -> None:
+        if self._sweeper is not None:
+            self._sweeper.kill()
+            self._sweeper = None
         self._server.stop(timeout=timeout)
+
+    def _sweep(self) -> None:
+        while True:
+            gevent.sleep(self._sweep_every)
+            now = time.monotonic()
+            # kill(block=False) does not switch greenlets, so no deadline changes during the loop.
+            for greenlet, (deadline, busy) in list(self._deadlines.items()):
+                if deadline <= now:
+                    del self._deadlines[greenlet]  # killed once; its last words are bounded below
+                    greenlet.kill(_Close(400) if busy else _Idle(), block=False)
 
     def _serve(self, sock: socket.socket, addr: tuple) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        me = gevent.getcurrent()
+        deadlines = self._deadlines
+        hub = get_hub()
+        # Our own readiness watcher: after an answer the next request is never there yet, so
+        # waiting first saves a recv() that fails with EAGAIN (and its exception) per request.
+        readable = hub.loop.io(sock.fileno(), 1)
         buf = bytearray()
         try:
             while True:
-                # Idle keep-alive: wait for the first byte of the next request.
                 if not buf:
-                    with gevent.Timeout(self._idle_timeout, False):
-                        chunk = sock.recv(65536)
-                        buf += chunk
-                        if not chunk:
-                            return
-                    if not buf:
-                        return  # idle too long
-                with gevent.Timeout(self._request_timeout, _Close(400, b"")):
-                    if not self._one_request(sock, addr[0], buf):
+                    deadlines[me] = (time.monotonic() + self._idle_timeout, False)
+                    hub.wait(readable)
+                    chunk = sock.recv(65536)
+                    if not chunk:
                         return
+                    buf += chunk
+                deadlines[me] = (time.monotonic() + self._request_timeout, True)
+                if not self._one_request(sock, addr[0], buf):
+                    return
         except _Close as stop:
             if stop.status is not None:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError), gevent.Timeout(1.0, False):  # a peer that does not read
                     sock.sendall(_response(stop.status, stop.body, True))
-        except OSError:
-            pass  # the peer went away
+        except (_Idle, OSError):
+            pass  # idle too long, or the peer went away
         finally:
+            deadlines.pop(me, None)
+            readable.close()
             sock.close()
 
     def _recv_into(self, sock: socket.socket, buf: bytearray) -> None:
@@ -126,7 +159,11 @@ class HttpServer:
             self._recv_into(sock, buf)
         body = bytes(buf[:length])
         del buf[:length]
-        sock.sendall(_response(200, self._app.answer(body), not keep_alive))
+        response = _response(200, self._app.answer(body), not keep_alive)
+        # An answer (~1 KiB) fits the socket buffer: one send() without sendall()'s getsockopt.
+        sent = sock.send(response)
+        if sent < len(response):
+            sock.sendall(response[sent:])
         return keep_alive
 
 

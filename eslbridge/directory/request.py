@@ -15,15 +15,17 @@ and ``purpose=network-list`` (no gateways or ACLs here), other sections and keys
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 from urllib.parse import unquote_plus
 
 from eslbridge.users import REALM_RE, USERNAME_RE
 
 SERVED_ACTIONS = frozenset({"sip_auth", "user_call", ""})
-# The only fields the decision needs; the rest of the body is never decoded.
-_WANTED = frozenset({b"section", b"tag_name", b"key_name", b"key_value", b"action", b"purpose",
-                     b"key", b"user", b"domain"})
+# The only fields the decision needs, found in one C-level scan of "&" + body (a real body has
+# ~50 fields; splitting them all in Python took twice as long); the rest is never decoded.
+# A field is "&name=value" or a bare "&name"; the lookahead makes the name match exactly.
+_WANTED = re.compile(rb"&(section|tag_name|key_name|key_value|action|purpose|key|user|domain)(?:=([^&]*))?(?=&|\Z)")
 
 
 class BadRequest(ValueError):
@@ -40,13 +42,11 @@ class Lookup(NamedTuple):
 def parse_form(body: bytes) -> dict[str, str]:
     """The wanted fields of an ``application/x-www-form-urlencoded`` body (last occurrence wins)."""
     fields: dict[str, str] = {}
-    for part in body.split(b"&"):
-        name, _, value = part.partition(b"=")
-        if name in _WANTED:
-            try:
-                fields[name.decode("ascii")] = unquote_plus(value.decode("ascii"), errors="strict")
-            except UnicodeError:
-                raise BadRequest(f"field {name.decode('ascii')!r} is not valid percent-encoded UTF-8") from None
+    for name, value in _WANTED.findall(b"&" + body):
+        try:
+            fields[name.decode("ascii")] = unquote_plus(value.decode("ascii"), errors="strict")
+        except UnicodeError:
+            raise BadRequest(f"field {name.decode('ascii')!r} is not valid percent-encoded UTF-8") from None
     return fields
 
 

@@ -6,7 +6,7 @@ back to its static directory, whose stock users have password 1234.) Requests fr
 ``allow`` or without the right basic-auth credentials get 403 and nothing else.
 
 Runs inside a gevent process that called ``gevent.monkey.patch_all()`` first: psycopg
-(>= 3.1.14) then waits cooperatively, and lookups of concurrent requests overlap.
+(>= 3.1.14) then waits cooperatively; concurrent misses share one query (lookup.py).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import gevent
 from psycopg_pool import ConnectionPool
 
 from eslbridge.config import DirectoryConfig
 from eslbridge.directory.cache import DirectoryCache
 from eslbridge.directory.http import HttpServer
 from eslbridge.directory.listener import NotifyListener
+from eslbridge.directory.lookup import LookupFailed, UserLookups
 from eslbridge.directory.request import BadRequest, Lookup, classify, parse_form
 from eslbridge.directory.xml import DIAL_STRING, NOT_FOUND, user_document
 
@@ -41,13 +41,6 @@ log = logging.getLogger(__name__)
 
 FlushHook = Callable[[str, str], None]
 
-_QUERY = """
-SELECT u.username, u.sip_ha1, u.display_name, u.permissions, r.id, r.permissions
-  FROM users u LEFT JOIN roles r ON r.id = u.role_id
- WHERE u.username = %s AND u.realm = %s AND u.enabled
-"""
-
-
 def toll_allow(role_permissions: Iterable[str] | None, user_permissions: Any) -> str:
     """The role's call permissions (``call:create,call:transfer``...), minus ``call:create`` when
     the user's own ``permissions.can_call`` is false; dialplans match on it like vanilla's toll_allow."""
@@ -58,7 +51,7 @@ def toll_allow(role_permissions: Iterable[str] | None, user_permissions: Any) ->
 
 
 def render_user(lookup: Lookup, row: tuple, cacheable_ms: int | None) -> bytes:
-    username, ha1, display_name, user_permissions, _role_id, role_permissions = row
+    username, ha1, display_name, user_permissions, _role_id, role_permissions = row[:6]
     return user_document(
         lookup.realm,
         username,
@@ -92,11 +85,14 @@ class DirectoryService:
         # FreeSWITCH may cache our answer as long as we do only when we can flush it on changes.
         self._cacheable_ms = config.cache_seconds * 1000 if flush_hook and config.cache_seconds else None
         self.listener = NotifyListener(self._pool.conninfo, self._on_notify, self._on_listen)
+        self.lookups = UserLookups(self._pool, self.cache, DB_RETRY_AFTER)
         self._networks = config.allow
         self._allowed: dict[str, bool] = {}
         self._path = config.path.encode()
         self._credentials = f"{config.username}:{config.password.reveal()}".encode()
-        self._db_down_until = 0.0
+        # What libcurl sends, byte for byte: one comparison for the common case.
+        self._basic = b"Basic " + base64.b64encode(self._credentials)
+        self._counters: dict[tuple[str, str], Any] = {}  # bound metric children: labels() per request is slow
         self._server = HttpServer(config.listen, self, max_body=MAX_BODY)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -109,11 +105,13 @@ class DirectoryService:
         if self._own_pool:
             self._pool.open(wait=False)
         self.listener.start()
+        self.lookups.start()
         self._server.start()
         log.info("directory service on http://%s:%d%s", self.address[0], self.address[1], self.config.path)
 
     def stop(self) -> None:
         self._server.stop()
+        self.lookups.stop()
         self.listener.stop()
         if self._own_pool:
             self._pool.close()
@@ -182,18 +180,10 @@ class DirectoryService:
             self._cache_result("hit")
             return ("found" if entry.role_id is not None else "not_found"), entry.body
         self._cache_result("miss")
-        if time.monotonic() < self._db_down_until:
-            return "db_unavailable", NOT_FOUND
-        generation = self.cache.generation
         try:
-            with gevent.Timeout(self._deadline), self._pool.connection(timeout=self._deadline) as conn:
-                row = conn.execute(_QUERY, (lookup.username, lookup.realm), prepare=True).fetchone()
-        except gevent.Timeout:
-            return "timeout", NOT_FOUND
-        except Exception as exc:  # any database failure: fail closed, never a 500
-            self._db_down_until = time.monotonic() + DB_RETRY_AFTER
-            log.warning("directory lookup failed: %s", type(exc).__name__)
-            return "db_error", NOT_FOUND
+            row, generation = self.lookups.fetch(key, time.monotonic() + self._deadline)
+        except LookupFailed as failed:  # fail closed, never a 500
+            return failed.outcome, NOT_FOUND
         if row is None or not row[1]:
             self.cache.put(key, NOT_FOUND, None, generation)
             return "not_found", NOT_FOUND
@@ -210,8 +200,7 @@ class DirectoryService:
             self._flush(username, realm)
 
     def _on_notify(self, payload: dict[str, Any]) -> None:
-        if self._metrics is not None:
-            self._metrics.directory_requests.labels(outcome="invalidation").inc()
+        self._count("invalidation")
         table, op = payload.get("table"), payload.get("op")
         if table == "users" and op == "TRUNCATE":
             self._on_listen()
@@ -254,6 +243,8 @@ class DirectoryService:
         return allowed
 
     def _authorized(self, header: bytes | None) -> bool:
+        if header is not None and hmac.compare_digest(header, self._basic):  # constant time in the content
+            return True
         scheme, _, encoded = (header or b"").partition(b" ")
         try:
             given = base64.b64decode(encoded.strip(), validate=True)
@@ -263,12 +254,18 @@ class DirectoryService:
         return ok and scheme.lower() == b"basic"
 
     def _count(self, outcome: str) -> None:
-        if self._metrics is not None:
-            self._metrics.directory_requests.labels(outcome=outcome).inc()
+        self._inc("directory_requests", outcome)
 
     def _cache_result(self, result: str) -> None:
-        if self._metrics is not None:
-            self._metrics.cache_lookups.labels(result=result).inc()
+        self._inc("cache_lookups", result)
+
+    def _inc(self, metric: str, label: str) -> None:
+        if self._metrics is None:
+            return
+        child = self._counters.get((metric, label))
+        if child is None:
+            child = self._counters[metric, label] = getattr(self._metrics, metric).labels(label)
+        child.inc()
 
 
 # Marks a found user without a role in the cache (None there means "not found").
