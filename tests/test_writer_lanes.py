@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from psycopg.types.json import Jsonb
 
 from eslbridge.store.rows import FieldEncoder, batch_rows
 from eslbridge.store.writer import Writer
@@ -37,6 +38,27 @@ def test_split_keeps_every_row_once_and_each_calls_rows_in_one_part(keyring):
                 assert owner.setdefault(r[0], n) == n  # a call's rows never span two lanes
     assert len(owner) == 30
     assert rows.split(1) == [rows]
+
+
+def test_merging_a_later_batch_gives_the_rows_of_both_encoded_together(keyring):
+    """A prefetched batch joined by records that arrived later: the same rows (by key, stage and
+    order) as encoding all of their updates as one batch."""
+    user = "6f1c1b1e-0000-4000-8000-000000000001"
+    calls = {i: call_updates(i, user if i % 2 else None) for i in range(6)}
+    first = [calls[i][0] for i in range(6)] + [calls[i][1] for i in range(3)]  # started, some answered
+    later = [calls[i][2] for i in range(0, 6, 2)]  # finished, some of them answered in `first`
+    enc = FieldEncoder(keyring)
+    merged = batch_rows(first, enc).merged(batch_rows(later, enc))
+    whole = batch_rows(first + later, enc)
+    def plain(rows: list[tuple]) -> list[tuple]:  # Jsonb wrappers compare by identity
+        return [tuple(v.obj if isinstance(v, Jsonb) else v for v in row) for row in rows]
+
+    for name in ("call_records", "calls", "events"):
+        assert plain(getattr(merged, name)) == plain(getattr(whole, name)), name
+    stages = {row[0]: row[-1] for row in merged.call_records}
+    assert stages == {call_uuid(i): 3 if i % 2 == 0 else 2 if i < 3 else 1 for i in range(6)}
+    alone = batch_rows(first, enc)
+    assert alone.merged(batch_rows([], enc)).call_records is alone.call_records
 
 
 @pytest.mark.parametrize("lanes", [1, 4])

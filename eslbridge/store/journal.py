@@ -273,10 +273,18 @@ class Journal:
 
     def append_many(self, payloads: list[bytes]) -> list[int]:
         """Write records and return their seqs once all are on disk (one fsync)."""
-        seqs = [self._write(p) for p in payloads]
+        seqs = self.write_many(payloads)
         if seqs:
-            self._sync(seqs[-1])
+            self.sync(seqs[-1])
         return seqs
+
+    def write_many(self, payloads: list[bytes]) -> list[int]:
+        """Write records and return their seqs at once: not durable until ``sync`` of the last."""
+        return [self._write(p) for p in payloads]
+
+    def sync(self, seq: int) -> None:
+        """Return once records up to ``seq`` are on disk (group commit, see the module docstring)."""
+        self._sync(seq)
 
     def _write(self, payload: bytes) -> int:
         if self._closed:

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -203,6 +204,12 @@ class BatchRows:
     calls: list[tuple[Any, ...]]
     events: list[tuple[Any, ...]]
 
+    def merged(self, later: BatchRows) -> BatchRows:
+        """This batch and a later one as one batch: a row per key, the higher stage winning
+        (``later``'s on a tie), sorted by key like ``batch_rows``."""
+        return BatchRows(_merge(CALL_RECORDS, self.call_records, later.call_records),
+                         _merge(CALLS, self.calls, later.calls), _merge(CALL_EVENTS, self.events, later.events))
+
     def split(self, parts: int) -> list[BatchRows]:
         """The rows in up to ``parts`` non-empty batches, a call's rows (all three tables) in one of
         them: written concurrently, two parts never touch the same row (every row starts with call_uuid)."""
@@ -213,6 +220,22 @@ class BatchRows:
             for row in getattr(self, name):
                 getattr(out[hash(row[0]) % parts], name).append(row)  # stays sorted by key
         return [b for b in out if b.call_records or b.calls or b.events]
+
+
+_ROW_KEYS = {spec.name: itemgetter(*(spec.names.index(k) for k in spec.key))
+             for spec in (CALL_RECORDS, CALLS, CALL_EVENTS)}
+
+
+def _merge(spec: TableSpec, rows: list[tuple[Any, ...]], later: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    if not later:
+        return rows
+    key = _ROW_KEYS[spec.name]
+    by_key = {key(row): row for row in rows}
+    for row in later:
+        old = by_key.get(k := key(row))
+        if old is None or spec is CALL_EVENTS or row[-1] >= old[-1]:  # records' and calls' last column: stage
+            by_key[k] = row
+    return [by_key[k] for k in sorted(by_key)]
 
 
 def batch_rows(updates: Sequence[RecordUpdate], enc: FieldEncoder) -> BatchRows:

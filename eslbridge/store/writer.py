@@ -5,6 +5,7 @@
 * FINISHED updates are the durable ones. They are appended to the on-disk journal (group
   commit: one fsync for everything submitted meanwhile, in gevent's threadpool) and only then
   acknowledged (``on_durable``). While the in-memory queue has room they are also kept there,
+  from the moment they are written (the fsync runs meanwhile: it is not on the commit path),
   so the writer does not read them back; once it is full (or the DB is down long enough for it
   to fill), later ones live in the journal only and the writer replays the journal, in seq
   order, until it has caught up. After ``kill -9`` a restart replays what was not yet durable
@@ -63,6 +64,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+import gevent.pool
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -159,6 +161,7 @@ class Writer:
         self._next_rows: BatchRows | None = None
         self._prefetcher: gevent.Greenlet | None = None
         self._journaling = False
+        self._syncs = gevent.pool.Group()  # journal fsyncs under way (_sync_journal)
         self._busy = False
         self._db_up = False
         self._records_written = 0
@@ -216,7 +219,7 @@ class Writer:
     def idle(self) -> bool:
         """Nothing submitted is waiting: every update is committed (or rejected)."""
         return not (self._incoming or self._pending or self._later or self._ready or self._in_flight or self._next
-                    or self._overflow or self._journaling or self._busy or self._lost
+                    or self._overflow or self._journaling or self._syncs or self._busy or self._lost
                     or self._journal.committed_seq < self._written_seq)
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -241,6 +244,7 @@ class Writer:
         gevent.killall([*self._greenlets, *filter(None, [self._prefetcher])],
                        timeout=max(0.1, deadline - time.monotonic()))
         self._greenlets, self._prefetcher = [], None
+        self._syncs.join(timeout=max(0.1, deadline - time.monotonic()))  # not killed: others may wait on its fsync
         if not done:
             self._spill_memory()
         self._close_connection()
@@ -283,11 +287,13 @@ class Writer:
             except (TypeError, ValueError) as e:
                 self._keep_in_memory(update, t, f"cannot be serialised ({type(e).__name__})")
         try:
-            seqs = self._journal.append_many(payloads)
+            seqs = self._journal.write_many(payloads)
         except JournalError as e:
             for update, t in durable:
                 self._keep_in_memory(update, t, str(e))
             return
+        # Queued for PostgreSQL before the fsync ends (the upserts are idempotent and the journal
+        # forgets nothing before the durability barrier): the fsync is not on the commit path.
         for seq, (update, t) in zip(seqs, durable, strict=True):
             if self._overflow or len(self._ready) >= self._queue_max:
                 if not self._overflow and self._metrics is not None:
@@ -295,10 +301,24 @@ class Writer:
                 self._overflow = True  # from here on the writer reads the journal
             else:
                 self._ready.append((seq, update, t))
-        if seqs:
-            self._last_seq = seqs[-1]
-        if self._on_durable is not None and durable:
-            self._on_durable([u for u, _ in durable])
+        if not seqs:
+            return
+        self._last_seq = seqs[-1]
+        self._wake.set()
+        # Its own greenlet: records submitted during a slow fsync are written and queued meanwhile
+        # (the journal's group commit makes one fsync serve every waiting greenlet).
+        self._syncs.spawn(self._sync_journal, seqs[-1], [u for u, _ in durable])
+
+    def _sync_journal(self, seq: int, updates: list[RecordUpdate]) -> None:
+        try:
+            self._journal.sync(seq)
+        except JournalError as e:
+            # Still written to PostgreSQL from memory (or from the journal's file when it spilled);
+            # only not acknowledged.
+            log.error("writer: %d finished records not durable in the journal: %s", len(updates), e)
+            return
+        if self._on_durable is not None:
+            self._on_durable(updates)
 
     def _commit_loop(self) -> None:
         """The durability barrier (module docstring), then tell the journal what PostgreSQL holds
@@ -427,12 +447,23 @@ class Writer:
             self._next, self._next_rows = [], None
             # FINISHED records journaled while the prefetched batch waited join it: otherwise they
             # would wait for one more whole batch (measured: a third of the hangup-to-commit p50).
-            if late := self._take_ready(self._batch_size - len(self._in_flight)):
+            late = self._take_ready(self._batch_size - len(self._in_flight))
+            if late:
                 self._in_flight += late
-                self._in_flight_rows = None  # encoded again; the encoder's caches keep the prefetched work
+                self._in_flight_rows = self._with_rows_of(self._in_flight_rows, late)
         else:
             self._in_flight = self._take_items()
         return bool(self._in_flight)
+
+    def _with_rows_of(self, rows: BatchRows | None, items: list[Item]) -> BatchRows | None:
+        """``rows`` (prefetched) with the rows of ``items`` merged in; None: the write encodes the
+        whole batch again (and isolates a record the mapping refuses)."""
+        if rows is None:
+            return None
+        try:
+            return rows.merged(batch_rows([u for _, u, _ in items], self._encoder))
+        except (ValueError, TypeError):
+            return None
 
     def _take_ready(self, room: int) -> list[Item]:
         """Up to ``room`` journaled items from the queue, seqs above what is committed."""
