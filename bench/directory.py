@@ -3,11 +3,15 @@
     python bench/directory.py [--seconds 10] [--clients 50] [--users 1000]
 
 Starts a private PostgreSQL, creates users, then measures in one run, each server in its own
-process and the load generator in another (2 cores: the numbers include the client's cost):
+process and the load generator in another (on 2 cores, servers on the first and wrk on the
+second; PostgreSQL runs on either):
 
 - eslbridge, cached     DirectoryService, cache_seconds=300 (warm);
-- eslbridge, uncached   DirectoryService, cache_seconds=0 (one prepared SELECT per request);
+- eslbridge, uncached   DirectoryService, cache_seconds=0 (every request read from PostgreSQL; the
+                        misses of concurrent requests share one query, lookup.py);
 - eslbridge, pywsgi     the same service's wsgi_app under gevent.pywsgi, cached;
+- floor                 a constant answer without parsing or lookups, paced like the rows above: the
+                        p99 this machine's loopback, gevent and wrk allow at best (with wrk only);
 - baseline              one SELECT per request, no cache, pywsgi (the FusionPBX-without-memcache
                         pattern the targets are anchored on).
 
@@ -37,8 +41,15 @@ PASSWORD = "bench-directory-secret"
 AUTH = "Basic " + base64.b64encode(f"freeswitch:{PASSWORD}".encode()).decode()
 
 
+# Two cores: servers on the first, wrk on the second (PostgreSQL floats), as if the load came from
+# another machine; sharing cores made every p99 depend on the kernel's scheduling more than on the server.
+PINNED = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+
+
 def _child(role: str, spec: dict) -> subprocess.Popen:
     code = f"from gevent import monkey; monkey.patch_all(); import bench.directory as b; b.{role}()"
+    if PINNED:
+        code = "import os; os.sched_setaffinity(0, {0}); " + code
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     proc.stdin.write(json.dumps(spec) + "\n")
@@ -96,6 +107,36 @@ def serve_baseline() -> None:
         return [body]
 
     server = WSGIServer(("127.0.0.1", 0), app, log=None)
+    server.start()
+    print(f"READY {server.address[1]}", flush=True)
+    gevent.wait()
+
+
+def serve_floor() -> None:
+    """A constant answer, no parsing, no lookup: what loopback, gevent and wrk give on this machine at
+    best, so the p99 rows can be read against it."""
+    import socket
+
+    import gevent
+    from gevent.server import StreamServer
+
+    body = b'<document type="freeswitch/xml"><param name="a1-hash" value="0"/></document>'
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    def handle(sock: socket.socket, addr: tuple) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        while data := sock.recv(65536):
+            buf += data
+            while (end := buf.find(b"\r\n\r\n")) >= 0:
+                start = buf.index(b"Content-Length: ", 0, end) + 16
+                size = end + 4 + int(buf[start:buf.index(b"\r\n", start)])
+                if len(buf) < size:
+                    break
+                buf = buf[size:]
+                sock.sendall(answer)
+
+    server = StreamServer(("127.0.0.1", 0), handle)
     server.start()
     print(f"READY {server.address[1]}", flush=True)
     gevent.wait()
@@ -204,7 +245,7 @@ def wrk_load(port: int, users: int, clients: int, seconds: float, warmup: float,
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(_WRK_SCRIPT % (bodies, AUTH, 1000 / rate if rate else 0))
     try:
-        base = ["wrk", "-t1", f"-c{clients}", "-s", script.name, f"http://127.0.0.1:{port}/directory"]
+        base = [*(["taskset", "-c", "1"] if PINNED else []), "wrk", "-t1", f"-c{clients}", "-s", script.name, f"http://127.0.0.1:{port}/directory"]
         subprocess.run([*base, f"-d{max(1, round(warmup))}s"], check=True, capture_output=True)
         out = subprocess.run([*base, f"-d{max(1, round(seconds))}s"], check=True, capture_output=True,
                              text=True).stdout
@@ -247,11 +288,15 @@ def main() -> None:
                 ("eslbridge uncached, 1,500/s offered", "serve_eslbridge", {"cache_seconds": 0}, 1500),
                 ("eslbridge cached via pywsgi, saturation", "serve_eslbridge", {"cache_seconds": 300, "pywsgi": True},
                  0),
-                ("baseline: SELECT per request, saturation", "serve_baseline", {}, 0)]
+                ("baseline: SELECT per request, saturation", "serve_baseline", {}, 0),
+                ("floor: constant answer, 5,000/s offered", "serve_floor", {}, 5000),
+                ("floor: constant answer, 1,500/s offered", "serve_floor", {}, 1500)]
         wrk = shutil.which("wrk")
         print(f"load: {'wrk' if wrk else 'python (install wrk for a lighter client and paced runs)'}; "
               f"{args.clients} concurrent keep-alive clients, {args.seconds:g} s each, {args.users} users, "
-              f"{os.cpu_count()} CPUs (server, client and PostgreSQL share them)")
+              f"{os.cpu_count()} CPUs ("
+              + ("server on CPU 0, wrk on CPU 1, PostgreSQL on either" if PINNED and wrk else "shared by all")
+              + ")")
         print(f"{'server':42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
         results = {}
         for label, role, extra, rate in runs:
@@ -280,7 +325,9 @@ def main() -> None:
 
         print("bench-result: " + json.dumps({"bench": "directory", "clients": args.clients,
               "cached": pick(runs[0][0], runs[1][0]), "uncached": pick(runs[2][0], runs[3][0]),
-              "baseline": pick(runs[5][0], runs[5][0])}))
+              "baseline": pick(runs[5][0], runs[5][0]),
+              **({"floor_p99": {rate: round(results[label]["p99"], 2) for label, _, _, rate in runs[6:]}}
+                 if wrk else {})}))
     finally:
         cluster.destroy()
 

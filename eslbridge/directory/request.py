@@ -44,7 +44,10 @@ def parse_form(body: bytes) -> dict[str, str]:
     fields: dict[str, str] = {}
     for name, value in _WANTED.findall(b"&" + body):
         try:
-            fields[name.decode("ascii")] = unquote_plus(value.decode("ascii"), errors="strict")
+            text = value.decode("ascii")
+            # Most values need no decoding; unquote_plus is pure Python (a third of parse_form).
+            fields[name.decode("ascii")] = unquote_plus(text, errors="strict") if b"%" in value or b"+" in value \
+                else text
         except UnicodeError:
             raise BadRequest(f"field {name.decode('ascii')!r} is not valid percent-encoded UTF-8") from None
     return fields
