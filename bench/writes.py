@@ -35,11 +35,14 @@ On an idle machine, ``python -m bench.writes --seconds 60`` (offered 1000 calls/
     tried and not kept (no gain beyond the noise): three lanes (p99 995 ms), batches of 250
     (p99 587 ms), dropping the enc_key_id/user_id/calls.call_uuid indexes (flat out 1672 vs 2013 calls/s).
 
-Left: the p99 <= 500 ms bound is not met reliably: at 1000 calls/s the writer needs 3000 record
-updates/s and reaches ~2500-3400 flat out, so it runs near saturation and latency is queueing;
-per update this process spends ~0.2 ms of CPU (encryption, blind indexes, psycopg's array
-dumping, journal serialisation) and PostgreSQL ~0.25 ms (non-HOT updates through call_records'
-14 indexes, call_events' FK checks).
+    + synchronous_commit off behind a WAL durability barrier (the journal keeps records until a
+      synchronous barrier transaction flushed PostgreSQL's WAL), journal fsync off the commit path,
+      late FINISHED records merged into the prefetched batch, orjson journal payloads:
+        p50 57-92 ms, p99 396-475 ms, max 494-572 ms; flat out 2052 calls/s (three 60 s runs:
+        p99 426, 475, 396 ms; runs of 30-40 s: 299-375 ms)
+
+What is left of the latency is the disk: a journal fsync or a PostgreSQL checkpoint that stalls
+for 100-200 ms backs the batches up for a few hundred milliseconds.
 """
 
 from __future__ import annotations
