@@ -15,7 +15,9 @@ and ``purpose=network-list`` (no gateways or ACLs here), other sections and keys
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Iterable
 from typing import NamedTuple
 from urllib.parse import unquote_plus
 
@@ -39,10 +41,26 @@ class Lookup(NamedTuple):
     action: str
 
 
+def lookup_of(body: bytes) -> Lookup | None:
+    """``classify(parse_form(body))``, remembered per distinct set of wanted fields: a phone
+    re-registers with the same user, domain and action every time (only nonces and such differ,
+    and they are not among the wanted fields), so most requests skip decoding and validation."""
+    return _lookup_of_fields(tuple(_WANTED.findall(b"&" + body)))
+
+
+@functools.lru_cache(maxsize=10_000)
+def _lookup_of_fields(found: tuple[tuple[bytes, bytes], ...]) -> Lookup | None:
+    return classify(_decode(found))
+
+
 def parse_form(body: bytes) -> dict[str, str]:
     """The wanted fields of an ``application/x-www-form-urlencoded`` body (last occurrence wins)."""
+    return _decode(_WANTED.findall(b"&" + body))
+
+
+def _decode(found: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     fields: dict[str, str] = {}
-    for name, value in _WANTED.findall(b"&" + body):
+    for name, value in found:
         try:
             text = value.decode("ascii")
             # Most values need no decoding; unquote_plus is pure Python (a third of parse_form).

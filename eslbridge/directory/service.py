@@ -27,7 +27,7 @@ from eslbridge.directory.cache import DirectoryCache
 from eslbridge.directory.http import HttpServer
 from eslbridge.directory.listener import NotifyListener
 from eslbridge.directory.lookup import LookupFailed, UserLookups
-from eslbridge.directory.request import BadRequest, Lookup, classify, parse_form
+from eslbridge.directory.request import BadRequest, Lookup, lookup_of
 from eslbridge.directory.xml import DIAL_STRING, NOT_FOUND, user_document
 
 # mod_xml_curl's `timeout` in conf/freeswitch/xml_curl.conf.xml must stay above this (e.g. 5 s):
@@ -167,7 +167,7 @@ class DirectoryService:
 
     def _answer(self, body: bytes) -> tuple[str, bytes]:
         try:
-            lookup = classify(parse_form(body))
+            lookup = lookup_of(body)
         except BadRequest:
             return "malformed", NOT_FOUND
         if lookup is None:
