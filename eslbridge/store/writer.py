@@ -642,7 +642,8 @@ class Writer:
     def _connect(self) -> psycopg.Connection:
         """A connection of the writer's own (lanes without a pool, the durability barrier)."""
         if isinstance(self._source, ConnectionPool):
-            return psycopg.connect(self._source.conninfo, **{**self._source.kwargs, "autocommit": True})
+            return psycopg.connect(self._source.conninfo, **{"connect_timeout": max(1, round(self._connect_timeout)),
+                                                             **self._source.kwargs, "autocommit": True})
         return psycopg.connect(self._source, autocommit=True, connect_timeout=max(1, round(self._connect_timeout)))
 
     def _close_connection(self) -> None:
