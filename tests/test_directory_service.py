@@ -254,6 +254,16 @@ def test_wrong_credentials_are_forbidden(directory, auth):
     assert status == 403 and b"a1-hash" not in body
 
 
+def test_parsed_heads_are_remembered_per_head_not_per_client(directory):
+    """The server remembers parsed request heads; a head that differs only in its credentials is
+    a different head, so a good request never lends its credentials to the next one."""
+    body = form(action="sip_auth", user="on", domain="closed.example")
+    for auth, status in [(auth_header(), 200), (auth_header(password="wrong"), 403), (auth_header(), 200),
+                         (auth_header(password="wrong"), 403)]:
+        got, answer = directory.post(body, auth=auth)
+        assert got == status and (b"a1-hash" in answer) == (status == 200)
+
+
 def test_addresses_outside_the_allowlist_are_forbidden(module_dsn):
     server = DirectoryProcess(module_dsn, allow=("10.0.0.0/8", "::1/128")).start()
     try:

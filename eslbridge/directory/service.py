@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -118,7 +118,8 @@ class DirectoryService:
 
     # --- HTTP (http.App) ---------------------------------------------------------------------
 
-    def gate(self, client_ip: str, method: bytes, path: bytes, headers: dict[bytes, bytes]) -> tuple[int, bytes] | None:
+    def gate(self, client_ip: str, method: bytes, path: bytes,
+             headers: Mapping[bytes, bytes]) -> tuple[int, bytes] | None:
         if not self._is_allowed(client_ip) or not self._authorized(headers.get(b"authorization")):
             self._count("forbidden")
             return 403, b""
