@@ -37,6 +37,22 @@ def test_new_calls_go_before_updates_of_rows_already_written(keyring, tmp_path):
         assert _taken(writer) == []
 
 
+def test_updates_of_written_rows_get_a_quarter_of_a_batch_beside_other_work(keyring, tmp_path):
+    calls = {i: call_updates(i) for i in range(10)}
+    with open_journal(tmp_path / "j", keyring) as journal:
+        writer = Writer(_unreachable_dsn(), keyring, journal, batch_size=8)
+        for i in range(4):
+            writer.submit(calls[i][0])
+        assert len(_taken(writer)) == 4  # "written"
+        for i in range(4):
+            writer.submit(calls[i][1])  # ANSWERED of rows already on their way
+        for i in range(4, 10):
+            writer.submit(calls[i][0])
+        assert _taken(writer) == [(call_uuid(i), Stage.STARTED) for i in range(4, 10)] + [
+            (call_uuid(i), Stage.ANSWERED) for i in range(2)]  # 6 new rows, then 8 // 4 answers
+        assert _taken(writer) == [(call_uuid(i), Stage.ANSWERED) for i in range(2, 4)]  # alone: all the room
+
+
 def test_an_answer_before_the_first_row_went_out_keeps_the_first_rows_priority(keyring, tmp_path):
     with open_journal(tmp_path / "j", keyring) as journal:
         writer = Writer(_unreachable_dsn(), keyring, journal, batch_size=1)

@@ -480,9 +480,15 @@ class Writer:
         for room, and most are superseded by their call's FINISHED before they get it, which
         sheds a third of the work exactly when the writer has too much."""
         batch = self._take_ready(self._batch_size)
-        for source in (self._pending, self._later):
-            for key in list(itertools.islice(source, self._batch_size - len(batch))):
-                batch.append(source.pop(key))
+        for key in list(itertools.islice(self._pending, self._batch_size - len(batch))):
+            batch.append(self._pending.pop(key))
+        # Beside other work, updates of written rows get a quarter of a batch at most: a backlog of
+        # them must not lengthen the batches that carry hangups (it sheds them, as above).
+        room = self._batch_size - len(batch)
+        if batch:
+            room = min(room, max(1, self._batch_size // 4))
+        for key in list(itertools.islice(self._later, room)):
+            batch.append(self._later.pop(key))
         return batch
 
     def _start_prefetch(self) -> None:
