@@ -46,8 +46,9 @@ On an idle machine, ``python -m bench.writes --seconds 60`` (offered 1000 calls/
 Left: p99 <= 500 ms is met, with little margin. The writer's own work is off the commit path;
 what varies is PostgreSQL's time per upsert (call_records has the seed's 14 indexes, and each
 call rewrites its row twice), which grows as the table grows and with the disk's moods, and at
-1,000 calls/s (3,000 updates/s) the writer runs at ~83% of what it takes flat out (~3,600
-updates/s), so a one-second stall leaves a backlog of full batches that takes ~6 s to drain.
+1,000 calls/s (3,000 updates/s) the writer ran at ~83% of what it took flat out before the
+cap (~3,600 updates/s), so a one-second stall left a backlog of full batches that took ~6 s to
+drain; the cap lets such a backlog shed answers instead.
 """
 
 from __future__ import annotations
