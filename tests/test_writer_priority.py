@@ -21,33 +21,30 @@ def _taken(writer: Writer) -> list[tuple[str, Stage]]:
     return [(u.record.call_uuid, u.stage) for _, u, _ in writer._take_items()]
 
 
+def _answers_waiting_beside_new_calls(writer: Writer, new_calls: int) -> None:
+    """Calls 0-3 started and taken ("written"), then answered; calls 4.. started."""
+    for i in range(4):
+        writer.submit(call_updates(i)[0])
+    assert _taken(writer) == [(call_uuid(i), Stage.STARTED) for i in range(4)]
+    for i in range(4):
+        writer.submit(call_updates(i)[1])  # ANSWERED of rows already on their way
+    for i in range(4, 4 + new_calls):
+        writer.submit(call_updates(i)[0])
+
+
 def test_new_calls_go_before_updates_of_rows_already_written(keyring, tmp_path):
-    calls = {i: call_updates(i) for i in range(8)}
     with open_journal(tmp_path / "j", keyring) as journal:
         writer = Writer(_unreachable_dsn(), keyring, journal, batch_size=4)
-        for i in range(4):
-            writer.submit(calls[i][0])
-        assert _taken(writer) == [(call_uuid(i), Stage.STARTED) for i in range(4)]  # "written"
-        for i in range(4):
-            writer.submit(calls[i][1])  # ANSWERED of rows already on their way
-        for i in range(4, 8):
-            writer.submit(calls[i][0])
+        _answers_waiting_beside_new_calls(writer, 4)
         assert _taken(writer) == [(call_uuid(i), Stage.STARTED) for i in range(4, 8)]
         assert _taken(writer) == [(call_uuid(i), Stage.ANSWERED) for i in range(4)]
         assert _taken(writer) == []
 
 
 def test_updates_of_written_rows_get_a_quarter_of_a_batch_beside_other_work(keyring, tmp_path):
-    calls = {i: call_updates(i) for i in range(10)}
     with open_journal(tmp_path / "j", keyring) as journal:
         writer = Writer(_unreachable_dsn(), keyring, journal, batch_size=8)
-        for i in range(4):
-            writer.submit(calls[i][0])
-        assert len(_taken(writer)) == 4  # "written"
-        for i in range(4):
-            writer.submit(calls[i][1])  # ANSWERED of rows already on their way
-        for i in range(4, 10):
-            writer.submit(calls[i][0])
+        _answers_waiting_beside_new_calls(writer, 6)
         assert _taken(writer) == [(call_uuid(i), Stage.STARTED) for i in range(4, 10)] + [
             (call_uuid(i), Stage.ANSWERED) for i in range(2)]  # 6 new rows, then 8 // 4 answers
         assert _taken(writer) == [(call_uuid(i), Stage.ANSWERED) for i in range(2, 4)]  # alone: all the room
