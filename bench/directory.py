@@ -15,6 +15,8 @@ second; PostgreSQL runs on either):
 - baseline              one SELECT per request, no cache, pywsgi (the FusionPBX-without-memcache
                         pattern the targets are anchored on).
 
+"steal %" is the share of all CPU time the hypervisor took from this VM during the row (/proc/stat).
+
 Clients: keep-alive connections, each posting a real mod_xml_curl sip_auth body (the tropo-proxy
 capture, user/domain replaced) for a random user; every answer must carry an a1-hash. With `wrk`
 on PATH (Debian: wrk) it generates the load: a C client takes far less of the two cores than a
@@ -264,6 +266,17 @@ def wrk_load(port: int, users: int, clients: int, seconds: float, warmup: float,
 # --- orchestration ----------------------------------------------------------------------------
 
 
+def _cpu_ticks() -> tuple[int, int]:
+    """(stolen, total) CPU ticks since boot, all CPUs (/proc/stat): the share of a run the hypervisor
+    gave to other guests. On this VM it varies from run to run, and every p99 moves with it."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(n) for n in stat.readline().split()[1:]]
+    except OSError:
+        return 0, 0
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks[:8])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -302,12 +315,13 @@ def main() -> None:
               f"{os.cpu_count()} CPUs ("
               + ("server on CPU 0, wrk on CPU 1, PostgreSQL on either" if PINNED and wrk else "shared by all")
               + ")")
-        print(f"{'server':42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        print(f"{'server':42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'steal %':>7}")
         results = {}
         for label, role, extra, rate in runs:
             if rate and not wrk:
                 continue
             server = _child(role, {"dsn": dsn, **extra})
+            stolen, total = _cpu_ticks()
             try:
                 port = int(server.stdout.readline().split()[1])
                 if wrk:
@@ -320,13 +334,17 @@ def main() -> None:
             finally:
                 server.kill()
                 server.wait()
-            print(f"{label:42} {result['rps']:9.0f} {result['p50']:8.2f} {result['p99']:8.2f} {result['errors']:7d}")
+            stolen_after, total_after = _cpu_ticks()
+            result["steal"] = 100 * (stolen_after - stolen) / max(1, total_after - total)
+            print(f"{label:42} {result['rps']:9.0f} {result['p50']:8.2f} {result['p99']:8.2f} {result['errors']:7d}"
+                  f" {result['steal']:7.1f}")
             results[label] = result
 
         def pick(saturated: str, paced: str) -> dict:
             latency = results.get(paced, results[saturated])
             return {"rps": round(results[saturated]["rps"]), "p50": round(latency["p50"], 2),
-                    "p99": round(latency["p99"], 2), "paced_rps": round(latency["rps"])}
+                    "p99": round(latency["p99"], 2), "paced_rps": round(latency["rps"]),
+                    "steal": round(latency["steal"], 1)}
 
         print("bench-result: " + json.dumps({"bench": "directory", "clients": args.clients,
               "cached": pick(runs[0][0], runs[1][0]), "uncached": pick(runs[2][0], runs[3][0]),

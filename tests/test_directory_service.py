@@ -474,7 +474,7 @@ def test_stopped_postgresql(tmp_path):
         with psycopg.connect(dsn, autocommit=True) as conn:
             users.set_password(conn, "kept", "down.example", "a new password", rounds=FAST)
         # After the listener reconnects, the cache was dropped and the change is served.
-        # (Pooled connections that died with the server fail closed once each meanwhile.)
+        # (The lookups' connection, which died with the server, fails closed once meanwhile.)
         new, answers = md5("kept:down.example:a new password"), []
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (not answers or answers[-1] != new):

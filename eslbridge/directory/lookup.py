@@ -13,34 +13,22 @@ Guarantees kept from the one-query-per-request design:
 - every waiter is answered by its own deadline: a batch's time limit is its earliest waiter's
   deadline, and the batch before it ended by an earlier one;
 - a database error fails every waiter of the batch closed, and for ``retry_after`` seconds
-  after it misses fail at once instead of queueing behind a dead database.
+  after it misses fail at once instead of queueing behind a dead database (the query's
+  connection is closed on any failure and opened again by the next query).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import gevent
 from gevent.event import Event
-from psycopg_pool import ConnectionPool
 
 from eslbridge.directory.cache import DirectoryCache
+from eslbridge.directory.userquery import Key, QueryTimeout, Row, UserQuery
 
 log = logging.getLogger(__name__)
-
-Key = tuple[str, str]  # (username, realm)
-# (username, sip_ha1, display_name, user permissions, role id, role permissions, realm)
-Row = tuple[Any, ...]
-
-_QUERY = """
-SELECT u.username, u.sip_ha1, u.display_name, u.permissions, r.id, r.permissions, u.realm
-  FROM unnest(%s::text[], %s::text[]) AS k(username, realm)
-  JOIN users u ON u.username = k.username AND u.realm = k.realm
-  LEFT JOIN roles r ON r.id = u.role_id
- WHERE u.enabled
-"""
 
 
 class LookupFailed(Exception):
@@ -64,8 +52,8 @@ class _Batch:
 
 
 class UserLookups:
-    def __init__(self, pool: ConnectionPool, cache: DirectoryCache, retry_after: float) -> None:
-        self._pool = pool
+    def __init__(self, query: UserQuery, cache: DirectoryCache, retry_after: float) -> None:
+        self._query = query
         self._cache = cache
         self._retry_after = retry_after
         self._queued: _Batch | None = None
@@ -82,6 +70,7 @@ class UserLookups:
         if self._worker is not None:
             self._worker.kill()  # _run_batch's finally releases the waiters of the batch in flight
             self._worker = None
+        self._query.close()
         batch, self._queued = self._queued, None
         if batch is not None:
             batch.done.set()
@@ -114,27 +103,16 @@ class UserLookups:
                 self._run_batch(batch)
 
     def _run_batch(self, batch: _Batch) -> None:
-        timer = None
         try:
-            remaining = batch.deadline - time.monotonic()
-            if remaining <= 0:
-                batch.failure = "timeout"
-                return
             if time.monotonic() < self._down_until:
                 batch.failure = "db_unavailable"
                 return
             batch.generation = self._cache.generation
-            names = [k[0] for k in batch.keys]
-            realms = [k[1] for k in batch.keys]
             self.queries += 1
-            self.keys += len(names)
-            timer = gevent.Timeout(remaining)
-            with timer, self._pool.connection(timeout=remaining) as conn:
-                rows = conn.execute(_QUERY, (names, realms), prepare=True).fetchall()
+            self.keys += len(batch.keys)
+            rows = self._query.run(batch.keys, batch.deadline)
             batch.rows = {(row[0], row[6]): row for row in rows}
-        except gevent.Timeout as exc:
-            if exc is not timer:
-                raise
+        except QueryTimeout:
             batch.failure = "timeout"
         except Exception as exc:  # any database failure: fail closed, never a 500
             self._down_until = time.monotonic() + self._retry_after

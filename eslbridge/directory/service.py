@@ -5,13 +5,15 @@ enabled user with an ``a1-hash`` was found in time. (Any other status makes Free
 back to its static directory, whose stock users have password 1234.) Requests from outside
 ``allow`` or without the right basic-auth credentials get 403 and nothing else.
 
-Runs inside a gevent process that called ``gevent.monkey.patch_all()`` first: psycopg
-(>= 3.1.14) then waits cooperatively; concurrent misses share one query (lookup.py).
+Runs inside a gevent process that called ``gevent.monkey.patch_all()`` first (psycopg then
+connects cooperatively); concurrent misses share one query (lookup.py), run on a connection of
+the lookups' own (userquery.py).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import ipaddress
 import logging
@@ -28,7 +30,9 @@ from eslbridge.directory.http import HttpServer
 from eslbridge.directory.listener import NotifyListener
 from eslbridge.directory.lookup import LookupFailed, UserLookups
 from eslbridge.directory.request import BadRequest, Lookup, lookup_of
+from eslbridge.directory.userquery import UserQuery
 from eslbridge.directory.xml import DIAL_STRING, NOT_FOUND, user_document
+from eslbridge.store.pool import own_connection
 
 # mod_xml_curl's `timeout` in conf/freeswitch/xml_curl.conf.xml must stay above this (e.g. 5 s):
 # we answer "not found" ourselves before FreeSWITCH gives up and falls back to static files.
@@ -75,17 +79,15 @@ class DirectoryService:
         self._flush_hook = flush_hook
         self._metrics = metrics
         self._deadline = deadline
-        if isinstance(pool_or_dsn, str):
-            self._pool = ConnectionPool(pool_or_dsn, min_size=1, max_size=10, open=False, name="directory",
-                                        kwargs={"autocommit": True})
-            self._own_pool = True
-        else:
-            self._pool, self._own_pool = pool_or_dsn, False
         self.cache = DirectoryCache(config.cache_seconds)
         # FreeSWITCH may cache our answer as long as we do only when we can flush it on changes.
         self._cacheable_ms = config.cache_seconds * 1000 if flush_hook and config.cache_seconds else None
-        self.listener = NotifyListener(self._pool.conninfo, self._on_notify, self._on_listen)
-        self.lookups = UserLookups(self._pool, self.cache, DB_RETRY_AFTER)
+        conninfo = pool_or_dsn if isinstance(pool_or_dsn, str) else pool_or_dsn.conninfo
+        self.listener = NotifyListener(conninfo, self._on_notify, self._on_listen)
+        # One query is in flight at a time (lookup.py), so lookups hold a connection of their own
+        # (with the pool's settings) instead of a checkout per query.
+        query = UserQuery(functools.partial(own_connection, pool_or_dsn, deadline))
+        self.lookups = UserLookups(query, self.cache, DB_RETRY_AFTER)
         self._networks = config.allow
         self._allowed: dict[str, bool] = {}
         self._path = config.path.encode()
@@ -102,8 +104,6 @@ class DirectoryService:
         return self._server.address
 
     def start(self) -> None:
-        if self._own_pool:
-            self._pool.open(wait=False)
         self.listener.start()
         self.lookups.start()
         self._server.start()
@@ -113,8 +113,6 @@ class DirectoryService:
         self._server.stop()
         self.lookups.stop()
         self.listener.stop()
-        if self._own_pool:
-            self._pool.close()
 
     # --- HTTP (http.App) ---------------------------------------------------------------------
 

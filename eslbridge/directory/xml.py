@@ -36,8 +36,14 @@ _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
                           "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"})
 
 
+# Printable ASCII without markup needs nothing (most values): one scan instead of two passes.
+_NEEDS_WORK = re.compile('[^\x20-\x7e]|[&<>"]')
+
+
 def attr(value: str) -> str:
     """``value`` as the inside of a double-quoted XML attribute."""
+    if _NEEDS_WORK.search(value) is None:
+        return value
     return _INVALID_XML.sub("", value).translate(_ESCAPES)
 
 

@@ -24,6 +24,15 @@ def connect_kwargs(db: DatabaseConfig) -> dict:
             "application_name": APPLICATION_NAME}
 
 
+def own_connection(source: ConnectionPool | str, connect_timeout: float) -> psycopg.Connection:
+    """An autocommit connection outside the pool, with the pool's settings when ``source`` is one
+    (for work that holds its connection: the writer's durability barrier, directory lookups)."""
+    settings = {"connect_timeout": max(1, round(connect_timeout)), "client_encoding": "utf8"}
+    if isinstance(source, ConnectionPool):
+        return psycopg.connect(source.conninfo, **{**settings, **source.kwargs, "autocommit": True})
+    return psycopg.connect(source, **settings, autocommit=True)
+
+
 def make_pool(db: DatabaseConfig, *, name: str = "eslbridge",
               configure: Callable[[psycopg.Connection], None] | None = None, open_now: bool = False) -> ConnectionPool:
     """A pool per ``db``; ``open_now`` waits until ``min_connections`` are up (else opens lazily,

@@ -71,6 +71,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from eslbridge.calls.records import RecordUpdate, Stage
 from eslbridge.keyring import Keyring
 from eslbridge.store.journal import Journal, JournalError
+from eslbridge.store.pool import own_connection
 from eslbridge.store.rows import BatchRows, FieldEncoder, batch_rows
 from eslbridge.store.serialize import decode_update, encode_update
 from eslbridge.store.upsert import DEFAULT_METHOD, METHODS
@@ -647,10 +648,7 @@ class Writer:
 
     def _connect(self) -> psycopg.Connection:
         """A connection of the writer's own (lanes without a pool, the durability barrier)."""
-        if isinstance(self._source, ConnectionPool):
-            return psycopg.connect(self._source.conninfo, **{"connect_timeout": max(1, round(self._connect_timeout)),
-                                                             **self._source.kwargs, "autocommit": True})
-        return psycopg.connect(self._source, autocommit=True, connect_timeout=max(1, round(self._connect_timeout)))
+        return own_connection(self._source, self._connect_timeout)
 
     def _close_connection(self) -> None:
         for lane, conn in enumerate(self._conns):
