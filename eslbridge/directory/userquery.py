@@ -33,8 +33,9 @@ _SQL = b"""
 SELECT coalesce(json_agg(json_build_array(u.username, u.sip_ha1, u.display_name, u.permissions,
                                           r.id, r.permissions, u.realm)), '[]')
   FROM json_to_recordset($1::json) AS k(username text, realm text)
-  -- LATERAL ... LIMIT 1 keeps the unique index lookup per key: the planner guesses 100 rows for
-  -- json_to_recordset and would otherwise hash-join against a scan of the whole table.
+  -- LATERAL ... LIMIT 1 keeps one probe of the unique index per key: the planner guesses 100 rows
+  -- for json_to_recordset and would otherwise hash-join against a scan of the whole table. (A table
+  -- never analyzed, in the minute before autovacuum gets to a bulk load, is probed by realm instead.)
   CROSS JOIN LATERAL (SELECT username, realm, sip_ha1, display_name, permissions, role_id FROM users
                       WHERE username = k.username AND realm = k.realm AND enabled LIMIT 1) u
   LEFT JOIN roles r ON r.id = u.role_id
