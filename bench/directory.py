@@ -1,6 +1,6 @@
 """Directory lookups benchmark (DESIGN section 11): requests/s and p50/p99 latency.
 
-    python bench/directory.py [--seconds 10] [--clients 50] [--users 1000]
+    python -m bench.directory [--seconds 10] [--clients 50] [--users 1000]
 
 Starts a private PostgreSQL, creates users, then measures in one run, each server in its own
 process and the load generator in another (on 2 cores, servers on the first and wrk on the
@@ -35,6 +35,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from bench.host import cpu_ticks, steal_percent
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT.parent / "shared" / "fixtures" / "public" / "tropo-proxy__xmlcurl-directory-request__1.txt"
@@ -266,16 +268,6 @@ def wrk_load(port: int, users: int, clients: int, seconds: float, warmup: float,
 # --- orchestration ----------------------------------------------------------------------------
 
 
-def _cpu_ticks() -> tuple[int, int]:
-    """(stolen, total) CPU ticks since boot, all CPUs (/proc/stat): the share of a run the hypervisor
-    gave to other guests. On this VM it varies from run to run, and every p99 moves with it."""
-    try:
-        with open("/proc/stat") as stat:
-            ticks = [int(n) for n in stat.readline().split()[1:]]
-    except OSError:
-        return 0, 0
-    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks[:8])
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -324,7 +316,7 @@ def main() -> None:
             if rate and not wrk:
                 continue
             server = _child(role, {"dsn": dsn, **extra})
-            stolen, total = _cpu_ticks()
+            ticks = cpu_ticks()
             try:
                 port = int(server.stdout.readline().split()[1])
                 if wrk:
@@ -337,8 +329,7 @@ def main() -> None:
             finally:
                 server.kill()
                 server.wait()
-            stolen_after, total_after = _cpu_ticks()
-            result["steal"] = 100 * (stolen_after - stolen) / max(1, total_after - total)
+            result["steal"] = steal_percent(ticks, cpu_ticks())
             print(f"{label:42} {result['rps']:9.0f} {result['p50']:8.2f} {result['p99']:8.2f} {result['errors']:7d}"
                   f" {result['steal']:7.1f}")
             results[label] = result

@@ -74,7 +74,7 @@ def main() -> int:
         ("into PostgreSQL, sustained calls/s", fmt(w.get("sustained_cps")), ">= 1,000 for 60 s",
          f"INSERT per leg {fmt(w.get('baseline_cps'))}", ratio(w.get("sustained_cps"), w.get("baseline_cps"))),
         ("  records lost", fmt(w.get("lost")), "0", "", ""),
-        ("  p99 hangup-to-commit, ms", fmt(w.get("p99_ms")), "<= 500", "", ""),
+        ("  p99 hangup-to-commit, ms", fmt(w.get("p99_ms")), "<= 500", f"host steal {fmt(w.get('steal'))} %", ""),
         ("directory cached, req/s", fmt(dc.get("rps")), ">= 5,000",
          f"SELECT per request {fmt(db.get('rps'))}", ratio(dc.get("rps"), db.get("rps"))),
         ("directory uncached, req/s", fmt(du.get("rps")), ">= 1,500",

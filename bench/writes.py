@@ -69,6 +69,7 @@ import gevent  # noqa: E402
 import psycopg  # noqa: E402
 
 import eslbridge.store.writer as writer_module  # noqa: E402
+from bench.host import cpu_ticks, steal_percent  # noqa: E402
 from eslbridge.calls.records import RecordUpdate  # noqa: E402
 from eslbridge.localpg import PgCluster  # noqa: E402
 from eslbridge.store.journal import Journal  # noqa: E402
@@ -109,7 +110,7 @@ def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float
         calls = 0
         later: deque[tuple[float, RecordUpdate]] = deque()  # (due, update), due in order per stage
         answers: deque[tuple[float, RecordUpdate]] = deque()
-        t0 = time.monotonic()
+        t0, ticks = time.monotonic(), cpu_ticks()
         while (now := time.monotonic()) - t0 < seconds or later or answers:
             for queue in (answers, later):
                 while queue and queue[0][0] <= now:
@@ -130,6 +131,7 @@ def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float
         submitted_for = time.monotonic() - t0
         drained = writer.flush(120)
         elapsed = time.monotonic() - t0
+        steal = steal_percent(ticks, cpu_ticks())
         stats = writer.stats()
         latencies = writer.latencies()
         writer.stop()
@@ -143,7 +145,7 @@ def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float
         "elapsed": elapsed, "calls_per_s": calls / busy, "records_per_s": stats.records_written / busy,
         "p50_ms": _pct(latencies, 0.50) * 1000, "p99_ms": _pct(latencies, 0.99) * 1000,
         "max_ms": max(latencies) * 1000 if latencies else float("nan"), "batches": stats.batches,
-        "rejected": stats.rejected,
+        "rejected": stats.rejected, "steal": steal,
     }
 
 
@@ -191,7 +193,8 @@ def _report(label: str, r: dict, calls_in_db: int) -> None:
           f"{r['elapsed']:.1f} s (drained: {r['drained']})")
     print(f"  {r['calls_per_s']:.0f} calls/s, {r['records_per_s']:.0f} record updates/s, "
           f"{r['batches']} batches, rejected {r['rejected']}")
-    print(f"  FINISHED submit -> commit: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms")
+    print(f"  FINISHED submit -> commit: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms"
+          f" (CPU stolen by the host meanwhile: {r['steal']:.1f} %)")
     lost = r["calls"] - calls_in_db
     print(f"  loss check: {calls_in_db} of {r['calls']} calls in call_records, one row each: "
           f"{'OK, zero loss' if lost == 0 and r['drained'] and not r['rejected'] else f'FAILED ({lost} missing)'}")
@@ -256,6 +259,7 @@ def main() -> None:
         print("bench-result: " + json.dumps({
             "bench": "writes", "seconds": args.seconds, "sustained_cps": round(sustained),
             "p50_ms": round(main_run["p50_ms"]), "p99_ms": round(main_run["p99_ms"]),
+            "steal": round(main_run["steal"], 1),
             "lost": main_run["calls"] - main_run["landed"] if main_run["landed"] >= 0 else None,
             "flat_out_cps": round(flat["calls_per_s"]) if flat else None, "baseline_cps": round(b["calls_per_s"])}))
     finally:
