@@ -268,7 +268,6 @@ def wrk_load(port: int, users: int, clients: int, seconds: float, warmup: float,
 # --- orchestration ----------------------------------------------------------------------------
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)

@@ -1,6 +1,6 @@
 """What the hypervisor took from this VM during a measurement (``steal`` in /proc/stat).
 
-On this VM the share varies from run to run (0 to 25 % was seen), and every latency percentile
+On this VM the share varies from run to run (0 to 27 % was seen), and every latency percentile
 moves with it, so the benchmarks print it beside their p99s."""
 
 from __future__ import annotations
