@@ -23,7 +23,7 @@ from pathlib import Path
 
 from eslbridge.calls.correlator import Correlator
 
-CAPTURED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "captured"
+CAPTURED = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "captured"
 SCENARIOS = ("bridge-answer", "bridge-busy", "tone", "reject")
 FORMATS = ("json", "minimal.json")
 TARGET_EVENTS_PER_S = 100_000  # DESIGN section 11: ESL intake + correlation, one core

@@ -17,7 +17,7 @@ second; PostgreSQL runs on either):
 
 "steal %" is the share of all CPU time the hypervisor took from this VM during the row (/proc/stat).
 
-Clients: keep-alive connections, each posting a real mod_xml_curl sip_auth body (the tropo-proxy
+Clients: keep-alive connections, each posting a real mod_xml_curl sip_auth body (the url_escape
 capture, user/domain replaced) for a random user; every answer must carry an a1-hash. With `wrk`
 on PATH (Debian: wrk) it generates the load: a C client takes far less of the two cores than a
 Python one, so the numbers describe the server. Without it, gevent greenlets in a child process.
@@ -39,7 +39,7 @@ from pathlib import Path
 from bench.host import cpu_ticks, steal_percent
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE = ROOT.parent / "shared" / "fixtures" / "public" / "tropo-proxy__xmlcurl-directory-request__1.txt"
+TEMPLATE = ROOT / "tests" / "fixtures" / "public" / "url-escape__xmlcurl-directory-request__1.txt"
 REALM = "bench.example"
 PASSWORD = "bench-directory-secret"
 AUTH = "Basic " + base64.b64encode(f"freeswitch:{PASSWORD}".encode()).decode()
@@ -200,7 +200,7 @@ def load() -> None:
 
 def _bodies(users: int) -> list[str]:
     template = TEMPLATE.read_text()
-    return [template.replace("%2B14158510070", f"u{i}").replace("connect.tropo.com", REALM) for i in range(users)]
+    return [template.replace("=2600&", f"=u{i}&").replace("foo.example.com", REALM) for i in range(users)]
 
 
 _WRK_SCRIPT = """

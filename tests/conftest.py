@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -23,8 +22,6 @@ from eslbridge.store.migrate import migrate
 # Fixtures other test modules share (e.g. the writer tests' `keyring`).
 pytest_plugins = ["tests.writer_fixtures"]
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures"
 TEMPLATE_DB = "eslbridge_template"
 _counter = itertools.count()
 

@@ -15,11 +15,9 @@ import json
 import urllib.parse
 import uuid as uuidlib
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-CAPTURED = SHARED / "fixtures" / "captured"
-PUBLIC = SHARED / "fixtures" / "public"
+from tests.paths import CAPTURED, PUBLIC
+
 NODE = "fs1"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

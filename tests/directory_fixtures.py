@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-PUBLIC = SHARED / "fixtures" / "public"
 PASSWORD = "xml-curl-secret"
 USERNAME = "freeswitch"
 _BOOT = "from gevent import monkey; monkey.patch_all(); from tests.directory_fixtures import serve_main; serve_main()"

@@ -12,9 +12,6 @@ import pytest
 from eslbridge.esl.inbound import InboundClient
 from eslbridge.sim.server import Simulator
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-CAPTURED = SHARED / "fixtures" / "captured"
-PUBLIC = SHARED / "fixtures" / "public"
 PASSWORD = "ClueCon"
 
 

@@ -1,14 +1,14 @@
-"""Reads the two seed documents (../shared/seeds) so schema tests check what they say, not a copy."""
+"""Reads the two seed documents (docs/seeds) so schema tests check what they say, not a copy."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from tests.conftest import SHARED
+from tests.paths import SEEDS
 
-YAKYAK = SHARED / "seeds" / "000_c1a633d1fe67a230.txt"
-SIPCALL = SHARED / "seeds" / "001_0b4714535c98bb7f.txt"
+YAKYAK = SEEDS / "000_c1a633d1fe67a230.txt"
+SIPCALL = SEEDS / "001_0b4714535c98bb7f.txt"
 
 
 def _text(path: Path) -> str:

@@ -19,7 +19,9 @@ from tests.correlator_fixtures import (
     only,
     plain_file,
     public_stream,
+    stream_events,
 )
+from tests.paths import shared_public
 
 
 def run(events):
@@ -53,7 +55,7 @@ def test_complete_single_leg_calls(name):
 @pytest.mark.parametrize("number", range(1, 7))
 def test_outbound_socket_streams_stay_active_until_resync(number):
     """NEventSocket streams end at CHANNEL_HANGUP (no HANGUP_COMPLETE): the call stays Active."""
-    events = public_stream(f"neventsocket__stream__{number}.stream")
+    events = stream_events(shared_public(f"neventsocket__stream__{number}.stream").read_bytes())
     a_leg = events[0]["Unique-ID"]
     family = {a_leg}  # legs originated from the A-leg, transitively (att_xfer originates from a B-leg)
     for event in events:

@@ -17,7 +17,8 @@ from eslbridge import users
 from eslbridge.directory.xml import DIAL_STRING
 from eslbridge.localpg import PgCluster
 from eslbridge.store.migrate import migrate
-from tests.directory_fixtures import PUBLIC, DirectoryProcess, auth_header
+from tests.directory_fixtures import DirectoryProcess, auth_header
+from tests.paths import PUBLIC, shared_public
 
 PASSWORD = "correct horse battery"
 FAST = 4  # bcrypt rounds for setup; users tests cover cost 12
@@ -119,14 +120,16 @@ def add(conn, username: str, realm: str, **kw) -> users.User:
 @pytest.mark.parametrize(
     ("body", "username", "realm"),
     [
-        ((PUBLIC / "tropo-proxy__xmlcurl-directory-request__1.txt").read_text(), "+14158510070", "connect.tropo.com"),
-        ((PUBLIC / "url-escape__xmlcurl-directory-request__1.txt").read_text(), "2600", "foo.example.com"),
-        (urlencode(read_dump("fsdocs__xmlcurl-directory-request__1.txt")), "1004",
+        (lambda: shared_public("tropo-proxy__xmlcurl-directory-request__1.txt").read_text(), "+14158510070",
+         "connect.tropo.com"),
+        (lambda: (PUBLIC / "url-escape__xmlcurl-directory-request__1.txt").read_text(), "2600", "foo.example.com"),
+        (lambda: urlencode(read_dump("fsdocs__xmlcurl-directory-request__1.txt")), "1004",
          "domain1.awesomevoipdomain.faketld"),
     ],
     ids=["tropo-proxy", "url-escape", "fsdocs-sip_auth"],
 )
 def test_real_sip_auth_requests_get_the_users_a1_hash(directory, admin, body, username, realm):
+    body = body()
     status, answer = directory.post(body)
     assert status == 200 and is_not_found(answer)  # not created yet (and this caches the miss)
     add(admin, username, realm)

@@ -12,7 +12,7 @@ from eslbridge.esl.events import parse_json_event, parse_plain_event
 from eslbridge.esl.framing import MIN_FREE, FrameParser, parse_stream
 from eslbridge.esl.spill import SpillQueue
 from eslbridge.esl.stats import IntakeStats
-from tests.esl_fixtures import CAPTURED
+from tests.paths import CAPTURED
 
 
 def reference_plain(body: bytes) -> dict[str, str]:

@@ -9,7 +9,8 @@ import pytest
 
 from eslbridge.esl.events import EventParseError, event_key, parse_event, parse_json_event, parse_plain_event
 from eslbridge.esl.framing import MAX_BODY, FrameParser, parse_stream
-from tests.esl_fixtures import CAPTURED, PUBLIC, summary_counts
+from tests.esl_fixtures import summary_counts
+from tests.paths import CAPTURED, PUBLIC, shared_public
 
 CAPTURES = sorted(p.name for p in CAPTURED.glob("*.esl"))
 
@@ -163,12 +164,6 @@ def test_public_odd_streams():
     errors = Counter()
     assert events_of((PUBLIC / "dotnetfreeswitch__CHANNEL_CALLSTATE__1.frame").read_bytes(), errors) == []
     assert errors["truncated"] == 1
-    # deliberately corrupted stream: the intact CHANNEL_PARK survives, the damage is counted
-    errors = Counter()
-    events = events_of((PUBLIC / "switchio__stream__2.stream").read_bytes(), errors)
-    park = [e for e in events if e["Event-Name"] == "CHANNEL_PARK"]
-    assert park and park[0]["Unique-ID"] == "8de782e0-83c9-11e7-af1b-001500e3e25c"
-    assert errors["garbage_line"] >= 1 and errors["no_event_name"] == 1
     # truncated frames at the end of captured fragments
     for name in ("scala-esl__stream__2.stream", "scala-esl__stream__3.stream"):
         errors = Counter()
@@ -176,10 +171,23 @@ def test_public_odd_streams():
         assert errors["truncated"] == 1
 
 
+def test_public_corrupted_stream():
+    """A deliberately corrupted stream: the intact CHANNEL_PARK survives, the damage is counted."""
+    errors = Counter()
+    events = events_of(shared_public("switchio__stream__2.stream").read_bytes(), errors)
+    park = [e for e in events if e["Event-Name"] == "CHANNEL_PARK"]
+    assert park and park[0]["Unique-ID"] == "8de782e0-83c9-11e7-af1b-001500e3e25c"
+    assert errors["garbage_line"] >= 1 and errors["no_event_name"] == 1
+
+
 def test_unknown_content_types_are_framed():
     kinds = {f.content_type for f in parse_stream((PUBLIC / "greenswitch__log-data__2.frame").read_bytes())}
-    kinds |= {f.content_type for f in parse_stream((PUBLIC / "neventsocket__disconnect-notice__1.frame").read_bytes())}
-    assert kinds == {"log/data", "text/disconnect-notice"}
+    assert kinds == {"log/data"}
+
+
+def test_disconnect_notice_is_framed():
+    frame = shared_public("neventsocket__disconnect-notice__1.frame").read_bytes()
+    assert {f.content_type for f in parse_stream(frame)} == {"text/disconnect-notice"}
 
 
 def test_json_event_body_kept_under_body():

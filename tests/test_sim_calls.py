@@ -15,7 +15,8 @@ from eslbridge.esl.framing import parse_stream
 from eslbridge.sim import calls
 from eslbridge.sim.fsformat import json_body, plain_body
 from eslbridge.sim.templates import parse_pairs_plain, render_pairs
-from tests.esl_fixtures import CAPTURED, Collector, make_client, sim  # noqa: F401
+from tests.esl_fixtures import Collector, make_client, sim  # noqa: F401
+from tests.paths import CAPTURED
 
 
 def captured_events(name: str, fmt: str) -> list[bytes]:

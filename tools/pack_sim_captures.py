@@ -1,8 +1,8 @@
 """Copy the captured scenarios the simulator plays into the package (gzip'd, byte-identical inside).
 
 The simulator must work from an installed eslbridge (`pip install . && eslbridge demo`), where
-../shared is not beside the code. tests/test_sim_captures.py fails when these copies differ from
-../shared/fixtures/captured: rerun `python tools/pack_sim_captures.py` then.
+the tests' fixtures are not installed. tests/test_sim_captures.py fails when these copies differ from
+tests/fixtures/captured: rerun `python tools/pack_sim_captures.py` then.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from eslbridge.sim.templates import PACKAGED, SCENARIO_FILES, packaged_files
 
-SOURCE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "captured"
+SOURCE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "captured"
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """FreeSWITCH's wire spellings: event bodies (json, plain) and ESL frames.
 
-Checked byte for byte against the captures in ../shared/fixtures/captured (tests/test_sim_calls.py).
+Checked byte for byte against the captures in tests/fixtures/captured (tests/test_sim_calls.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Event templates taken from the real captures in ../shared/fixtures/captured.
+"""Event templates taken from the real captures in tests/fixtures/captured.
 
 The package carries gzip'd copies of the captures it plays (eslbridge/sim/captures/, made by
-tools/pack_sim_captures.py, checked byte for byte against ../shared by tests/test_sim_captures.py),
+tools/pack_sim_captures.py, checked byte for byte against that copy by tests/test_sim_captures.py),
 so the simulator, the demo and the benchmarks run from an installed eslbridge too.
 
 Each captured scenario is loaded in both formats, each from its own capture (FreeSWITCH's json and
@@ -32,12 +32,12 @@ SCENARIO_FILES = ("tone", "bridge-answer", "bridge-busy", "reject", "register", 
 
 
 def packaged_files(scenarios: tuple[str, ...]) -> list[str]:
-    """The capture files (as named in ../shared) the simulator needs for these scenarios."""
+    """The capture files (as named in tests/fixtures/captured) the simulator needs for these scenarios."""
     return [f"{name}.{kind}" for name in scenarios for kind in ("json.esl", "plain.esl", "truth.json")]
 
 
 def capture_bytes(filename: str) -> bytes:
-    """A captured file's bytes, as in ../shared/fixtures/captured/<filename>."""
+    """A captured file's bytes, as in tests/fixtures/captured/<filename>."""
     if filename.endswith(".esl"):
         return gzip.decompress((PACKAGED / f"{filename}.gz").read_bytes())
     return (PACKAGED / filename).read_bytes()
