@@ -170,7 +170,7 @@ def bridge(freeswitch: FreeSwitch, env: Env, db_dsn: str) -> Iterator[Bridge]:
     config = env.config(
         freeswitch.esl_port,
         directory={"listen": f"127.0.0.1:{freeswitch.directory_port}", "username": DIRECTORY_USER,
-                   "password_file": secret(env.tmp / "dir_pw", DIRECTORY_PASSWORD)},
+                   "password_file": secret(env.tmp / "fs_directory_pw", DIRECTORY_PASSWORD)},
         outbound={"listen": f"127.0.0.1:{freeswitch.outbound_port}"},
     )
     b = Bridge(env, config, db_dsn, freeswitch)

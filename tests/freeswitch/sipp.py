@@ -60,8 +60,10 @@ class Call:
 
     @property
     def final(self) -> Message | None:
-        """The final response to the (last) INVITE."""
-        finals = [m for m in self.messages if m.method == "INVITE" and m.code and m.code >= 200]
+        """The final response to the dialog's opening request (INVITE, REGISTER), its last attempt."""
+        opening = self.first(lambda m: m.code is None)
+        method = opening.method if opening else "INVITE"
+        finals = [m for m in self.messages if m.method == method and m.code and m.code >= 200]
         return finals[-1] if finals else None
 
     @property
