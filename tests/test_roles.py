@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import psycopg
-import pytest
 import yaml
 from psycopg import errors as pgerrors
 from psycopg_pool import ConnectionPool
@@ -171,8 +170,10 @@ def test_every_admin_command_works_under_the_admin_role(tmp_path, db_dsn, db, lo
     cli("gdpr", "erase", "ann", "--realm", "pbx.example", "--keyring", str(keyring), "--yes")
     cli("keys", "status", "--keyring", str(keyring))
     cli("keys", "rotate", "--keyring", str(keyring))
-    cli("retention", "run", "--dry-run")
-    cli("retention", "run")
+    config = tmp_path / "eslbridge.yaml"
+    config.write_text("retention:\n  audit_logs_days: 30\n")
+    cli("retention", "run", "--dry-run", "--config", str(config))
+    cli("retention", "run", "--config", str(config))
     cli("db", "status")
     actors = {r[0] for r in db.execute("SELECT db_user FROM audit_logs")}
     assert actors == {logins.admin}
@@ -191,8 +192,9 @@ def test_the_admin_role_cannot_drop_tables_or_grant_roles(db_dsn, logins: Logins
 
 def test_the_auditor_reads_views_audit_log_and_ciphertext_never_hashes(db_dsn, db, logins: Logins):
     add_user(db, "3000", "127.0.0.1", "pw-3000-secret", rounds=4)
-    db.execute("INSERT INTO call_records (call_uuid, node, start_time, caller, enc_key_id)"
-               " VALUES (gen_random_uuid()::text, 'fs1', now(), '\\x00ff'::bytea, 1)")
+    db.execute("INSERT INTO call_records (call_uuid, call_id, node, direction, status, start_time, caller,"
+               " enc_key_id) VALUES (gen_random_uuid()::text, 'c1', 'fs1', 'Inbound', 'Completed', now(),"
+               " '\\x00ff'::bytea, 1)")
     dsn = dsn_as(db_dsn, logins.auditor)
     with psycopg.connect(dsn) as conn:
         for view in ("call_statistics", "user_activity", "daily_call_summary", "audit_logs", "roles"):

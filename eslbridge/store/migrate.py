@@ -160,14 +160,14 @@ def migrate(conninfo: str, migrations: list[Migration] | None = None, *,
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from eslbridge.commands.common import unreachable
+    from eslbridge.commands.common import db_error
     from eslbridge.config import resolve_database_url
 
     try:
         applied = migrate(resolve_database_url(args.config), progress=True,
                           on_warning=lambda text: print(f"warning: {text}", file=sys.stderr, flush=True))
-    except psycopg.OperationalError as exc:
-        raise unreachable(exc) from None
+    except psycopg.Error as exc:
+        raise db_error(exc) from None
     for name in applied:
         print(f"applied {name}")
     if not applied:
