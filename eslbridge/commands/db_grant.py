@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import argparse
 
-from eslbridge.commands.common import admin_connection
+from psycopg import errors as pgerrors
+
+from eslbridge.commands.common import admin_connection, first_line
 from eslbridge.dbroles import ADMIN, AUDITOR, DAEMON, grant_roles
+from eslbridge.errors import EslBridgeError
 
 
 def _cmd_grant(args: argparse.Namespace) -> int:
     logins = {DAEMON: args.daemon_login or [], ADMIN: args.admin_login or [], AUDITOR: args.auditor_login or []}
     with admin_connection(args) as conn:
-        for line in grant_roles(conn, logins):
-            print(line)
+        try:
+            actions = grant_roles(conn, logins)
+        except pgerrors.InsufficientPrivilege as exc:
+            raise EslBridgeError(f"the database refused: {first_line(exc)} (run `eslbridge db grant` as a superuser "
+                                 "or a user with CREATEROLE that owns the tables)") from None
+    for line in actions:
+        print(line)
     return 0
 
 
