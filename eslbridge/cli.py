@@ -12,8 +12,9 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Iterator
 
-from eslbridge.errors import EXIT_FAILURE, EslBridgeError
+from eslbridge.errors import EXIT_FAILURE, EXIT_USAGE, EslBridgeError
 from eslbridge.logsetup import setup_logging
 
 # Modules that contribute subcommands, in the order `--help` lists them.
@@ -39,7 +40,7 @@ def _command_name(argv: list[str]) -> str | None:
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--config":
+        elif arg in ("--config", "--keyring"):
             skip = True
         elif not arg.startswith("-"):
             return arg
@@ -59,7 +60,44 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for command in _commands(parser):
+        # Also after the command; SUPPRESS keeps a value given before it.
+        command.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                             help="config file (default: $ESLBRIDGE_CONFIG, then /etc/eslbridge/eslbridge.yaml)")
     return parser
+
+
+def _commands(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Every (sub)command parser below ``parser``; each gets its help line as description if it has none."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, command in action.choices.items():
+                if not command.description and helps.get(name):
+                    command.description = helps[name][0].upper() + helps[name][1:] + "."
+                yield command
+                yield from _commands(command)
+
+
+def _error_line(exc: BaseException) -> EslBridgeError:
+    """Whatever escaped a command, as the one line an operator sees (never a traceback)."""
+    import psycopg
+
+    from eslbridge.commands.common import db_error
+
+    if isinstance(exc, EslBridgeError):
+        return exc
+    if isinstance(exc, psycopg.Error):
+        return db_error(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return EslBridgeError(f"{where}{exc.strerror or exc}")
+    return EslBridgeError(f"unexpected {type(exc).__name__}: {exc} (please report this)")
+
+
+def _command_path(args: argparse.Namespace) -> str:
+    """``user delete`` for ``eslbridge user delete ...``: the (sub)command names, outermost first."""
+    return " ".join(v for k, v in vars(args).items() if k == "command" or (k.endswith("_command") and v))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,11 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging("info", "text", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
-    except EslBridgeError as exc:
-        print(f"eslbridge {args.command}: {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    except EOFError:  # a confirmation prompt whose stdin closed
+        print(f"eslbridge {_command_path(args)}: no answer: nothing was changed", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        error = _error_line(exc)
+        message = " ".join(str(error).split("\n"))
+        print(f"eslbridge {_command_path(args)}: {message}", file=sys.stderr)
+        return error.exit_code
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import logging
 import os
 import re
 import stat
@@ -206,6 +207,9 @@ def resolve_database_url(config_path_: str | None = None, env: Mapping[str, str]
     read); else the ``database_url`` credential or ``database.url``, with the password merged in."""
     env = os.environ if env is None else env
     if env.get("ESLBRIDGE_DATABASE_URL"):
+        problem = conninfo_problem(env["ESLBRIDGE_DATABASE_URL"])
+        if problem:
+            raise ConfigError(f"$ESLBRIDGE_DATABASE_URL: {problem}")
         return env["ESLBRIDGE_DATABASE_URL"]
     try:
         return load_section("database", config_path_, env).url.reveal()
@@ -416,13 +420,24 @@ def _networks(f: _Field, v: Any) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def conninfo_problem(text: str) -> str | None:
+    """Why ``text`` is no usable PostgreSQL URL or conninfo string (None: it is). Never quotes it:
+    it may hold a password."""
+    try:
+        parts = conninfo_to_dict(text)
+    except psycopg.ProgrammingError:
+        return "not a valid PostgreSQL connection URL or conninfo string"
+    for port in str(parts.get("port") or "5432").split(","):
+        if not (port.isdigit() and 1 <= int(port) <= 65535):
+            return "the port must be a number between 1 and 65535"
+    return None
+
+
 def _url(f: _Field, v: Any) -> str:
     text = _text(f, v)
-    try:
-        conninfo_to_dict(text)
-    except psycopg.ProgrammingError:
-        # Not libpq's message: it may quote the URL, password included.
-        raise f.error("not a valid PostgreSQL connection URL or conninfo string") from None
+    problem = conninfo_problem(text)
+    if problem:
+        raise f.error(problem)
     return text
 
 
@@ -565,11 +580,13 @@ def _database(s: _Section) -> DatabaseConfig:
     config_url = s.take("url", _url, "postgresql://eslbridge@localhost/eslbridge")
     replica = s.take("replica_url", _optional(_url), None)
     password = _find_secret(s, "password_file", (), ("database_password",), required=False)
+    if conninfo_to_dict(config_url).get("password"):
+        logging.getLogger(__name__).warning(
+            "%s holds a password inline: whoever reads the config file reads it; use database.password_file "
+            "or the systemd credential database_password instead", url_key)
     if env_url:
-        try:
-            conninfo_to_dict(env_url)
-        except psycopg.ProgrammingError:
-            raise ConfigError("$ESLBRIDGE_DATABASE_URL: not a valid PostgreSQL connection URL") from None
+        if conninfo_problem(env_url):
+            raise ConfigError(f"$ESLBRIDGE_DATABASE_URL: {conninfo_problem(env_url)}")
         url = Secret(env_url, "environment ESLBRIDGE_DATABASE_URL")
     elif cred_url is not None and cred_url.exists():
         cred = read_secret_file(cred_url, url_key, ctx, "credential database_url")

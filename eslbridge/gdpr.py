@@ -115,6 +115,17 @@ def export_subject(conn: psycopg.Connection, keyring: Keyring, subject: Subject,
     }
 
 
+def _gdpr_erase(conn: psycopg.Connection, subject: Subject) -> dict[str, int]:
+    return conn.execute("SELECT gdpr_erase(%s, %s, %s)",
+                        (subject.user_id, subject.hashes, subject.identities)).fetchone()[0]
+
+
+def erase_counts(conn: psycopg.Connection, subject: Subject) -> dict[str, int]:
+    """What ``erase_subject`` would remove now: the same erase, in a transaction rolled back."""
+    with conn.transaction(force_rollback=True):
+        return _gdpr_erase(conn, subject)
+
+
 def erase_subject(conn: psycopg.Connection, subject: Subject, actor: str | None = None) -> dict[str, int]:
     """Erase ``subject`` everywhere (rule: docs/AUDITORS.md); one transaction, audited as ``gdpr.erase``.
 
@@ -122,8 +133,7 @@ def erase_subject(conn: psycopg.Connection, subject: Subject, actor: str | None 
     gone, links to nothing) and counts, never the username or email.
     """
     with conn.transaction():
-        counts = conn.execute("SELECT gdpr_erase(%s, %s, %s)",
-                              (subject.user_id, subject.hashes, subject.identities)).fetchone()[0]
+        counts = _gdpr_erase(conn, subject)
         audit(conn, "gdpr.erase", "user", subject.user_id, {"found": subject.describe(), "rows": counts},
               actor=actor)
     return counts

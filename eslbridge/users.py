@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import bcrypt
 import psycopg
@@ -255,6 +256,33 @@ def delete_user(conn: psycopg.Connection, username: str, realm: str, actor: str 
         audit(conn, "user.delete", "user", row[0], {"username": username, "realm": realm}, actor=actor)
 
 
+def set_user(
+    conn: psycopg.Connection, username: str, realm: str, *, role: str | None = None, email: str | None = None,
+    display_name: str | None = None, actor: str | None = None,
+) -> User:
+    """Change what ``add_user`` set; ``None`` keeps a field, ``""`` clears email or display name."""
+    username, realm = check_username(username), check_realm(realm)
+    changes: dict[str, Any] = {}
+    if email is not None:
+        changes["email"] = _check_optional(email, EMAIL_RE, "e-mail address") if email else None
+    if display_name is not None:
+        changes["display_name"] = _check_optional(display_name, DISPLAY_NAME_RE, "display name") \
+            if display_name else None
+    with conn.transaction():
+        if role is not None:
+            changes["role_id"] = _role_id(conn, check_role_name(role))
+        if not changes:
+            raise UsageError("nothing to change: give --role, --email or --display-name")
+        # Column names from the fixed set above, never from input.
+        assignments = ", ".join(f"{column} = %s" for column in changes)
+        user_id = _change_user(conn, username, realm, f"UPDATE users SET {assignments}", tuple(changes.values()))
+        changed = sorted("role" if c == "role_id" else c for c in changes)
+        audit(conn, "user.update", "user", user_id, {"username": username, "realm": realm, "changed": changed,
+                                                     **({"role": role} if role is not None else {})},
+              user_id=user_id, actor=actor)
+    return get_user(conn, username, realm)
+
+
 # --- roles ------------------------------------------------------------------------------------
 
 
@@ -329,3 +357,27 @@ def grant(conn: psycopg.Connection, role: str, permissions: Iterable[str], actor
 
 def revoke(conn: psycopg.Connection, role: str, permissions: Iterable[str], actor: str | None = None) -> Role:
     return _change_permissions(conn, role, permissions, False, actor)
+
+
+def role_users(conn: psycopg.Connection, name: str) -> int:
+    """How many users hold role ``name`` (they keep no role once it is deleted)."""
+    return conn.execute("SELECT count(*) FROM users u JOIN roles r ON r.id = u.role_id WHERE r.name = %s",
+                        (name,)).fetchone()[0]
+
+
+def deletable_role(conn: psycopg.Connection, name: str) -> Role:
+    """The role ``name``, refused when it is a system role (the database refuses those too)."""
+    role = get_role(conn, check_role_name(name))
+    if role.is_system:
+        raise EslBridgeError(f"role {name!r} is a system role and cannot be deleted")
+    return role
+
+
+def delete_role(conn: psycopg.Connection, name: str, actor: str | None = None) -> int:
+    """Delete a non-system role; its users keep no role (ON DELETE SET NULL). Returns how many."""
+    with conn.transaction():
+        role = deletable_role(conn, name)
+        members = role_users(conn, name)
+        conn.execute("DELETE FROM roles WHERE id = %s", (role.id,))
+        audit(conn, "role.delete", "role", role.id, {"name": name, "users": members}, actor=actor)
+    return members

@@ -77,6 +77,7 @@ def write_config(tmp_path: Path, db_url: str, esl_port: int, esl_password: str =
         f"database:\n  url: '{db_url}'\n  connect_timeout: 5\n"
         "directory:\n  password_file: directory_password\n"
         "encryption:\n  keyring_file: keyring.yaml\n"
+        f"journal:\n  dir: {tmp_path / 'journal'}\n"
     )
     return path
 
@@ -94,8 +95,9 @@ def test_good_config_passes_every_check(tmp_path, db_dsn, esl_server, clean_env,
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"config {path}: ok"
     assert lines[1].startswith(f"keyring {tmp_path / 'keyring.yaml'}: ok (active key 1")
-    assert lines[2].startswith("database: ok (") and "migrations applied" in lines[2]
-    assert lines[3] == f"esl fs1 (127.0.0.1:{esl_server.port}): ok (authenticated)"
+    assert lines[2] == f"journal {tmp_path / 'journal'}: ok (writable)"
+    assert lines[3].startswith("database: ok (") and "migrations applied" in lines[3]
+    assert lines[4] == f"esl fs1 (127.0.0.1:{esl_server.port}): ok (authenticated)"
     assert esl_server.commands == ["auth", "exit"]
 
 

@@ -140,7 +140,7 @@ def test_erase_leaves_no_trace_and_keeps_billing(admin: Admin, db: psycopg.Conne
     assert all(t in hay for t in traces)
     traces += [h.hex() for h in subject.hashes]  # sips: and number hashes too, whether used or not
 
-    assert admin.run("gdpr", "erase", ZOE, "--realm", REALM) == 0
+    assert admin.run("gdpr", "erase", ZOE, "--realm", REALM, "--yes") == 0
     printed = capsys.readouterr().out
     assert "call_records_erased    5" in printed and "users_deleted          1" in printed
 
@@ -226,7 +226,7 @@ def test_sql_erase_agrees_with_cli(admin: Admin, db: psycopg.Connection, db_dsn:
     subject = find_subject(db, admin.keyring, ZOE, REALM)
     sql_copy, seed_copy = _clone(pg_server, db_dsn, db)
     try:
-        assert admin.run("gdpr", "erase", ZOE, "--realm", REALM) == 0
+        assert admin.run("gdpr", "erase", ZOE, "--realm", REALM, "--yes") == 0
         with psycopg.connect(sql_copy, autocommit=True) as conn:
             assert conn.execute("SELECT delete_user_data(%s, %s)", (ids["zoe"], subject.hashes)).fetchone() == (True,)
         assert _state(sql_copy) == _state(db_dsn)

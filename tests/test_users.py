@@ -112,7 +112,7 @@ def test_cli_user_lifecycle(cli, db):
     code, out, _ = cli("user", "list")
     assert "erin@pbx.example" in out and "disabled" in out
     assert cli("user", "enable", "erin", "--realm", "pbx.example")[0] == 0
-    assert cli("user", "delete", "erin", "--realm", "pbx.example")[0] == 0
+    assert cli("user", "delete", "erin", "--realm", "pbx.example", "--yes")[0] == 0
     assert [r[0] for r in audit_rows(db)] == [
         "user.create", "user.password_change", "user.disable", "user.enable", "user.delete"]
 

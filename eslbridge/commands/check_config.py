@@ -4,23 +4,16 @@ FreeSWITCH node, one line per check. Exit 0 all ok, 78 config or credentials wro
 from __future__ import annotations
 
 import argparse
-import re
 import socket
 from collections.abc import Callable
 
 import psycopg
 
+from eslbridge.commands.common import credentials_refused, first_line, journal_dir_problem
 from eslbridge.config import Config, NodeConfig, load_config
 from eslbridge.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, EslBridgeError
 
 ESL_TIMEOUT = 5.0
-
-# Refusals from a PostgreSQL server that did answer: the settings are wrong, retrying won't help.
-_PG_CREDENTIALS = re.compile(
-    r"password authentication failed|authentication failed|no pg_hba\.conf entry|"
-    r"role \".*\" does not exist|database \".*\" does not exist|password is required|no password supplied"
-)
-
 
 class CheckFailed(Exception):
     """A failed check; ``exit_code`` says whether settings (78) or reachability (1) is at fault."""
@@ -46,11 +39,10 @@ def check_database(config: Config) -> str:
             conn.execute("SELECT 1")
             current = status(conn)
     except psycopg.OperationalError as exc:
-        message = str(exc).strip().splitlines()[0]
-        code = EXIT_CONFIG if _PG_CREDENTIALS.search(message) else EXIT_FAILURE
-        raise CheckFailed(f"{message} (url from {db.url.source})", code) from None
+        code = EXIT_CONFIG if credentials_refused(exc) else EXIT_FAILURE
+        raise CheckFailed(f"{first_line(exc)} (url from {db.url.source})", code) from None
     except psycopg.Error as exc:
-        raise CheckFailed(f"query failed: {exc}") from None
+        raise CheckFailed(f"query failed: {first_line(exc)}") from None
     if not current.applied:
         raise CheckFailed("no migrations applied: run `eslbridge migrate`")
     if current.pending or current.changed:
@@ -58,6 +50,13 @@ def check_database(config: Config) -> str:
         problems += [f"changed since applied: {', '.join(current.changed)}"] if current.changed else []
         raise CheckFailed("; ".join(problems) + " (run `eslbridge migrate`)")
     return f"{len(current.applied)} migrations applied"
+
+
+def check_journal(config: Config) -> str:
+    problem = journal_dir_problem(config.journal.dir)
+    if problem:
+        raise CheckFailed(f"{problem}: the daemon keeps unwritten records there", EXIT_CONFIG)
+    return "writable"
 
 
 def check_esl(node: NodeConfig, timeout: float = ESL_TIMEOUT) -> str:
@@ -118,6 +117,7 @@ def run_checks(config_path: str | None) -> int:
     print(f"config {config.path}: ok")
     results = [
         _run(f"keyring {config.encryption.keyring_file}", lambda: check_keyring(config)),
+        _run(f"journal {config.journal.dir}", lambda: check_journal(config)),
         _run("database", lambda: check_database(config)),
     ]
     for node in config.freeswitch:

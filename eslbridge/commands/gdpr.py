@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from eslbridge import gdpr
-from eslbridge.commands.common import add_keyring_option, admin_connection, keyring_path
+from eslbridge.commands.common import add_keyring_option, add_yes_option, admin_connection, confirm, keyring_path
 from eslbridge.errors import EslBridgeError
 from eslbridge.keyring import Keyring
 
@@ -48,14 +48,25 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_counts(counts: dict[str, int]) -> None:
+    for name, n in counts.items():
+        print(f"  {name:<22} {n}")
+
+
 def _erase(args: argparse.Namespace) -> int:
     keyring = Keyring.load(keyring_path(args))
     with admin_connection(args) as conn:
         subject = _subject(args, conn, keyring)
+        preview = gdpr.erase_counts(conn, subject)
+        if args.dry_run:
+            print(f"dry run: erasing {subject.username}@{subject.realm} would remove:")
+            _print_counts(preview)
+            return 0
+        confirm(args, f"erasing {subject.username}@{subject.realm}",
+                [f"{name:<22} {n}" for name, n in preview.items()])
         counts = gdpr.erase_subject(conn, subject)
     print(f"erased {subject.username}@{subject.realm}:")
-    for name, n in counts.items():
-        print(f"  {name:<22} {n}")
+    _print_counts(counts)
     print("the daemon's journal may still hold this person's last seconds of calls: run the erase again in a "
           "minute; it finds nothing when all is gone")
     return 0
@@ -67,9 +78,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, func, text in (("export", _export, "JSON of everything held about USER@REALM, decrypted"),
                              ("erase", _erase, "erase USER@REALM's data everywhere (docs/AUDITORS.md)")):
         p = g_sub.add_parser(name, help=text)
-        p.add_argument("user", metavar="USER")
-        p.add_argument("--realm", required=True, metavar="R")
+        p.add_argument("user", metavar="USER", help="SIP user name (or a number that is not a user)")
+        p.add_argument("--realm", required=True, metavar="R", help="SIP realm (domain)")
         add_keyring_option(p)
         if name == "export":
             p.add_argument("--out", metavar="FILE", help="write here (mode 0600, never overwritten) instead of stdout")
+        else:
+            p.add_argument("--dry-run", action="store_true", help="only count what would be erased; change nothing")
+            add_yes_option(p)
         p.set_defaults(func=func)

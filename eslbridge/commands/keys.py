@@ -134,10 +134,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = keys_sub.add_parser("retire", help="remove an old key from the keyring once no row uses it")
     add_keyring_option(p)
-    p.add_argument("key_id", type=int, metavar="ID")
+    p.add_argument("key_id", type=int, metavar="ID", help="the key id to remove (see `eslbridge keys status`)")
     p.set_defaults(func=_retire)
 
     p = keys_sub.add_parser("blind-index", help="the *_hash of a value read from stdin, for searching (AUDITORS.md)")
     add_keyring_option(p)
-    p.add_argument("kind", choices=("number", "uri", "ip"))
+    p.add_argument("kind", choices=("number", "uri", "ip"), help="how the value is normalised before hashing")
     p.set_defaults(func=_blind_index)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import psycopg
 
 from eslbridge import users
-from eslbridge.commands.common import admin_connection
+from eslbridge.commands.common import add_yes_option, admin_connection, confirm
 from eslbridge.errors import UsageError
 
 
@@ -79,7 +79,18 @@ def _user_enable(conn: psycopg.Connection, args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_set(conn: psycopg.Connection, args: argparse.Namespace) -> int:
+    user = users.set_user(conn, args.user, args.realm, role=args.role, email=args.email,
+                          display_name=args.display_name)
+    _show(user)
+    return 0
+
+
 def _user_delete(conn: psycopg.Connection, args: argparse.Namespace) -> int:
+    user = users.get_user(conn, users.check_username(args.user), users.check_realm(args.realm))
+    confirm(args, f"deleting {user.address}", [
+        f"user {user.address} (role {user.role or '-'}): its password and SIP credentials; it can no longer "
+        "register or call", "its calls and CDRs stay, no longer linked to a user (`gdpr erase` removes those)"])
     users.delete_user(conn, args.user, args.realm)
     print(f"deleted {args.user}@{args.realm.lower()}")
     return 0
@@ -121,6 +132,16 @@ def _role_change(conn: psycopg.Connection, args: argparse.Namespace) -> int:
     return 0
 
 
+def _role_delete(conn: psycopg.Connection, args: argparse.Namespace) -> int:
+    role = users.deletable_role(conn, args.name)
+    confirm(args, f"deleting role {role.name}", [
+        f"role {role.name} ({', '.join(role.permissions) or 'no permissions'})",
+        f"{users.role_users(conn, role.name)} user(s) holding it are left without a role (no permissions)"])
+    members = users.delete_role(conn, role.name)
+    print(f"deleted role {role.name}; {members} user(s) now have no role")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     user = sub.add_parser("user", help="SIP users (the directory FreeSWITCH authenticates against)")
     usub = user.add_subparsers(dest="user_command", metavar="SUBCOMMAND", required=True)
@@ -133,9 +154,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add = identity(usub.add_parser("add", help="create a user (password from stdin or a prompt)"))
     add.add_argument("--password-stdin", action="store_true", help="read the password as one line from stdin")
     add.add_argument("--role", default="user", help="role name (default: user)")
-    add.add_argument("--email")
-    add.add_argument("--display-name")
+    add.add_argument("--email", metavar="E", help="e-mail address")
+    add.add_argument("--display-name", metavar="N", help="name shown as caller ID (effective_caller_id_name)")
     add.set_defaults(func=_with_db(_user_add))
+    change = identity(usub.add_parser("set", help="change a user's role, e-mail or display name"))
+    change.add_argument("--role", metavar="NAME", help="new role name")
+    change.add_argument("--email", metavar="E", help='new e-mail address ("" clears it)')
+    change.add_argument("--display-name", metavar="N", help='new display name ("" clears it)')
+    change.set_defaults(func=_with_db(_user_set))
     passwd = identity(usub.add_parser("passwd", help="set a user's password"))
     passwd.add_argument("--password-stdin", action="store_true", help="read the password as one line from stdin")
     passwd.set_defaults(func=_with_db(_user_passwd))
@@ -143,7 +169,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         func=_with_db(_user_enable), enable=True)
     identity(usub.add_parser("disable", help="refuse the user's registrations and calls")).set_defaults(
         func=_with_db(_user_enable), enable=False)
-    identity(usub.add_parser("delete", help="delete a user")).set_defaults(func=_with_db(_user_delete))
+    delete = identity(usub.add_parser("delete", help="delete a user (asks first, unless --yes)"))
+    add_yes_option(delete)
+    delete.set_defaults(func=_with_db(_user_delete))
     identity(usub.add_parser("show", help="show one user")).set_defaults(func=_with_db(_user_show))
     lst = usub.add_parser("list", help="list users")
     lst.add_argument("--realm", help="only this realm")
@@ -153,12 +181,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     rsub = role.add_subparsers(dest="role_command", metavar="SUBCOMMAND", required=True)
     rsub.add_parser("list", help="list roles and permissions").set_defaults(func=_with_db(_role_list))
     radd = rsub.add_parser("add", help="create a role")
-    radd.add_argument("name", metavar="NAME")
-    radd.add_argument("--description")
+    radd.add_argument("name", metavar="NAME", help="role name")
+    radd.add_argument("--description", help="what the role is for")
     radd.add_argument("--permission", action="append", metavar="PERM", help="a permission (repeatable)")
     radd.set_defaults(func=_with_db(_role_add))
     for name, is_grant in (("grant", True), ("revoke", False)):
         p = rsub.add_parser(name, help=f"{name} permissions {'to' if is_grant else 'from'} a role")
-        p.add_argument("name", metavar="ROLE")
-        p.add_argument("permissions", metavar="PERM", nargs="+")
+        p.add_argument("name", metavar="ROLE", help="role name")
+        p.add_argument("permissions", metavar="PERM", nargs="+", help="permissions (see `eslbridge role list`)")
         p.set_defaults(func=_with_db(_role_change), grant=is_grant)
+    rdel = rsub.add_parser("delete", help="delete a role that is not a system role (asks first, unless --yes)")
+    rdel.add_argument("name", metavar="NAME", help="role name")
+    add_yes_option(rdel)
+    rdel.set_defaults(func=_with_db(_role_delete))

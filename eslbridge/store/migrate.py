@@ -13,12 +13,14 @@ import argparse
 import hashlib
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 
 from eslbridge.errors import EslBridgeError
+from eslbridge.progress import Progress
 
 # pg_advisory_lock key: any fixed 64-bit number no other tool uses ("eslbridg" in ASCII).
 ADVISORY_LOCK_KEY = 0x65736C6272696467
@@ -104,11 +106,26 @@ def status(conn: psycopg.Connection, migrations: list[Migration] | None = None) 
     )
 
 
-def migrate(conninfo: str, migrations: list[Migration] | None = None) -> list[str]:
-    """Apply pending migrations; return the names applied (empty when up to date)."""
+def _warnings_to(on_warning: Callable[[str], None]) -> Callable[[psycopg.errors.Diagnostic], None]:
+    def handle(diag: psycopg.errors.Diagnostic) -> None:
+        if diag.severity_nonlocalized == "WARNING" and diag.message_primary:
+            on_warning(diag.message_primary)
+
+    return handle
+
+
+def migrate(conninfo: str, migrations: list[Migration] | None = None, *,
+            on_warning: Callable[[str], None] | None = None, progress: bool = False) -> list[str]:
+    """Apply pending migrations; return the names applied (empty when up to date).
+
+    ``on_warning`` gets each WARNING a migration raises (e.g. roles it could not create), so the
+    operator sees it instead of psycopg dropping it; ``progress`` shows done/total on stderr.
+    """
     migrations = migrations if migrations is not None else load_migrations()
     done: list[str] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        if on_warning is not None:
+            conn.add_notice_handler(_warnings_to(on_warning))
         conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
         try:
             conn.execute(_CREATE_TABLE)
@@ -119,6 +136,7 @@ def migrate(conninfo: str, migrations: list[Migration] | None = None) -> list[st
                     + ", ".join(current.changed)
                     + " (restore the original files; schema changes go into a new NNNN_name.sql)"
                 )
+            bar = Progress("migrating", len(current.pending)) if progress and current.pending else None
             for migration in migrations:
                 if migration.name not in current.pending:
                     continue
@@ -132,19 +150,24 @@ def migrate(conninfo: str, migrations: list[Migration] | None = None) -> list[st
                 except psycopg.Error as exc:
                     raise MigrationError(f"{migration.name} failed and was rolled back: {exc}") from exc
                 done.append(migration.name)
+                if bar:
+                    bar.advance(note=migration.name)
+            if bar:
+                bar.finish()
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
     return done
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from eslbridge.commands.common import unreachable
+    from eslbridge.commands.common import db_error
     from eslbridge.config import resolve_database_url
 
     try:
-        applied = migrate(resolve_database_url(args.config))
-    except psycopg.OperationalError as exc:
-        raise unreachable(exc) from None
+        applied = migrate(resolve_database_url(args.config), progress=True,
+                          on_warning=lambda text: print(f"warning: {text}", file=sys.stderr, flush=True))
+    except psycopg.Error as exc:
+        raise db_error(exc) from None
     for name in applied:
         print(f"applied {name}")
     if not applied:
@@ -166,9 +189,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("migrate", help="apply pending sql/migrations in order (idempotent)")
+    from eslbridge.commands.db_grant import add_grant_parser
+
+    p = sub.add_parser("migrate", help="apply pending sql/migrations in order (idempotent)",
+                       description="Apply the pending sql/migrations files in order, each in its own transaction, "
+                       "recorded with a checksum in schema_migrations. Run it as the database's owner. Warnings "
+                       "(e.g. roles the user may not create) are printed; `eslbridge db grant` repairs those.")
     p.set_defaults(func=_cmd_migrate)
-    db = sub.add_parser("db", help="database inspection")
+    db = sub.add_parser("db", help="database status and roles",
+                        description="Inspect the schema's migrations; create or repair the PostgreSQL roles.")
     db_sub = db.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)
-    st = db_sub.add_parser("status", help="applied, pending and changed migrations")
+    st = db_sub.add_parser("status", help="applied, pending and changed migrations",
+                           description="List applied, pending, changed and missing migrations; exit 1 when an "
+                           "applied file changed or is missing.")
     st.set_defaults(func=_cmd_status)
+    add_grant_parser(db_sub)
