@@ -108,6 +108,12 @@ class IntakeCollector:
         ignored = CounterMetricFamily("eslbridge_esl_frames_ignored", "ESL frames of other content types",
                                       labels=["node", "content_type"])
         reconnects = CounterMetricFamily("eslbridge_esl_reconnects", "ESL reconnections", labels=["node"])
+        lost = CounterMetricFamily("eslbridge_esl_streams_lost",
+                                   "ESL connections dropped because a frame's length could not be trusted",
+                                   labels=["node", "kind"])
+        dead = CounterMetricFamily("eslbridge_esl_dead_links",
+                                   "ESL connections dropped because no whole frame came for 2 heartbeats",
+                                   labels=["node"])
         overflows = CounterMetricFamily("eslbridge_esl_queue_overflows",
                                         "Events spilled to disk because the intake queue was full", labels=["node"])
         depth = GaugeMetricFamily("eslbridge_esl_queue_depth", "Events waiting for the correlator", labels=["node"])
@@ -122,11 +128,14 @@ class IntakeCollector:
             for ctype, n in s.frames_ignored.items():
                 ignored.add_metric([src.node, ctype], n)
             reconnects.add_metric([src.node], s.reconnects)
+            for kind, n in s.streams_lost.items():
+                lost.add_metric([src.node, kind], n)
+            dead.add_metric([src.node], s.dead_links)
             overflows.add_metric([src.node], s.overflows)
             depth.add_metric([src.node], src.queue_depth)
             connected.add_metric([src.node], 1 if src.connected else 0)
             active.add_metric([src.node], src.active_calls)
-        yield from (events, errors, ignored, reconnects, overflows, depth, connected, active)
+        yield from (events, errors, ignored, reconnects, lost, dead, overflows, depth, connected, active)
 
 
 def _respond(start_response: Callable, status: str, body: bytes, content_type: str) -> Iterable[bytes]:
