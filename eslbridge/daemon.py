@@ -168,14 +168,17 @@ class Daemon:
             setup_logging(config.logging.level, config.logging.format)
             self.keyring = keyring
             self.writer.keyring = keyring
+            self.journal.sealer = keyring.journal_sealer()
             self.config = config
             log.info("reloaded configuration and keyring (active key %d)", keyring.active_id)
         systemd.ready()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         esl = {name: node.client.connected for name, node in self.nodes.items()}
-        db = self.writer.stats().db_up
-        return all(esl.values()) and db, {"esl": esl, "database": db}
+        writer = self.writer.stats()
+        journal = writer.journal_failure or "ok"
+        return (all(esl.values()) and writer.db_up and journal == "ok",
+                {"esl": esl, "database": writer.db_up, "journal": journal})
 
     def _intake_sources(self) -> list[IntakeSource]:
         return [IntakeSource(name, node.client.stats, len(node.client.queue), node.client.connected,

@@ -46,6 +46,13 @@ class Metrics:
         self.journal_corrupt_records = Counter(
             "eslbridge_journal_corrupt_records", "Journal records skipped as corrupt during replay", registry=r
         )
+        self.journal_writable = Gauge(
+            "eslbridge_journal_writable", "1 while the journal can make finished records durable", registry=r
+        )
+        self.journal_failures = Counter(
+            "eslbridge_journal_failures", "Failed journal writes and fsyncs by kind (enospc, edquot, emfile, erofs, "
+            "full, ...)", ["kind"], registry=r
+        )
         self.records_written = Counter(
             "eslbridge_records_written", "Rows written to PostgreSQL", ["table"], registry=r
         )

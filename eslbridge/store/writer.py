@@ -80,6 +80,7 @@ log = logging.getLogger(__name__)
 
 LATENCY_WINDOW = 20_000  # recent submit-to-commit latencies of FINISHED updates kept for stats()
 PROBE_INTERVAL = 5.0  # idle seconds between `SELECT 1` probes, so db_up stays true to life
+JOURNAL_PROBE_INTERVAL = 1.0  # seconds between checks of a failed journal
 
 # (seq or None, update, monotonic submit time or None); seq None: not in the journal.
 Item = tuple[int | None, RecordUpdate, float | None]
@@ -95,6 +96,7 @@ class WriterStats:
     rejected: int
     batches: int
     db_up: bool
+    journal_failure: str | None  # why the journal cannot make records durable now (errno kind), else None
     latency_p50: float | None  # seconds from submit to commit, over the recent window
     latency_p99: float | None
 
@@ -174,11 +176,12 @@ class Writer:
         self._commit_wake = gevent.event.Event()
         self._barrier_now = gevent.event.Event()  # flush(): do not wait for durability_interval
         self._greenlets: list[gevent.Greenlet] = []
-        self._undurable_logged = False
+        self._journal_failure: str | None = None
         if metrics is not None:
             metrics.queue_depth.set_function(lambda: len(self._ready) + len(self._pending) + len(self._later)
                                            + len(self._incoming))
             metrics.journal_bytes.set_function(lambda: self._journal.bytes_used)
+            metrics.journal_writable.set(1)
 
     # --- public ---------------------------------------------------------------------------
 
@@ -257,7 +260,8 @@ class Writer:
             queue_depth=len(self._ready), pending=len(self._pending) + len(self._later) + len(self._incoming),
             journal_bytes=self._journal.bytes_used, journal_backlog=self._last_seq - self._written_seq,
             records_written=self._records_written, rejected=self._rejected, batches=self._batches,
-            db_up=self._db_up, latency_p50=_percentile(lat, 0.50), latency_p99=_percentile(lat, 0.99),
+            db_up=self._db_up, journal_failure=self._journal_failure,
+            latency_p50=_percentile(lat, 0.50), latency_p99=_percentile(lat, 0.99),
         )
 
     def latencies(self) -> list[float]:
@@ -268,7 +272,11 @@ class Writer:
 
     def _journal_loop(self) -> None:
         while True:
-            self._journal_wake.wait()
+            # While the journal fails, probe it every second so the failure clears without waiting
+            # for the next finished call.
+            if not self._journal_wake.wait(JOURNAL_PROBE_INTERVAL if self._journal_failure else None):
+                self._probe_journal()
+                continue
             self._journal_wake.clear()
             while self._incoming:
                 items, self._incoming = self._incoming, []
@@ -286,12 +294,15 @@ class Writer:
                 payloads.append(encode_update(update))
                 durable.append((update, t))
             except (TypeError, ValueError) as e:
-                self._keep_in_memory(update, t, f"cannot be serialised ({type(e).__name__})")
+                log.error("writer: a finished record of call %s cannot be serialised (%s); kept in memory, "
+                          "not durable until written", update.record.call_uuid, type(e).__name__)
+                self._keep_in_memory(update, t)
         try:
             seqs = self._journal.write_many(payloads)
         except JournalError as e:
+            self._journal_failed(e)
             for update, t in durable:
-                self._keep_in_memory(update, t, str(e))
+                self._keep_in_memory(update, t)
             return
         # Queued for PostgreSQL before the fsync ends (the upserts are idempotent and the journal
         # forgets nothing before the durability barrier): the fsync is not on the commit path.
@@ -316,8 +327,9 @@ class Writer:
         except JournalError as e:
             # Still written to PostgreSQL from memory (or from the journal's file when it spilled);
             # only not acknowledged.
-            log.error("writer: %d finished records not durable in the journal: %s", len(updates), e)
+            self._journal_failed(e)
             return
+        self._journal_recovered()
         if self._on_durable is not None:
             self._on_durable(updates)
 
@@ -378,10 +390,39 @@ class Writer:
             raise
         return True
 
-    def _keep_in_memory(self, update: RecordUpdate, t: float, why: str) -> None:
-        if not self._undurable_logged:
-            self._undurable_logged = True
-            log.error("writer: finished records kept in memory only, not durable until written: %s", why)
+    def _journal_failed(self, e: JournalError) -> None:
+        """Finished records cannot be made durable: say so at once (/metrics, /healthz) and once in
+        the log, with what to do; they stay in memory and are still written when PostgreSQL is up."""
+        if self._metrics is not None:
+            self._metrics.journal_failures.labels(kind=e.kind).inc()
+            self._metrics.journal_writable.set(0)
+        if self._journal_failure is None:
+            log.error("writer: the journal cannot make records durable (%s): %s; finished records are kept "
+                      "in memory only until then", e, e.advice)
+        self._journal_failure = e.kind
+        self._journal_wake.set()  # arms the probe when the failure came from an fsync
+
+    def _journal_recovered(self) -> None:
+        if self._journal_failure is not None:
+            log.info("writer: the journal is writable again; finished records are durable again")
+            self._journal_failure = None
+            # Journal what waited in memory meanwhile: a kill while PostgreSQL is down must not lose it.
+            for key in [k for k, item in self._pending.items() if item[1].stage >= Stage.FINISHED]:
+                _, update, t = self._pending.pop(key)
+                self._incoming.append((update, t if t is not None else time.monotonic()))
+            self._journal_wake.set()
+        if self._metrics is not None:
+            self._metrics.journal_writable.set(1)
+
+    def _probe_journal(self) -> None:
+        try:
+            self._journal.probe()
+        except JournalError as e:
+            self._journal_failed(e)
+        else:
+            self._journal_recovered()
+
+    def _keep_in_memory(self, update: RecordUpdate, t: float) -> None:
         rec = update.record
         self._pending[(rec.call_uuid, rec.start_time)] = (None, update, t)
 
