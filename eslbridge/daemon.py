@@ -42,6 +42,7 @@ from eslbridge.registrations import Login, login_from_event, record_logins
 from eslbridge.retention import run_retention
 from eslbridge.store.journal import Journal
 from eslbridge.store.pool import make_pool
+from eslbridge.store.quarantine import Quarantine
 from eslbridge.store.upkeep import Upkeep
 from eslbridge.store.writer import Writer
 from eslbridge.userindex import UserIndex
@@ -72,7 +73,8 @@ class Daemon:
         self.pool = make_pool(config.database)
         self.journal = Journal(str(config.journal.dir), config.journal.max_bytes,
                                sealer=self.keyring.journal_sealer())
-        self.writer = Writer(self.pool, self.keyring, self.journal, metrics=self.metrics)
+        self.quarantine = Quarantine(config.journal.dir / "quarantine", self.keyring.journal_sealer(), gevent.sleep)
+        self.writer = Writer(self.pool, self.keyring, self.journal, metrics=self.metrics, quarantine=self.quarantine)
         self.users = UserIndex(config.database.url.reveal(), connect_timeout=config.database.connect_timeout)
         self.nodes: dict[str, Node] = {}
         for node_cfg in config.freeswitch:
@@ -169,6 +171,7 @@ class Daemon:
             self.keyring = keyring
             self.writer.keyring = keyring
             self.journal.sealer = keyring.journal_sealer()
+            self.quarantine.sealer = keyring.journal_sealer()
             self.config = config
             log.info("reloaded configuration and keyring (active key %d)", keyring.active_id)
         systemd.ready()

@@ -53,6 +53,11 @@ class Metrics:
             "eslbridge_journal_failures", "Failed journal writes and fsyncs by kind (enospc, edquot, emfile, erofs, "
             "full, ...)", ["kind"], registry=r
         )
+        self.records_quarantined = Counter(
+            "eslbridge_records_quarantined", "Records PostgreSQL refused, kept in the quarantine "
+            "(eslbridge journal quarantine list|retry)", registry=r
+        )
+        self.quarantine_bytes = Gauge("eslbridge_quarantine_bytes", "Bytes in the quarantine", registry=r)
         self.records_written = Counter(
             "eslbridge_records_written", "Rows written to PostgreSQL", ["table"], registry=r
         )

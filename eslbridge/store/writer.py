@@ -45,8 +45,9 @@ before any STARTED/ANSWERED one: hangup-to-commit latency is what DESIGN section
 Connection errors and PoolTimeout mean "DB down": the batch is retried with jittered
 exponential backoff while submits keep going to the journal. Any other database error (or a
 record the mapping refuses) is isolated by retrying the batch's records one by one; the ones
-PostgreSQL still refuses are logged (call UUID and SQLSTATE, never values) and counted as
-rejected, so one bad record cannot wedge the journal.
+PostgreSQL still refuses are logged (call UUID and SQLSTATE, never values), counted as rejected
+and moved to the quarantine (``eslbridge.store.quarantine``: durable, listed and retried by a
+command), so one bad record cannot wedge the journal and none is dropped.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from eslbridge.calls.records import RecordUpdate, Stage
 from eslbridge.keyring import Keyring
 from eslbridge.store.journal import Journal, JournalError
 from eslbridge.store.pool import own_connection
+from eslbridge.store.quarantine import Quarantine
 from eslbridge.store.rows import BatchRows, FieldEncoder, batch_rows
 from eslbridge.store.serialize import decode_update, encode_update
 from eslbridge.store.upsert import DEFAULT_METHOD, METHODS
@@ -127,7 +129,7 @@ class Writer:
                  method: str = DEFAULT_METHOD, metrics: Any = None,
                  on_durable: Callable[[list[RecordUpdate]], None] | None = None,
                  connect_timeout: float = 5.0, max_backoff: float = 10.0, lanes: int = 2,
-                 durability_interval: float = 0.1) -> None:
+                 durability_interval: float = 0.1, quarantine: Quarantine | None = None) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown write method {method!r}; expected one of {sorted(METHODS)}")
         if batch_size < 1 or queue_max < 1 or flush_interval <= 0 or lanes < 1:
@@ -147,6 +149,7 @@ class Writer:
         self._connect_timeout = connect_timeout
         self._max_backoff = max_backoff
         self._durability_interval = durability_interval
+        self._quarantine = quarantine
 
         self._incoming: list[tuple[RecordUpdate, float]] = []  # FINISHED, waiting for the journal
         self._pending: dict[tuple[str, Any], Item] = {}  # in memory only, coalesced per call: new rows
@@ -182,6 +185,8 @@ class Writer:
                                            + len(self._incoming))
             metrics.journal_bytes.set_function(lambda: self._journal.bytes_used)
             metrics.journal_writable.set(1)
+            if quarantine is not None:
+                metrics.quarantine_bytes.set_function(lambda: quarantine.bytes_used)
 
     # --- public ---------------------------------------------------------------------------
 
@@ -602,6 +607,7 @@ class Writer:
             self._commit_wake.set()
 
     def _write_one_by_one(self, items: list[Item]) -> None:
+        refused: list[tuple[RecordUpdate, str]] = []
         for seq, update, _ in items:
             try:
                 self._write_batch([update])
@@ -610,10 +616,25 @@ class Writer:
             except (psycopg.Error, ValueError, TypeError) as e:
                 self._rejected += 1
                 state = getattr(e, "sqlstate", None) or type(e).__name__
-                log.error("writer: record of call %s (journal seq %s) refused and skipped: %s",
-                          update.record.call_uuid, seq, state)
+                refused.append((update, state))
+                log.error("writer: record of call %s (journal seq %s) refused by PostgreSQL (%s); quarantined, "
+                          "see `eslbridge journal quarantine list`", update.record.call_uuid, seq, state)
                 if self._metrics is not None:
                     self._metrics.db_errors.labels(operation="rejected").inc()
+        if refused:
+            self._quarantine_records(refused)
+
+    def _quarantine_records(self, refused: list[tuple[RecordUpdate, str]]) -> None:
+        """Keep refused records durably before the journal may forget them (the caller commits)."""
+        if self._quarantine is None:
+            return
+        try:
+            self._quarantine.add(refused)
+        except (JournalError, TypeError, ValueError) as e:
+            log.error("writer: %d refused record(s) could not be quarantined and are lost: %s", len(refused), e)
+            return
+        if self._metrics is not None:
+            self._metrics.records_quarantined.inc(len(refused))
 
     def _write_batch(self, updates: list[RecordUpdate], rows: BatchRows | None = None,
                      prefetch: bool = False) -> None:
