@@ -45,7 +45,7 @@ def test_a_refused_record_is_quarantined_sealed_and_counted(refused_run, db, key
 
 def test_cli_lists_and_retries_keeping_what_is_still_refused(refused_run, db, db_dsn, keyring, tmp_path,
                                                              monkeypatch, capsys):
-    bad, _, quarantine, _ = refused_run
+    _, _, quarantine, _ = refused_run
     config = tmp_path / "eslbridge.yaml"
     config.write_text(yaml.safe_dump({"journal": {"dir": str(tmp_path / "journal")},
                                       "encryption": {"keyring_file": str(keyring.path)}}))
