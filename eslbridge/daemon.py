@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +37,7 @@ from eslbridge.esl.stats import IntakeStats
 from eslbridge.keyring import Keyring
 from eslbridge.logsetup import setup_logging
 from eslbridge.metrics import IntakeSource, Metrics, MetricsServer
-from eslbridge.registrations import Login, login_from_event, record_logins
+from eslbridge.registrations import LoginRecorder, login_from_event
 from eslbridge.retention import run_retention
 from eslbridge.store.journal import Journal
 from eslbridge.store.pool import make_pool
@@ -97,7 +96,9 @@ class Daemon:
         self.metrics_server = (MetricsServer(config.metrics.listen, self.metrics, self.health)
                                if config.metrics.listen else None)
         self.metrics.add_intake(self._intake_sources)
-        self._logins: deque[Login] = deque()
+        self.logins = LoginRecorder(
+            Journal(str(config.journal.dir / "logins"), config.journal.max_bytes, sealer=self.keyring.journal_sealer()),
+            lambda: self.pool.connection(timeout=5))
         self._stop = gevent.event.Event()
         self._fatal: BaseException | None = None
         self._greenlets: list[gevent.Greenlet] = []
@@ -150,6 +151,7 @@ class Daemon:
         self.directory.stop()
         self.users.stop()
         self.journal.close()
+        self.logins.close()
         if self.metrics_server:
             self.metrics_server.stop()
         self.pool.close(timeout=0.5)
@@ -172,6 +174,7 @@ class Daemon:
             self.writer.keyring = keyring
             self.journal.sealer = keyring.journal_sealer()
             self.quarantine.sealer = keyring.journal_sealer()
+            self.logins.sealer = keyring.journal_sealer()
             self.config = config
             log.info("reloaded configuration and keyring (active key %d)", keyring.active_id)
         systemd.ready()
@@ -193,7 +196,7 @@ class Daemon:
         if event.get("Event-Name") == "CUSTOM":
             login = login_from_event(event)
             if login is not None:
-                self._logins.append(login)
+                self.logins.add(login)
             return
         node = self.nodes[node_name]
         self._correlate(node, node.correlator.feed, event)
@@ -248,17 +251,7 @@ class Daemon:
             self._flush_logins()
 
     def _flush_logins(self) -> None:
-        if not self._logins:
-            return
-        batch = list(self._logins)
-        try:
-            with self.pool.connection(timeout=5) as conn:
-                record_logins(conn, batch)
-        except Exception as exc:  # registrations are best effort: the next REGISTER comes again
-            log.warning("could not record %d registration(s): %s", len(batch), type(exc).__name__)
-            return
-        for _ in batch:
-            self._logins.popleft()
+        self.logins.flush()
 
     def _flush_user(self, username: str, realm: str) -> None:
         """Make FreeSWITCH's own directory cache follow a user change (DESIGN section 5)."""
