@@ -52,6 +52,7 @@ DRAIN_SECONDS = 10.0  # DESIGN section 9: SIGTERM drains within 10 s
 LOGIN_FLUSH_SECONDS = 1.0
 RETENTION_EVERY = 24 * 3600.0  # DESIGN section 3: the daemon applies retention daily
 ACTOR = "eslbridge-daemon"
+CAP_REASON = "closed by the live-call cap (freeswitch[].max_live_calls) while still up"
 
 
 @dataclass
@@ -200,6 +201,8 @@ class Daemon:
             return
         node = self.nodes[node_name]
         self._correlate(node, node.correlator.feed, event)
+        if node.correlator.active_calls > node.config.max_live_calls:
+            self._cap(node)
 
     def _on_snapshot(self, node_name: str, channels: list[dict]) -> None:
         node = self.nodes[node_name]
@@ -216,6 +219,12 @@ class Daemon:
         for update in updates:
             self.writer.submit(update)
         return len(updates)
+
+    def _cap(self, node: Node) -> None:
+        """Memory bound (DESIGN section 9): the oldest live calls are closed, counted and logged."""
+        cap = node.config.max_live_calls
+        n = self._correlate(node, lambda reason: node.correlator.evict_oldest(cap, reason), CAP_REASON)
+        node.client.stats.evicted(n, cap)
 
     def _on_fatal(self, node_name: str, exc: Exception) -> None:
         log.error("%s: %s", node_name, exc)

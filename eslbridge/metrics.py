@@ -131,6 +131,9 @@ class IntakeCollector:
         depth = GaugeMetricFamily("eslbridge_esl_queue_depth", "Events waiting for the correlator", labels=["node"])
         connected = GaugeMetricFamily("eslbridge_esl_connected", "1 while the ESL link is up", labels=["node"])
         active = GaugeMetricFamily("eslbridge_active_calls", "Calls in flight", labels=["node"])
+        evicted = CounterMetricFamily("eslbridge_calls_evicted",
+                                      "Live calls closed by the memory cap (freeswitch[].max_live_calls)",
+                                      labels=["node"])
         for src in self._sources():
             s = src.stats
             for event, n in s.events_in.items():
@@ -147,7 +150,8 @@ class IntakeCollector:
             depth.add_metric([src.node], src.queue_depth)
             connected.add_metric([src.node], 1 if src.connected else 0)
             active.add_metric([src.node], src.active_calls)
-        yield from (events, errors, ignored, reconnects, lost, dead, overflows, depth, connected, active)
+            evicted.add_metric([src.node], s.calls_evicted)
+        yield from (events, errors, ignored, reconnects, lost, dead, overflows, depth, connected, active, evicted)
 
 
 def _respond(start_response: Callable, status: str, body: bytes, content_type: str) -> Iterable[bytes]:

@@ -325,6 +325,29 @@ class Correlator:
         if len(self._done) > TOMBSTONE_MAX:
             self._done.popitem(last=False)
 
+    def evict_oldest(self, keep: int, reason: str) -> list[RecordUpdate]:
+        """Close the oldest live calls until at most ``keep`` remain (the memory cap): each is finished
+        now as reconciled with ``reason``, so no row stays Active; their late events find tombstones."""
+        updates: list[RecordUpdate] = []
+        while len(self._calls) > keep:
+            call = next(iter(self._calls.values()))
+            if call.root not in call.legs:
+                call.legs[call.root] = Leg(call.root)
+            for leg in call.legs.values():
+                if not leg.hungup:
+                    leg.hungup = True
+                    leg.hangup_us = self._now
+            call.reconciled, call.expected, call.hold = True, (), False
+            self._waiting.pop(call.uuid, None)
+            _note_once(call, call.uuid, "reconciled", self._now, {"reason": reason})
+            update = self._update(call)
+            if update is None:  # nothing to write (never expected): still free the memory
+                self._release(call)
+                continue
+            update.record.reconcile_reason = reason
+            updates.append(update)
+        return updates
+
     def _advance(self, ts: int) -> list[RecordUpdate]:
         """Move this node's clock; close calls whose named-but-unseen legs never showed up."""
         if ts <= self._now:

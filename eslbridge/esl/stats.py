@@ -25,6 +25,7 @@ class IntakeStats:
     dead_links: int = 0  # connections closed because no whole frame (HEARTBEAT) came for 2 intervals
     streams_lost: Counter = field(default_factory=Counter)  # connections dropped on a framing error, by kind
     consumer_errors: int = 0
+    calls_evicted: int = 0  # live calls the memory cap (max_live_calls) closed
     snapshots: int = 0
     bytes_in: int = 0
     queue_depth: int = 0
@@ -43,6 +44,13 @@ class IntakeStats:
         self.streams_lost[kind] += 1
         self._log.warning("lost:" + kind, "%s: ESL stream unsynchronised by %s (%d so far): reconnecting",
                           self.node, kind, self.streams_lost[kind])
+
+    def evicted(self, n: int, cap: int) -> None:
+        """The live-call cap closed ``n`` calls (logged once, then at most once a minute)."""
+        self.calls_evicted += n
+        self._log.warning("evicted", "%s: more than %d live calls: closed the oldest as reconciled (%d so far); "
+                          "raise max_live_calls if this node really carries that many", self.node, cap,
+                          self.calls_evicted)
 
     def ignored(self, content_type: str) -> None:
         """Count a frame of a content type we do not use (log/data, disconnect-notice, ...): normal, not an error."""
