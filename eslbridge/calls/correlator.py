@@ -46,14 +46,14 @@ from __future__ import annotations
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from operator import itemgetter
 from typing import Any
 
 from eslbridge.calls.build import build_record, start_of
 from eslbridge.calls.errors import EventError
-from eslbridge.calls.legs import Leg, to_datetime, usec
+from eslbridge.calls.legs import Leg, to_datetime, to_us, usec
 from eslbridge.calls.reconcile import (
     END_FROM_GAP,
     END_FROM_LAST_EVENT,
@@ -410,8 +410,8 @@ class Correlator:
         channels are up are re-adopted; live channels not known yet open records. Ends are the
         best known (see ``eslbridge.calls.reconcile``).
         """
-        at_us = _to_us(at) if at is not None else self._now
-        basis = max(self._now, _to_us(last_event) if last_event is not None else 0)
+        at_us = to_us(at) if at is not None else self._now
+        basis = max(self._now, to_us(last_event) if last_event is not None else 0)
         end_from = END_FROM_LAST_EVENT if basis else END_FROM_GAP
         basis = basis or at_us
         live: dict[str, dict[str, str]] = {}
@@ -543,13 +543,6 @@ def _note_once(call: _Call, uuid: str, kind: str, at_us: int, data: dict[str, An
 def _data(**data: Any) -> dict[str, Any]:
     """Lifecycle row data without the values an event did not carry."""
     return {key: value for key, value in data.items() if value is not None}
-
-
-def _to_us(at: datetime) -> int:
-    if at.tzinfo is None:
-        raise EventError("resync time must be timezone-aware")
-    delta = at.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _row_event(row: dict[str, str], at_us: int) -> dict[str, str]:

@@ -118,6 +118,14 @@ def to_datetime(us: int) -> datetime:
     return _EPOCH + timedelta(0, 0, us)
 
 
+def to_us(at: datetime) -> int:
+    """An aware datetime -> microseconds since the epoch (exact); EventError if it is naive."""
+    if at.tzinfo is None:
+        raise EventError("resync time must be timezone-aware")
+    delta = at - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
 def media_stats(ev: dict[str, str]) -> dict[str, int | float]:
     """The RTP statistics of an event, as numbers (names of MEDIA_FIELDS; unparsable values left out)."""
     stats = {}
