@@ -67,3 +67,30 @@ def test_sigkill_restart_leaves_one_final_row_per_call(env: Env, db_dsn: str) ->
     assert bad == 0 and how and {h[0] for h in how} <= {"last_event", "gap_detected"}
     assert exact >= at_kill["records"] - final["reconciled"] > 0  # re-adopted calls finished by their own events
     assert "stale row(s) closed" in env.log()
+
+
+def test_calls_placed_before_the_user_index_loads_are_attributed(env: Env, db_dsn: str) -> None:  # noqa: F811
+    """The users table is locked while the daemon starts, so its user index cannot load while every
+    call is placed and ends: intake waits for the index, and each call still gets its `calls` row."""
+    n = 5
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        user_id = add_user(conn, "1000", "127.0.0.1", "pw-1000-secret", rounds=4).id
+    sim = Sim(env.tmp, "--wait-subscribers", "1", "--calls", str(n), "--rate", "50", "--speed", "8",
+              "--mix", "auth_call=1", "--seed", "3")
+    try:
+        with psycopg.connect(db_dsn) as locker:
+            locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+            proc = env.start(env.config(sim.port))
+            sim.wait_line("played")
+            time.sleep(0.5)
+            assert "ESL intake waits for the user index" in env.log()
+            locker.rollback()  # the index loads now, after every call ended
+        wait_for(lambda: counts(db_dsn)["calls"] >= n, 30, "a calls row for every call")
+        time.sleep(0.5)
+        proc.terminate()
+        assert proc.wait(15) == 0
+    finally:
+        sim.stop()
+    with psycopg.connect(db_dsn) as conn:
+        rows = conn.execute("SELECT user_id, status FROM calls").fetchall()
+    assert len(rows) == n and all(r == (user_id, "completed") for r in rows)
