@@ -19,15 +19,19 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import gevent
 import gevent.event
+import psycopg
+from psycopg_pool import PoolTimeout
 
 from eslbridge import systemd
 from eslbridge.authorizer import CallAuthorizer
 from eslbridge.calls.correlator import Correlator
 from eslbridge.calls.errors import EventError
+from eslbridge.calls.reconcile import ActiveRow, Closure
 from eslbridge.calls.records import RecordUpdate
 from eslbridge.config import Config, NodeConfig, load_config
 from eslbridge.directory.service import DirectoryService
@@ -42,6 +46,7 @@ from eslbridge.retention import run_retention
 from eslbridge.store.journal import Journal
 from eslbridge.store.pool import make_pool
 from eslbridge.store.quarantine import Quarantine
+from eslbridge.store.reconcile import close_rows, load_active
 from eslbridge.store.upkeep import Upkeep
 from eslbridge.store.writer import Writer
 from eslbridge.userindex import UserIndex
@@ -53,6 +58,12 @@ LOGIN_FLUSH_SECONDS = 1.0
 RETENTION_EVERY = 24 * 3600.0  # DESIGN section 3: the daemon applies retention daily
 ACTOR = "eslbridge-daemon"
 CAP_REASON = "closed by the live-call cap (freeswitch[].max_live_calls) while still up"
+RESYNC_REPLAY_WAIT = 10.0  # seconds a resync waits for the journal's replay before reading Active rows
+RESYNC_RETRY_SECONDS = 5.0  # a resync that could not read or close Active rows asks again after this
+
+
+def _pause() -> None:
+    gevent.sleep(0)
 
 
 @dataclass
@@ -205,12 +216,66 @@ class Daemon:
             self._cap(node)
 
     def _on_snapshot(self, node_name: str, channels: list[dict]) -> None:
+        """A resync: the snapshot against the correlator and this node's Active rows in the database.
+
+        In slices with a yield between them: a snapshot of 100,000 channels must not stall the
+        directory or the ESL reader (DESIGN section 9). This consumer greenlet holds the node's
+        later events meanwhile (they queue, in order), so the correlator sees nothing in between."""
         node = self.nodes[node_name]
-        n = self._correlate(node, node.correlator.resync, channels)
-        log.info("%s: resync with %d live channel(s), %d record update(s)", node_name, len(channels), n)
+        self._await_users()
+        detected = datetime.now(UTC)
+        active, last_event, complete = self._active_rows(node)
+        updates = closed = 0
+        try:
+            for step, closures in node.correlator.resync_slices(channels, detected, active, last_event):
+                for update in step:
+                    self.writer.submit(update)
+                updates += len(step)
+                if closures:
+                    done = self._close_rows(node, closures)
+                    complete = complete and done is not None
+                    closed += done or 0
+                gevent.sleep(0)
+        except EventError as exc:
+            node.client.stats.error("uncorrelated_event", str(exc))
+        log.info("%s: resync with %d live channel(s), %d Active row(s) in the database: %d record update(s),"
+                 " %d stale row(s) closed", node_name, len(channels), len(active), updates, closed)
+        if not complete:
+            gevent.spawn_later(RESYNC_RETRY_SECONDS, node.client.request_resync)
+
+    def _active_rows(self, node: Node) -> tuple[list[ActiveRow], datetime | None, bool]:
+        """This node's Active rows and newest stored event; ([], None, False) when PostgreSQL is away."""
+        deadline = time.monotonic() + RESYNC_REPLAY_WAIT
+        while self.writer.replaying and time.monotonic() < deadline:
+            gevent.sleep(0.05)  # the journal's finished records close their rows with exact times
+        try:
+            with self.pool.connection(timeout=self.config.database.connect_timeout) as conn:
+                rows, last_event = load_active(conn, node.config.name, _pause)
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("%s: resync without the database's Active rows (%s); asking again in %.0f s",
+                        node.config.name, type(exc).__name__, RESYNC_RETRY_SECONDS)
+            return [], None, False
+        return rows, last_event, True
+
+    def _close_rows(self, node: Node, closures: list[Closure]) -> int | None:
+        try:
+            with self.pool.connection(timeout=self.config.database.connect_timeout) as conn:
+                return close_rows(conn, node.config.name, closures, _pause)
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("%s: could not close %d stale Active row(s) (%s); the next resync retries",
+                        node.config.name, len(closures), type(exc).__name__)
+            return None
+
+    def _await_users(self) -> None:
+        """Intake waits for the user index's first load, so attribution never depends on start-up
+        timing; waiting is safe: the ESL reader keeps reading into the spilling queue meanwhile."""
+        if not self.users.loaded.is_set():
+            log.info("ESL intake waits for the user index to load")
+            self.users.loaded.wait()
 
     def _correlate(self, node: Node, step: Callable[[Any], list[RecordUpdate]], item: Any) -> int:
         """One correlator step; its updates go to the writer (never blocks). Bad input is counted."""
+        self._await_users()
         try:
             updates = step(item)
         except EventError as exc:

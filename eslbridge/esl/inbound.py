@@ -284,6 +284,15 @@ class InboundClient:
             raise EslError(f"bgapi refused: {text}")
         return reply.headers.get("Job-UUID") or text.rsplit(" ", 1)[-1]
 
+    def request_resync(self) -> bool:
+        """Ask for a fresh `show channels` snapshot (delivered in band, like the one after connect);
+        False when not connected (the next connect resyncs anyway)."""
+        conn = self._conn
+        if conn is None or not conn.connected:
+            return False
+        conn.send("api show channels as json", inband=True, wait=False)
+        return True
+
     def _require(self) -> _Connection:
         conn = self._conn
         if conn is None or not conn.connected:

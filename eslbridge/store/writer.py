@@ -225,6 +225,11 @@ class Writer:
             queue[key] = (None, update, now if kept is None else kept[2])
             self._wake.set()
 
+    @property
+    def replaying(self) -> bool:
+        """The journal holds records not yet written (at start, after an outage or an overflow)."""
+        return self._overflow
+
     def idle(self) -> bool:
         """Nothing submitted is waiting: every update is committed (or rejected)."""
         return not (self._incoming or self._pending or self._later or self._ready or self._in_flight or self._next
