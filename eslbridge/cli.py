@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "eslbridge.commands.gdpr",
     "eslbridge.commands.keys",
     "eslbridge.commands.retention",
+    "eslbridge.commands.journal",
     "eslbridge.commands.demo",
 )
 

@@ -90,6 +90,10 @@ class NodeConfig:
     port: int
     password: Secret
     event_format: str  # "json" | "plain"
+    # Calls held in memory at most; past it the oldest are closed (reconciled). 100,000 is ten times
+    # the concurrent calls of a big node (FreeSWITCH's max-sessions defaults to 1,000) and bounds the
+    # correlator to ~300 MB (3.0 KB per two-leg call, tests/test_correlator_memory.py).
+    max_live_calls: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -544,6 +548,7 @@ def _nodes(f: _Field, v: Any) -> tuple[NodeConfig, ...]:
                 host=s.take("host", _text, "127.0.0.1"),
                 port=s.take("port", _int(1, 65535), 8021),
                 event_format=s.take("event_format", _choice("json", "plain"), "json"),
+                max_live_calls=s.take("max_live_calls", _int(1, 10_000_000), NodeConfig.max_live_calls),
                 password=_find_secret(
                     s, "password_file", (f"ESLBRIDGE_ESL_PASSWORD_{suffix}",), (f"esl_password.{name}", "esl_password")
                 ),

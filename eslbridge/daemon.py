@@ -17,18 +17,21 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import gevent
 import gevent.event
+import psycopg
+from psycopg_pool import PoolTimeout
 
 from eslbridge import systemd
 from eslbridge.authorizer import CallAuthorizer
 from eslbridge.calls.correlator import Correlator
 from eslbridge.calls.errors import EventError
+from eslbridge.calls.reconcile import ActiveRow, Closure
 from eslbridge.calls.records import RecordUpdate
 from eslbridge.config import Config, NodeConfig, load_config
 from eslbridge.directory.service import DirectoryService
@@ -38,10 +41,12 @@ from eslbridge.esl.stats import IntakeStats
 from eslbridge.keyring import Keyring
 from eslbridge.logsetup import setup_logging
 from eslbridge.metrics import IntakeSource, Metrics, MetricsServer
-from eslbridge.registrations import Login, login_from_event, record_logins
+from eslbridge.registrations import LoginRecorder, login_from_event
 from eslbridge.retention import run_retention
 from eslbridge.store.journal import Journal
 from eslbridge.store.pool import make_pool
+from eslbridge.store.quarantine import Quarantine
+from eslbridge.store.reconcile import close_rows, load_active
 from eslbridge.store.upkeep import Upkeep
 from eslbridge.store.writer import Writer
 from eslbridge.userindex import UserIndex
@@ -52,6 +57,13 @@ DRAIN_SECONDS = 10.0  # DESIGN section 9: SIGTERM drains within 10 s
 LOGIN_FLUSH_SECONDS = 1.0
 RETENTION_EVERY = 24 * 3600.0  # DESIGN section 3: the daemon applies retention daily
 ACTOR = "eslbridge-daemon"
+CAP_REASON = "closed by the live-call cap (freeswitch[].max_live_calls) while still up"
+RESYNC_REPLAY_WAIT = 10.0  # seconds a resync waits for the journal's replay before reading Active rows
+RESYNC_RETRY_SECONDS = 5.0  # a resync that could not read or close Active rows asks again after this
+
+
+def _pause() -> None:
+    gevent.sleep(0)
 
 
 @dataclass
@@ -72,7 +84,8 @@ class Daemon:
         self.pool = make_pool(config.database)
         self.journal = Journal(str(config.journal.dir), config.journal.max_bytes,
                                sealer=self.keyring.journal_sealer())
-        self.writer = Writer(self.pool, self.keyring, self.journal, metrics=self.metrics)
+        self.quarantine = Quarantine(config.journal.dir / "quarantine", self.keyring.journal_sealer(), gevent.sleep)
+        self.writer = Writer(self.pool, self.keyring, self.journal, metrics=self.metrics, quarantine=self.quarantine)
         self.users = UserIndex(config.database.url.reveal(), connect_timeout=config.database.connect_timeout)
         self.nodes: dict[str, Node] = {}
         for node_cfg in config.freeswitch:
@@ -95,7 +108,9 @@ class Daemon:
         self.metrics_server = (MetricsServer(config.metrics.listen, self.metrics, self.health)
                                if config.metrics.listen else None)
         self.metrics.add_intake(self._intake_sources)
-        self._logins: deque[Login] = deque()
+        self.logins = LoginRecorder(
+            Journal(str(config.journal.dir / "logins"), config.journal.max_bytes, sealer=self.keyring.journal_sealer()),
+            lambda: self.pool.connection(timeout=5))
         self._stop = gevent.event.Event()
         self._fatal: BaseException | None = None
         self._greenlets: list[gevent.Greenlet] = []
@@ -148,6 +163,7 @@ class Daemon:
         self.directory.stop()
         self.users.stop()
         self.journal.close()
+        self.logins.close()
         if self.metrics_server:
             self.metrics_server.stop()
         self.pool.close(timeout=0.5)
@@ -168,14 +184,19 @@ class Daemon:
             setup_logging(config.logging.level, config.logging.format)
             self.keyring = keyring
             self.writer.keyring = keyring
+            self.journal.sealer = keyring.journal_sealer()
+            self.quarantine.sealer = keyring.journal_sealer()
+            self.logins.sealer = keyring.journal_sealer()
             self.config = config
             log.info("reloaded configuration and keyring (active key %d)", keyring.active_id)
         systemd.ready()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         esl = {name: node.client.connected for name, node in self.nodes.items()}
-        db = self.writer.stats().db_up
-        return all(esl.values()) and db, {"esl": esl, "database": db}
+        writer = self.writer.stats()
+        journal = writer.journal_failure or "ok"
+        return (all(esl.values()) and writer.db_up and journal == "ok",
+                {"esl": esl, "database": writer.db_up, "journal": journal})
 
     def _intake_sources(self) -> list[IntakeSource]:
         return [IntakeSource(name, node.client.stats, len(node.client.queue), node.client.connected,
@@ -187,18 +208,74 @@ class Daemon:
         if event.get("Event-Name") == "CUSTOM":
             login = login_from_event(event)
             if login is not None:
-                self._logins.append(login)
+                self.logins.add(login)
             return
         node = self.nodes[node_name]
         self._correlate(node, node.correlator.feed, event)
+        if node.correlator.active_calls > node.config.max_live_calls:
+            self._cap(node)
 
     def _on_snapshot(self, node_name: str, channels: list[dict]) -> None:
+        """A resync: the snapshot against the correlator and this node's Active rows in the database.
+
+        In slices with a yield between them: a snapshot of 100,000 channels must not stall the
+        directory or the ESL reader (DESIGN section 9). This consumer greenlet holds the node's
+        later events meanwhile (they queue, in order), so the correlator sees nothing in between."""
         node = self.nodes[node_name]
-        n = self._correlate(node, node.correlator.resync, channels)
-        log.info("%s: resync with %d live channel(s), %d record update(s)", node_name, len(channels), n)
+        self._await_users()
+        detected = datetime.now(UTC)
+        active, last_event, complete = self._active_rows(node)
+        updates = closed = 0
+        try:
+            for step, closures in node.correlator.resync_slices(channels, detected, active, last_event):
+                for update in step:
+                    self.writer.submit(update)
+                updates += len(step)
+                if closures:
+                    done = self._close_rows(node, closures)
+                    complete = complete and done is not None
+                    closed += done or 0
+                gevent.sleep(0)
+        except EventError as exc:
+            node.client.stats.error("uncorrelated_event", str(exc))
+        log.info("%s: resync with %d live channel(s), %d Active row(s) in the database: %d record update(s),"
+                 " %d stale row(s) closed", node_name, len(channels), len(active), updates, closed)
+        if not complete:
+            gevent.spawn_later(RESYNC_RETRY_SECONDS, node.client.request_resync)
+
+    def _active_rows(self, node: Node) -> tuple[list[ActiveRow], datetime | None, bool]:
+        """This node's Active rows and newest stored event; ([], None, False) when PostgreSQL is away."""
+        deadline = time.monotonic() + RESYNC_REPLAY_WAIT
+        while self.writer.replaying and time.monotonic() < deadline:
+            gevent.sleep(0.05)  # the journal's finished records close their rows with exact times
+        try:
+            with self.pool.connection(timeout=self.config.database.connect_timeout) as conn:
+                rows, last_event = load_active(conn, node.config.name, _pause)
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("%s: resync without the database's Active rows (%s); asking again in %.0f s",
+                        node.config.name, type(exc).__name__, RESYNC_RETRY_SECONDS)
+            return [], None, False
+        return rows, last_event, True
+
+    def _close_rows(self, node: Node, closures: list[Closure]) -> int | None:
+        try:
+            with self.pool.connection(timeout=self.config.database.connect_timeout) as conn:
+                return close_rows(conn, node.config.name, closures, _pause)
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("%s: could not close %d stale Active row(s) (%s); the next resync retries",
+                        node.config.name, len(closures), type(exc).__name__)
+            return None
+
+    def _await_users(self) -> None:
+        """Intake waits for the user index's first load, so attribution never depends on start-up
+        timing; waiting is safe: the ESL reader keeps reading into the spilling queue meanwhile."""
+        if not self.users.loaded.is_set():
+            log.info("ESL intake waits for the user index to load")
+            self.users.loaded.wait()
 
     def _correlate(self, node: Node, step: Callable[[Any], list[RecordUpdate]], item: Any) -> int:
         """One correlator step; its updates go to the writer (never blocks). Bad input is counted."""
+        self._await_users()
         try:
             updates = step(item)
         except EventError as exc:
@@ -207,6 +284,12 @@ class Daemon:
         for update in updates:
             self.writer.submit(update)
         return len(updates)
+
+    def _cap(self, node: Node) -> None:
+        """Memory bound (DESIGN section 9): the oldest live calls are closed, counted and logged."""
+        cap = node.config.max_live_calls
+        n = self._correlate(node, lambda reason: node.correlator.evict_oldest(cap, reason), CAP_REASON)
+        node.client.stats.evicted(n, cap)
 
     def _on_fatal(self, node_name: str, exc: Exception) -> None:
         log.error("%s: %s", node_name, exc)
@@ -242,17 +325,7 @@ class Daemon:
             self._flush_logins()
 
     def _flush_logins(self) -> None:
-        if not self._logins:
-            return
-        batch = list(self._logins)
-        try:
-            with self.pool.connection(timeout=5) as conn:
-                record_logins(conn, batch)
-        except Exception as exc:  # registrations are best effort: the next REGISTER comes again
-            log.warning("could not record %d registration(s): %s", len(batch), type(exc).__name__)
-            return
-        for _ in batch:
-            self._logins.popleft()
+        self.logins.flush()
 
     def _flush_user(self, username: str, realm: str) -> None:
         """Make FreeSWITCH's own directory cache follow a user change (DESIGN section 5)."""

@@ -46,6 +46,18 @@ class Metrics:
         self.journal_corrupt_records = Counter(
             "eslbridge_journal_corrupt_records", "Journal records skipped as corrupt during replay", registry=r
         )
+        self.journal_writable = Gauge(
+            "eslbridge_journal_writable", "1 while the journal can make finished records durable", registry=r
+        )
+        self.journal_failures = Counter(
+            "eslbridge_journal_failures", "Failed journal writes and fsyncs by kind (enospc, edquot, emfile, erofs, "
+            "full, ...)", ["kind"], registry=r
+        )
+        self.records_quarantined = Counter(
+            "eslbridge_records_quarantined", "Records PostgreSQL refused, kept in the quarantine "
+            "(eslbridge journal quarantine list|retry)", registry=r
+        )
+        self.quarantine_bytes = Gauge("eslbridge_quarantine_bytes", "Bytes in the quarantine", registry=r)
         self.records_written = Counter(
             "eslbridge_records_written", "Rows written to PostgreSQL", ["table"], registry=r
         )
@@ -108,11 +120,20 @@ class IntakeCollector:
         ignored = CounterMetricFamily("eslbridge_esl_frames_ignored", "ESL frames of other content types",
                                       labels=["node", "content_type"])
         reconnects = CounterMetricFamily("eslbridge_esl_reconnects", "ESL reconnections", labels=["node"])
+        lost = CounterMetricFamily("eslbridge_esl_streams_lost",
+                                   "ESL connections dropped because a frame's length could not be trusted",
+                                   labels=["node", "kind"])
+        dead = CounterMetricFamily("eslbridge_esl_dead_links",
+                                   "ESL connections dropped because no whole frame came for 2 heartbeats",
+                                   labels=["node"])
         overflows = CounterMetricFamily("eslbridge_esl_queue_overflows",
                                         "Events spilled to disk because the intake queue was full", labels=["node"])
         depth = GaugeMetricFamily("eslbridge_esl_queue_depth", "Events waiting for the correlator", labels=["node"])
         connected = GaugeMetricFamily("eslbridge_esl_connected", "1 while the ESL link is up", labels=["node"])
         active = GaugeMetricFamily("eslbridge_active_calls", "Calls in flight", labels=["node"])
+        evicted = CounterMetricFamily("eslbridge_calls_evicted",
+                                      "Live calls closed by the memory cap (freeswitch[].max_live_calls)",
+                                      labels=["node"])
         for src in self._sources():
             s = src.stats
             for event, n in s.events_in.items():
@@ -122,11 +143,15 @@ class IntakeCollector:
             for ctype, n in s.frames_ignored.items():
                 ignored.add_metric([src.node, ctype], n)
             reconnects.add_metric([src.node], s.reconnects)
+            for kind, n in s.streams_lost.items():
+                lost.add_metric([src.node, kind], n)
+            dead.add_metric([src.node], s.dead_links)
             overflows.add_metric([src.node], s.overflows)
             depth.add_metric([src.node], src.queue_depth)
             connected.add_metric([src.node], 1 if src.connected else 0)
             active.add_metric([src.node], src.active_calls)
-        yield from (events, errors, ignored, reconnects, overflows, depth, connected, active)
+            evicted.add_metric([src.node], s.calls_evicted)
+        yield from (events, errors, ignored, reconnects, lost, dead, overflows, depth, connected, active, evicted)
 
 
 def _respond(start_response: Callable, status: str, body: bytes, content_type: str) -> Iterable[bytes]:

@@ -4,8 +4,10 @@ The correlator asks for every new call on the ESL consumer's hot path, so the
 answer must not cost a database round trip. The whole mapping is small (one
 entry per SIP user); it is loaded on every (re)connect of a LISTEN connection
 and kept current by the users trigger's notifications (migration 0005), using
-the directory's NotifyListener. While PostgreSQL has never been reachable the
-index is empty and calls are attributed to no local user (their CDRs still land).
+the directory's NotifyListener. ``loaded`` is set once the first full load
+succeeded: the daemon's ESL intake waits for it (DESIGN section 9: nothing the
+correlator decides depends on start-up timing), so a call placed in the first
+moments after start is attributed exactly as it would be an hour later.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import gevent.event
 import psycopg
 
 from eslbridge.directory.listener import NotifyListener
@@ -25,6 +28,7 @@ class UserIndex:
         self._dsn = dsn
         self._connect_timeout = connect_timeout
         self._ids: dict[tuple[str, str], str] = {}
+        self.loaded = gevent.event.Event()  # set by the first successful full load
         self._listener = NotifyListener(dsn, self._on_message, self._reload, connect_timeout=connect_timeout)
 
     def __len__(self) -> int:
@@ -52,6 +56,7 @@ class UserIndex:
             log.warning("user index reload failed: %s", type(exc).__name__)
             return
         self._ids = {(u, r): i for u, r, i in rows}
+        self.loaded.set()
         log.info("user index loaded: %d users", len(self._ids))
 
     def _on_message(self, payload: dict[str, Any]) -> None:

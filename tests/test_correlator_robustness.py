@@ -117,7 +117,7 @@ def test_partial_stream_stays_active_then_resync_closes_it():
     assert record.status == "Completed"
     kinds = [r.event_type for r in closed[0].events]
     assert kinds[-1] == "reconciled" and kinds.count("reconciled") == 1  # with the rows still pending
-    assert closed[0].events[-1].data == {"reason": RECONCILE_REASON}
+    assert closed[0].events[-1].data == {"reason": RECONCILE_REASON, "end_from": "last_event"}
 
 
 def test_resync_uses_the_given_time_and_opens_unknown_channels():
@@ -127,12 +127,17 @@ def test_resync_uses_the_given_time_and_opens_unknown_channels():
            "ip_addr": "127.0.0.1", "dest": "1001", "application": "bridge", "read_codec": "PCMA",
            "callstate": "ACTIVE", "call_uuid": "8b0c6d1e-0000-4000-8000-00000000abcd"}
     opened = correlator.resync([row], at=at(1795299200_000000))
-    assert [u.stage for u in opened] == [Stage.STARTED]
+    assert [u.stage for u in opened] == [Stage.ANSWERED]
     record = opened[0].record
     assert record.call_uuid == row["uuid"] and record.start_time == at(1795299165_000000)
     assert (record.caller_number, record.callee_number, record.codec) == ("1000", "1001", "PCMA")
+    record = opened[0].record
+    assert record.answer_time == at(1795299200_000000)  # callstate ACTIVE: answered by the snapshot
     closed = correlator.resync([], at=at(1795299300_000000))
-    assert closed[0].record.end_time == at(1795299300_000000) and closed[0].record.reconciled
+    # Gone by the second snapshot: it ended after the newest event seen (the first snapshot).
+    record = closed[0].record
+    assert record.end_time == at(1795299200_000000) and record.reconciled
+    assert record.status == "Completed" and record.total_duration_ms == 35_000
 
 
 def test_resync_closes_only_vanished_legs():

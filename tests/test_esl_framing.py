@@ -110,8 +110,6 @@ GOOD = _ev(b"Event-Name: HEARTBEAT\n\n")
 
 
 @pytest.mark.parametrize("bad,kind", [
-    (_ev(b"xx", length=b"12abc"), "bad_content_length"),
-    (_ev(b"xx", length=b"-5"), "bad_content_length"),
     (b"hello there\nno colon here\n\n", "garbage_line"),
     (b"Content-Length: 3\n\n", "no_content_type"),
     (b"Content-Type: command/reply\nReply-Text: \xff\n\n", "invalid_utf8"),
@@ -124,6 +122,26 @@ def test_bad_frames_are_counted_and_parser_resyncs(bad, kind):
     assert len(heartbeats) == 2
 
 
+@pytest.mark.parametrize("length", [b"12abc", b"-5", b"-1", b"", b"0x10", b"1e3"])
+def test_untrustworthy_content_length_loses_the_stream(length):
+    parser = FrameParser()
+    frames = parser.feed(GOOD + _ev(b'{"Event-Name":"CHANNEL_CREATE"}', ct=b"text/event-json", length=length) + GOOD)
+    assert parser.errors["bad_content_length"] == 1
+    assert parser.desync == "bad_content_length"
+    assert len(frames) == 1  # the frame before it; nothing after a lost boundary is trusted
+    assert parser.feed(GOOD) == []
+
+
+@pytest.mark.parametrize("length", [b"99999999999", str(MAX_BODY + 1).encode()])
+def test_oversized_length_whose_body_is_not_sent_loses_the_stream(length):
+    parser = FrameParser()
+    frames = parser.feed(GOOD + _ev(b"", ct=b"text/event-json", length=length))
+    frames += parser.feed(b'{"Event-Name":"CHANNEL_CREATE"}' + GOOD + GOOD)  # a short body, then real frames
+    assert parser.errors["oversized_content_length"] == 1
+    assert parser.desync == "oversized_content_length"
+    assert len(frames) == 1
+
+
 def test_oversized_content_length_is_skipped():
     parser = FrameParser()
     huge = MAX_BODY + 10
@@ -131,6 +149,7 @@ def test_oversized_content_length_is_skipped():
     frames += parser.feed(b"x" * huge)
     frames += parser.feed(GOOD)
     assert parser.errors["oversized_content_length"] == 1
+    assert parser.desync is None
     assert len(frames) == 2
 
 

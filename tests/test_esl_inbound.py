@@ -101,7 +101,6 @@ def test_cut_mid_frame_reconnects(sim):  # noqa: F811
      "invalid_utf8"),
     (faults.event_frame_raw("text/event-plain", b"Event-Name: CHANNEL_CREATE\nx: \xff\n\n"), "parse_errors",
      "invalid_utf8"),
-    (faults.event_frame_raw("text/event-json", b"{}", declared_length="4x"), "parse_errors", "bad_content_length"),
     (faults.event_frame_raw("text/event-json", b"", declared_length=str(5 * 1024 * 1024)), "parse_errors",
      "oversized_content_length"),
     (faults.garbage(), "parse_errors", "garbage_line"),
@@ -122,6 +121,53 @@ def test_bad_input_counted_connection_kept(sim, fault, counter, kind):  # noqa: 
     assert got.wait_for(lambda: any(e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE" for e in got.events))
     assert getattr(client.stats, counter)[kind] >= 1
     assert client.stats.reconnects == 0 and client.connected
+    client.stop()
+
+
+def _hangups(got: Collector) -> set[str]:
+    return {e["Unique-ID"] for e in got.events if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"}
+
+
+@pytest.mark.parametrize("fmt", ["json", "plain"])
+@pytest.mark.parametrize("declared,kind", [
+    ("-1", "bad_content_length"),
+    ("abc", "bad_content_length"),
+    ("", "bad_content_length"),
+    ("99999999999", "oversized_content_length"),
+    (str(4 * 1024 * 1024 + 1), "oversized_content_length"),  # over the limit, the body never sent
+])
+def test_framing_error_reconnects_and_later_events_land(sim, fmt, declared, kind):  # noqa: F811
+    got = Collector()
+    client = make_client(sim, got, fmt)
+    sim.play_calls(2, "reject", rate=0, speed=100)
+    assert got.wait_for(lambda: len(_hangups(got)) == 2)
+    sim.inject(faults.event_frame_raw(f"text/event-{fmt}", b"Event-Name: HEARTBEAT\n\n", declared_length=declared))
+    sim.play_calls(3, "reject", rate=0, speed=100)  # right behind the lie: in the bytes the stream lost
+    assert got.wait_for(lambda: client.stats.streams_lost[kind] == 1 and len(got.snapshots) == 2 and client.connected)
+    assert client.stats.reconnects == 1
+    before = _hangups(got)
+    sim.play_calls(5, "reject", rate=0, speed=100)
+    assert got.wait_for(lambda: len(_hangups(got) - before) == 5), "events after the reconnect were lost"
+    assert client.stats.streams_lost[kind] == 1 and client.stats.reconnects == 1 and client.connected
+    client.stop()
+
+
+def test_liveness_is_whole_frames_not_bytes(sim):  # noqa: F811
+    """A frame that declares the largest allowed body and then trickles bytes: data arrives all the
+    time, but no whole frame (no HEARTBEAT) for two intervals means the link is dead."""
+    got = Collector()
+    client = make_client(sim, got)
+    sim.inject(faults.event_frame_raw("text/event-json", b"", declared_length=str(4 * 1024 * 1024)))
+    sim.inject(faults.stall())  # the simulator's own frames stop; only the trickle below flows
+    session = sim._subscribed()[0]
+    with gevent.Timeout(10, False):
+        while client.stats.dead_links == 0:
+            session.sock.sendall(b"x")
+            gevent.sleep(0.05)
+    assert client.stats.dead_links == 1
+    assert got.wait_for(lambda: len(got.snapshots) == 2 and client.connected)
+    sim.play_calls(2, "reject", rate=0, speed=100)
+    assert got.wait_for(lambda: len(_hangups(got)) == 2)
     client.stop()
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import gevent
 import pytest
 
-from eslbridge.keyring import Keyring, generate_keyring
-from eslbridge.store.journal import HEADER, Journal, JournalError, JournalFull
+from eslbridge.keyring import Keyring, add_key, generate_keyring, remove_key, set_active
+from eslbridge.store.journal import HEADER, Journal, JournalError, JournalFull, scan
 
 MB = 1 << 20
 
@@ -169,6 +169,25 @@ def test_sealed_payloads(tmp_path):
         j.append(b"readable")  # other's key 1 is not ring's key 1: the old record cannot be opened
         assert list(j.replay()) == [(2, b"readable")]
         assert j.stats.unreadable_records == 1
+
+
+def test_reloaded_sealer_seals_with_the_new_active_key(tmp_path):
+    """SIGHUP swaps the journal's sealer: records after it use the new active key, earlier ones
+    still open while their key stays in the keyring."""
+    path = tmp_path / "k" / "keyring.yaml"
+    generate_keyring(path)
+    jdir = tmp_path / "j"
+    with Journal(jdir, MB, sealer=Keyring.load(path).journal_sealer()) as j:
+        j.append(b"before")
+        set_active(path, add_key(path))
+        j.sealer = Keyring.load(path).journal_sealer()
+        j.append(b"after")
+        assert list(j.replay()) == [(1, b"before"), (2, b"after")]
+    key_ids = [int.from_bytes(payload[:2], "big") for _, _, _, payload in scan(segments(jdir)[0].read_bytes())]
+    assert key_ids == [1, 2]
+    remove_key(path, 1)
+    with Journal(jdir, MB, sealer=Keyring.load(path).journal_sealer()) as j:
+        assert list(j.replay()) == [(2, b"after")]  # key 1 is gone: only the record sealed after the reload opens
 
 
 WRITER = """

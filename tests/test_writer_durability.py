@@ -174,3 +174,49 @@ def test_bad_writer_arguments_are_refused(db_dsn, keyring, tmp_path):
         with pytest.raises(ValueError, match="batch_size"):
             Writer(db_dsn, keyring, journal, batch_size=0)
 
+
+
+def test_registrations_survive_a_postgresql_outage_and_a_restart(own_cluster, keyring, tmp_path):
+    """sofia::register logins go through a journal of their own: while PostgreSQL is stopped they
+    wait there (sealed), a restart of the recorder (the daemon) replays them, and they land."""
+    from datetime import UTC, datetime, timedelta
+
+    from eslbridge.registrations import Login, LoginRecorder
+    from tests.writer_fixtures import create_user
+
+    dsn = own_cluster.dsn("eslbridge")
+    with psycopg.connect(dsn) as conn:
+        for name in ("alice", "bob", "carol"):
+            create_user(conn, name)
+
+    def connect():
+        return psycopg.connect(dsn, connect_timeout=2)
+
+    t0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    jdir = tmp_path / "logins"
+    recorder = LoginRecorder(open_journal(jdir, keyring), connect)
+    recorder.add(Login("alice", "example.org", t0))
+    assert recorder.flush()
+    own_cluster.stop("fast")
+    recorder.add(Login("bob", "example.org", t0 + timedelta(seconds=1)))
+    recorder.add(Login("alice", "example.org", t0 + timedelta(seconds=2)))
+    assert not recorder.flush()  # down: kept in the journal
+    recorder.add(Login("carol", "example.org", t0 + timedelta(seconds=3)))
+    assert not recorder.flush()
+    recorder.close()
+    raw = b"".join(p.read_bytes() for p in jdir.glob("seg-*.log"))
+    assert b"carol" not in raw and b"bob" not in raw  # sealed
+
+    own_cluster.start()
+    restarted = LoginRecorder(open_journal(jdir, keyring), connect)  # a new process: only the journal knows
+    assert restarted.backlog == 3
+    assert restarted.flush()
+    assert restarted.backlog == 0
+    restarted.close()
+    with psycopg.connect(dsn) as conn:
+        rows = dict(conn.execute("SELECT username, last_login FROM users").fetchall())
+    assert rows == {"alice": t0 + timedelta(seconds=2), "bob": t0 + timedelta(seconds=1),
+                    "carol": t0 + timedelta(seconds=3)}
+    again = LoginRecorder(open_journal(jdir, keyring), connect)
+    assert again.backlog == 0  # the journal forgot them once PostgreSQL had them
+    again.close()

@@ -53,6 +53,22 @@ def callee_identity(root: Leg, others: list[Leg]) -> tuple[str, str] | None:
     return (root.dest, realm) if root.dest and realm else None
 
 
+# int4 columns (the *_duration_ms ones): a duration beyond ~24.8 days is clamped, never refused.
+INT4_MAX = 2**31 - 1
+
+
+def start_of(root: Leg, others: list[Leg]) -> int:
+    """A call's start in microseconds: the root's created time, else the earliest other leg's,
+    else the earliest event seen (events without Caller-Channel-*-Time headers); 0 if none."""
+    return (root.created_us or min((leg.created_us for leg in others if leg.created_us), default=0)
+            or min((leg.first_us for leg in (root, *others) if leg.first_us), default=0))
+
+
+def duration_ms(us: int) -> int:
+    """Microseconds as an int4 duration in milliseconds, never negative."""
+    return min(INT4_MAX, max(0, us // 1000))
+
+
 def build_record(
     call_uuid: str,
     node: str,
@@ -60,10 +76,14 @@ def build_record(
     others: list[Leg],
     finished: bool,
     lookup: Callable[[tuple[str, str] | None], str | None],
+    key_us: int = 0,
 ) -> CallRecord:
-    """The full current record of a call; ``lookup`` resolves an identity through the call's cache."""
+    """The full current record of a call; ``lookup`` resolves an identity through the call's cache.
+
+    ``key_us``: the start time the call's rows were opened with (part of their unique key), when
+    it is fixed already; durations are still measured from the best start known."""
     answerer = answering_leg(root, others)
-    start_us = root.created_us or min((leg.created_us for leg in others if leg.created_us), default=0)
+    start_us = start_of(root, others)
     caller_id = lookup(caller_identity(root))
     callee_id = lookup(callee_identity(root, others))
     # The required fields positionally (in _REQUIRED's order, checked at import), the rest by
@@ -72,7 +92,7 @@ def build_record(
         call_uuid,
         node,
         root.call_id or call_uuid,
-        to_datetime(start_us),
+        to_datetime(key_us or start_us),
         _direction(caller_id, callee_id),
         "Active",
         "answered" if root.answered_us else "initiated",
@@ -95,7 +115,7 @@ def build_record(
     record.callee_user_id = callee_id
     if root.answered_us:
         record.answer_time = to_datetime(root.answered_us)
-        record.setup_duration_ms = (root.answered_us - start_us) // 1000
+        record.setup_duration_ms = duration_ms(root.answered_us - start_us)
     if root.media is not None or (answerer is not None and answerer.media is not None):
         media = _media_info(root, answerer)
         record.media_info = media
@@ -107,17 +127,17 @@ def build_record(
 
 
 def _finish(record: CallRecord, root: Leg, others: list[Leg], start_us: int) -> None:
-    end_us = max(leg.hangup_us for leg in (root, *others))
+    end_us = max(start_us, root.answered_us, *(leg.hangup_us for leg in (root, *others)))
     outcome = decide(root, others)
     record.status = outcome.status
     record.call_status = CALL_STATUS[outcome.status]
     record.sip_response_code = outcome.sip_code
     record.disconnect_reason = outcome.reason
     record.end_time = to_datetime(end_us)
-    record.total_duration_ms = (end_us - start_us) // 1000
-    record.call_duration_ms = (end_us - root.answered_us) // 1000 if root.answered_us else 0
+    record.total_duration_ms = duration_ms(end_us - start_us)
+    record.call_duration_ms = duration_ms(end_us - root.answered_us) if root.answered_us else 0
     billsec = root.billsec
-    record.duration_seconds = int(billsec) if billsec and billsec.isdigit() else 0
+    record.duration_seconds = min(INT4_MAX, int(billsec)) if billsec and billsec.isdigit() else 0
 
 
 def _direction(caller_id: str | None, callee_id: str | None) -> str:

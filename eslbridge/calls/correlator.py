@@ -38,40 +38,50 @@ Memory
     Per live call: a slots object, a dict of slots legs holding only record fields (repeated
     values interned), the set of folded sequences. Measured by tests/test_correlator_memory.py
     over 10,000 concurrent two-leg calls (created, originated, answered, bridged): about
-    3.0 KB (3,033 bytes) per active call (target <= 5 KB, DESIGN section 11).
+    3.2 KB (3,241 bytes) per active call (target <= 5 KB, DESIGN section 11).
 """
 
 from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from functools import partial
 from operator import itemgetter
 from typing import Any
 
-from eslbridge.calls.build import build_record
+from eslbridge.calls.build import build_record, start_of
 from eslbridge.calls.errors import EventError
-from eslbridge.calls.legs import Leg, to_datetime, usec
+from eslbridge.calls.legs import Leg, to_datetime, to_us, usec
+from eslbridge.calls.reconcile import (
+    END_FROM_GAP,
+    END_FROM_LAST_EVENT,
+    KIND,
+    NO_SEQ_BASE,
+    RECONCILE_REASON,
+    ActiveRow,
+    Closure,
+    close_row,
+    once_seq,
+)
 from eslbridge.calls.records import LifecycleEvent, RecordUpdate, Stage
 
 ORPHAN_GRACE_US = 30_000_000
 TOMBSTONE_US = 3_600_000_000
 TOMBSTONE_MAX = 200_000
-RECONCILE_REASON = "channel vanished from FreeSWITCH during an ESL gap (resync snapshot)"
+RESYNC_SLICE = 2_000  # snapshot rows or calls per resync slice: the caller yields between slices
+# `show channels` callstate values of an answered channel (switch_channel_callstate_names).
+_ANSWERED_STATES = frozenset({"ACTIVE", "HELD", "UNHELD"})
 
 _CALL_EVENTS = frozenset({
     "CHANNEL_CREATE", "CHANNEL_ORIGINATE", "CHANNEL_ANSWER", "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA",
     "CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_UUID",
 })
 _RINGING = frozenset({"CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA"})
-_KIND = {
-    "created": 0, "answered": 1, "bridged": 2, "unbridged": 3, "transferred": 4, "uuid_changed": 5,
-    "hangup": 6, "reconciled": 7,
-}
+_KIND = KIND
 _BRIDGING = {"CHANNEL_BRIDGE": "bridged", "CHANNEL_UNBRIDGE": "unbridged"}
-_NO_SEQ_BASE = 1 << 40
+_NO_SEQ_BASE = NO_SEQ_BASE
 _by_seq = itemgetter(0)
 _STARTED, _ANSWERED, _FINISHED = Stage.STARTED, Stage.ANSWERED, Stage.FINISHED
 
@@ -85,11 +95,13 @@ class _Call:
         "legs",
         "lookups",
         "pending",
+        "prior_answer",
         "reconciled",
         "ringing",
         "root",
         "seen",
         "sent",
+        "start_us",
         "uuid",
     )
 
@@ -105,6 +117,15 @@ class _Call:
         self.ringing = 0  # 1 ringing seen, 2 ringing update sent
         self.hold = False  # an unlinked loopback -b leg: wait for its partner before emitting
         self.reconciled = False
+        # The start its rows were opened with (0: none yet), kept for the call's life: the rows'
+        # unique key is (call_uuid, start_time), and a call first seen in a `show channels`
+        # snapshot only has a whole-second created time there. Its exact time arrives with its
+        # own events later; the key must not move then, or the call would get a second row.
+        # Kept in the correlator rather than moving the row in the writer: moving a key means
+        # UPDATEs of the partition key (rows crossing partitions, call_events' foreign key
+        # re-pointed) on the writer's hot path. A re-adopted call takes its row's start_time.
+        self.start_us = 0
+        self.prior_answer = 0  # answer time of a re-adopted call's row (its root may say nothing)
 
 
 class Correlator:
@@ -121,6 +142,9 @@ class Correlator:
         self._done: OrderedDict[str, int] = OrderedDict()
         self._waiting: dict[str, int] = {}  # call_uuid -> deadline for legs named but never seen
         self._now = 0  # newest event time seen on this node (microseconds)
+        # Active database rows whose channels are still up, not known otherwise (after a restart):
+        # call_uuid -> (start_us, answer_us). The call's next event opens it with that state.
+        self._adopted: dict[str, tuple[int, int]] = {}
 
     @property
     def active_calls(self) -> int:
@@ -158,8 +182,11 @@ class Correlator:
         if leg is None:
             leg = call.legs[uuid] = Leg(uuid)
         created = leg.seq < 0  # first event folded into this leg
+        if created and uuid == call.uuid and call.prior_answer:
+            leg.answered_us = call.prior_answer
         was_answered = leg.answered_us
         leg.fold(event, seq)
+        leg.saw(ts)
         if created:
             _note_once(call, uuid, "created", leg.created_us or ts, _data(leg=uuid, direction=leg.direction))
         self._on_event(call, leg, name, event, seq, ts, was_answered)
@@ -215,6 +242,10 @@ class Correlator:
 
     def _open(self, uuid: str) -> _Call:
         call = _Call(uuid)
+        adopted = self._adopted.pop(uuid, None)
+        if adopted is not None:
+            call.start_us, call.prior_answer = adopted
+            call.sent = _STARTED  # its row exists: no first row to write
         self._calls[uuid] = call
         self._legs[uuid] = call
         return call
@@ -288,7 +319,10 @@ class Correlator:
         others = [leg for uuid, leg in call.legs.items() if uuid != call.root]
         if len(others) > 1:
             others.sort(key=_leg_order)
-        record = build_record(call.uuid, self.node, root, others, stage == _FINISHED, partial(self._lookup, call))
+        if not call.start_us:
+            call.start_us = start_of(root, others)
+        record = build_record(call.uuid, self.node, root, others, stage == _FINISHED, partial(self._lookup, call),
+                              call.start_us)
         if call.reconciled:
             record.reconciled = True
             record.reconcile_reason = RECONCILE_REASON
@@ -325,6 +359,29 @@ class Correlator:
         if len(self._done) > TOMBSTONE_MAX:
             self._done.popitem(last=False)
 
+    def evict_oldest(self, keep: int, reason: str) -> list[RecordUpdate]:
+        """Close the oldest live calls until at most ``keep`` remain (the memory cap): each is finished
+        now as reconciled with ``reason``, so no row stays Active; their late events find tombstones."""
+        updates: list[RecordUpdate] = []
+        while len(self._calls) > keep:
+            call = next(iter(self._calls.values()))
+            if call.root not in call.legs:
+                call.legs[call.root] = Leg(call.root)
+            for leg in call.legs.values():
+                if not leg.hungup:
+                    leg.hungup = True
+                    leg.hangup_us = self._now
+            call.reconciled, call.expected, call.hold = True, (), False
+            self._waiting.pop(call.uuid, None)
+            _note_once(call, call.uuid, "reconciled", self._now, {"reason": reason})
+            update = self._update(call)
+            if update is None:  # nothing to write (never expected): still free the memory
+                self._release(call)
+                continue
+            update.record.reconcile_reason = reason
+            updates.append(update)
+        return updates
+
     def _advance(self, ts: int) -> list[RecordUpdate]:
         """Move this node's clock; close calls whose named-but-unseen legs never showed up."""
         if ts <= self._now:
@@ -350,41 +407,113 @@ class Correlator:
 
     # ---------------------------------------------------------------- resync
 
-    def resync(self, channels: list[dict[str, str]], at: datetime | None = None) -> list[RecordUpdate]:
+    def resync(self, channels: list[dict[str, str]], at: datetime | None = None,
+               active: Iterable[ActiveRow] = (), last_event: datetime | None = None) -> list[RecordUpdate]:
+        """``resync_slices`` in one go, for callers that need not yield; closures must be none."""
+        updates: list[RecordUpdate] = []
+        for step, closures in self.resync_slices(channels, at, active, last_event):
+            if closures:
+                raise EventError("resync() cannot return closures: use resync_slices()")
+            updates += step
+        return updates
+
+    def resync_slices(self, channels: list[dict[str, str]], at: datetime | None = None,
+                      active: Iterable[ActiveRow] = (), last_event: datetime | None = None,
+                      size: int = RESYNC_SLICE) -> Iterator[tuple[list[RecordUpdate], list[Closure]]]:
         """Reconcile with a ``show channels as json`` snapshot taken after an ESL (re)connect.
 
-        Known legs missing from the snapshot hung up during the gap: they are closed at ``at``
-        (default: the newest event time seen on this node) and their calls marked reconciled.
-        Live channels not known yet open records (their later events complete them).
+        A generator of (record updates, closures), one item per slice of at most ``size`` rows or
+        calls: the caller yields to its other work between items (a resync of 100,000 channels
+        must not stall the process), and the correlator's state is consistent between them.
+
+        ``at``: when the snapshot came (default: the newest event time seen on this node).
+        ``active``: this node's Active database rows; ``last_event``: the newest event an earlier
+        run stored for the node. Known legs missing from the snapshot hung up during the gap;
+        Active rows unknown here whose channels are gone are closed (``Closure``); rows whose
+        channels are up are re-adopted; live channels not known yet open records. Ends are the
+        best known (see ``eslbridge.calls.reconcile``).
         """
-        at_us = _to_us(at) if at is not None else self._now
+        at_us = to_us(at) if at is not None else self._now
+        basis = max(self._now, to_us(last_event) if last_event is not None else 0)
+        end_from = END_FROM_LAST_EVENT if basis else END_FROM_GAP
+        basis = basis or at_us
         live: dict[str, dict[str, str]] = {}
-        for row in channels:
+        live_calls: set[str] = set()
+        for n, row in enumerate(channels, 1):
             uuid = row.get("uuid")
             if not uuid:
                 raise EventError("channel row without uuid")
             live[uuid] = row
-        updates = []
-        for call in list(self._calls.values()):
-            if call.root not in call.legs and call.root not in live:
-                call.legs[call.root] = Leg(call.root)  # a root never seen: all we know is it is gone
-            for uuid, leg in call.legs.items():
-                if not leg.hungup and uuid not in live:
-                    leg.hungup = True
-                    leg.hangup_us = at_us
-                    call.reconciled = True
-            if call.reconciled and all(leg.hungup for leg in call.legs.values()):
-                call.expected = ()
-                _note_once(call, call.uuid, "reconciled", at_us, {"reason": RECONCILE_REASON})
-                call.hold = False
-                update = self._update(call)
-                if update is not None:
-                    updates.append(update)
+            live_calls.add(row.get("call_uuid") or uuid)
+            if n % size == 0:
+                yield [], []
+        updates: list[RecordUpdate] = []
+        for n, call in enumerate(list(self._calls.values()), 1):
+            update = self._resync_call(call, live, at_us, basis, end_from)
+            if update is not None:
+                updates.append(update)
+            if n % size == 0:
+                yield updates, []
+                updates = []
+        yield updates, self._sort_active(active, live, live_calls, at_us, basis, end_from)
         rows = sorted(live.values(), key=lambda row: row.get("call_uuid", row["uuid"]) != row["uuid"])
-        for row in rows:
-            if row["uuid"] not in self._legs and row["uuid"] not in self._done:
+        updates = []
+        adopted = self._adopted
+        for n, row in enumerate(rows, 1):
+            uuid = row["uuid"]
+            if uuid not in self._legs and uuid not in self._done and uuid not in adopted \
+                    and row.get("call_uuid", uuid) not in adopted:
+                # Channels of a re-adopted call are left to their own events: a record built from
+                # a snapshot row would overwrite the row's parties with the little the row says.
                 updates.extend(self.feed(_row_event(row, at_us)))
-        return updates
+                call = self._legs.get(uuid)
+                if call is not None and uuid in call.legs:
+                    call.legs[uuid].seq = 0  # older than any real event: the leg's own events overwrite it
+            if n % size == 0:
+                yield updates, []
+                updates = []
+        yield updates, []
+
+    def _resync_call(self, call: _Call, live: dict[str, dict[str, str]], at_us: int, basis: int,
+                     end_from: str) -> RecordUpdate | None:
+        """One known call against the snapshot: vanished legs close, answers seen only there count."""
+        if call.root not in call.legs and call.root not in live:
+            call.legs[call.root] = Leg(call.root)  # a root never seen: all we know is it is gone
+        for uuid, leg in call.legs.items():
+            row = live.get(uuid)
+            if row is None:
+                if not leg.hungup:
+                    leg.hungup = True
+                    leg.hangup_us = max(basis, leg.latest_us)
+                    call.reconciled = True
+            elif not leg.answered_us and _row_answered(row) and leg.seq >= 0:
+                leg.answered_us = max(at_us, leg.latest_us)  # answered during the gap: by the snapshot
+                _note_once(call, uuid, "answered", leg.answered_us, {"leg": uuid})
+        if call.reconciled and all(leg.hungup for leg in call.legs.values()):
+            call.expected = ()
+            end = max(leg.hangup_us for leg in call.legs.values())
+            _note_once(call, call.uuid, "reconciled", end, {"reason": RECONCILE_REASON, "end_from": end_from})
+            call.hold = False
+        return self._update(call)
+
+    def _sort_active(self, active: Iterable[ActiveRow], live: dict[str, dict[str, str]], live_calls: set[str],
+                     at_us: int, basis: int, end_from: str) -> list[Closure]:
+        """Active database rows this correlator does not hold: re-adopted if up, else closed."""
+        previous, self._adopted = self._adopted, {}
+        closures = []
+        for row in active:
+            uuid = row.call_uuid
+            if uuid in self._legs or uuid in self._calls or uuid in self._done:
+                continue  # known here: this run's own events (or the resync above) decide
+            answered = row.answered_us or previous.get(uuid, (0, 0))[1]
+            root = live.get(uuid)
+            if root is not None and not answered and _row_answered(root):
+                answered = max(at_us, row.start_us)
+            if uuid in live_calls:
+                self._adopted[uuid] = (row.start_us, answered)
+            else:
+                closures.append(close_row(row, self.node, basis, end_from, answered))
+        return closures
 
 
 def _parent(ev: dict[str, str]) -> str | None:
@@ -431,19 +560,12 @@ def _note(call: _Call, seq: int, kind: str, at_us: int, data: dict[str, Any]) ->
 
 def _note_once(call: _Call, uuid: str, kind: str, at_us: int, data: dict[str, Any]) -> None:
     """Queue a once-per-leg (or per-call) row, keyed by the UUID's CRC whichever event revealed it."""
-    call.pending.append(((_NO_SEQ_BASE + zlib.crc32(uuid.encode())) * 8 + _KIND[kind], kind, at_us, data))
+    call.pending.append((once_seq(uuid, kind), kind, at_us, data))
 
 
 def _data(**data: Any) -> dict[str, Any]:
     """Lifecycle row data without the values an event did not carry."""
     return {key: value for key, value in data.items() if value is not None}
-
-
-def _to_us(at: datetime) -> int:
-    if at.tzinfo is None:
-        raise EventError("resync time must be timezone-aware")
-    delta = at.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _row_event(row: dict[str, str], at_us: int) -> dict[str, str]:
@@ -464,7 +586,14 @@ def _row_event(row: dict[str, str], at_us: int) -> dict[str, str]:
         "variable_sip_network_ip": row.get("ip_addr", ""),
         "variable_read_codec": row.get("read_codec", ""),
     }
+    if _row_answered(row):
+        ev["Caller-Channel-Answered-Time"] = str(max(at_us, int(created) * 1_000_000))
     call_uuid = row.get("call_uuid")
     if call_uuid and call_uuid != row["uuid"]:
         ev["variable_originator"] = call_uuid
     return ev
+
+
+def _row_answered(row: dict[str, str]) -> bool:
+    """A `show channels` row of an answered channel (its callstate, or an `answered` flag)."""
+    return row.get("callstate") in _ANSWERED_STATES or str(row.get("answered", "")).lower() in ("true", "1", "yes")

@@ -118,6 +118,14 @@ def to_datetime(us: int) -> datetime:
     return _EPOCH + timedelta(0, 0, us)
 
 
+def to_us(at: datetime) -> int:
+    """An aware datetime -> microseconds since the epoch (exact); EventError if it is naive."""
+    if at.tzinfo is None:
+        raise EventError("resync time must be timezone-aware")
+    delta = at - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
 def media_stats(ev: dict[str, str]) -> dict[str, int | float]:
     """The RTP statistics of an event, as numbers (names of MEDIA_FIELDS; unparsable values left out)."""
     stats = {}
@@ -153,6 +161,11 @@ class Leg:
     created_us: int = 0
     answered_us: int = 0
     hangup_us: int = 0
+    # Event-Date-Timestamp of the oldest and newest event folded in: the times of a leg whose
+    # events carry no Caller-Channel-*-Time (a lone HANGUP_COMPLETE of an INVITE refused at
+    # digest auth), and the floor of an end a resync has to guess.
+    first_us: int = 0
+    last_us: int = 0
     hungup: bool = False
     transferred: bool = False
     direction: str | None = None
@@ -207,12 +220,27 @@ class Leg:
         if created and (newer or not self.created_us):
             self.created_us = created
         answered = usec(ev, "Caller-Channel-Answered-Time")
-        if answered and not self.answered_us:
+        # The earliest wins: a snapshot can only say "answered by now", the channel's own
+        # events say exactly when.
+        if answered and (not self.answered_us or answered < self.answered_us):
             self.answered_us = answered
         if usec(ev, "Caller-Channel-Transfer-Time"):
             self.transferred = True
         if "variable_rtp_audio_in_mos" in ev and (newer or self.media is None):
             self.media = media_stats(ev)
+
+    def saw(self, ts: int) -> None:
+        """Note the Event-Date-Timestamp of an event folded into this leg."""
+        if ts:
+            if not self.first_us or ts < self.first_us:
+                self.first_us = ts
+            if ts > self.last_us:
+                self.last_us = ts
+
+    @property
+    def latest_us(self) -> int:
+        """The newest time known of this leg: no end a resync guesses may come before it."""
+        return max(self.created_us, self.answered_us, self.last_us)
 
     def hang_up(self, ev: dict[str, str], at_us: int) -> None:
         self.hungup = True

@@ -9,8 +9,10 @@ Bad input is counted per kind through `on_error(kind, detail)` and the parser re
 
 * ``garbage_line``: a header line without a colon (dropped);
 * ``stray_prefix``: bytes glued before a header name, e.g. a typed ``uuid_transfer `` (cut off);
-* ``bad_content_length``: non-numeric or negative Content-Length (frame dropped, body left to resync);
-* ``oversized_content_length``: above MAX_BODY (4 MiB); the declared body is discarded as it streams in;
+* ``bad_content_length``: non-numeric or negative Content-Length: where its body ends is unknowable, so
+  the stream is lost (``desync`` is set, nothing more is parsed: the caller reconnects);
+* ``oversized_content_length``: above MAX_BODY (4 MiB); the declared body is discarded as it streams in,
+  unless a frame header shows up inside it (the body is not really sent): then ``desync`` is set;
 * ``no_content_type``: a header block without Content-Type (dropped);
 * ``header_too_long``: no end of header block within MAX_HEADER bytes (discarded);
 * ``invalid_utf8``: header bytes that are not UTF-8 (decoded with replacement characters);
@@ -35,6 +37,9 @@ ErrorSink = Callable[[str, str], None]
 # No leading zero, at most 6 digits: the Content-Length string is then exactly str(len(body)).
 _EVENT_HEAD = re.compile(rb"Content-Length: ([1-9][0-9]{0,5})\nContent-Type: (text/event-json|text/event-plain)\n\n")
 _EVENT_TYPES = {b"text/event-json": "text/event-json", b"text/event-plain": "text/event-plain"}
+# A header line at a line start inside a body being discarded: JSON escapes newlines and plain events
+# URL-encode their values, so no real body holds one; the declared length was a lie.
+_FRAME_HEADER_LINE = re.compile(rb"(?m)^Content-(?:Length|Type): ")
 
 
 class Frame:
@@ -92,10 +97,15 @@ class FrameParser:
         self._pending: Frame | None = None  # a frame whose body (self._need bytes) is still arriving
         self._need = 0
         self._discard = 0  # bytes of an oversized body still to throw away
+        self.desync: str | None = None  # the kind of error that lost the stream; nothing is parsed after it
 
     def _error(self, kind: str, detail: str = "") -> None:
         if self._on_error is not None:
             self._on_error(kind, detail)
+
+    def _lose_stream(self, kind: str) -> None:
+        self.desync = kind
+        self._pending, self._need, self._discard = None, 0, 0
 
     def writable(self, min_free: int = MIN_FREE) -> memoryview:
         """The free end of the buffer, at least `min_free` bytes (and room for a pending body); release
@@ -125,9 +135,12 @@ class FrameParser:
         pos = self._start
         frames: list[Frame] = []
         match = _EVENT_HEAD.match
-        while True:
+        while self.desync is None:
             if self._discard:
                 take = min(self._discard, end - pos)
+                if _FRAME_HEADER_LINE.search(buf, pos, pos + take):
+                    self._lose_stream("oversized_content_length")  # (counted when its header came)
+                    break
                 pos += take
                 self._discard -= take
                 if self._discard:
@@ -174,14 +187,15 @@ class FrameParser:
                 continue
             if not length.isdigit():
                 self._error("bad_content_length", length)
-                continue
+                self._lose_stream("bad_content_length")
+                break
             size = int(length)
             if size > MAX_BODY:
                 self._error("oversized_content_length", length)
                 self._discard = size
                 continue
             self._pending, self._need = Frame(headers, b""), size
-        if pos >= end:
+        if pos >= end or self.desync is not None:
             self._start = self._end = 0
         else:
             self._start = pos

@@ -18,8 +18,10 @@ tests/test_esl_greenswitch_defects.py that runs stock greenswitch against the si
    polled once a second -> recv_into framing.FrameParser's buffer, one batch per recv into a bounded
    queue that spills to disk (spill.py) so the reader never waits for the consumer.
 
-Heartbeat: any frame proves the link alive; FreeSWITCH sends HEARTBEAT every `heartbeat_interval`
-seconds (20 by default), so silence beyond two intervals closes the socket and reconnects.
+Heartbeat: any whole frame proves the link alive (bytes do not: a frame whose Content-Length lies
+swallows them); FreeSWITCH sends HEARTBEAT every `heartbeat_interval` seconds (20 by default), so no
+frame for two intervals closes the socket and reconnects. A frame whose length cannot be trusted
+(framing.py `desync`) also closes it: reconnect, re-subscribe, resync.
 """
 
 from __future__ import annotations
@@ -131,9 +133,11 @@ class _Connection(greenswitch.esl.InboundESL):
                 if not size:
                     break
                 stats.bytes_in += size
-                self.last_rx = loop.now()
                 items: list[tuple[int, bytes]] = []
-                for frame in parser.commit(size):
+                frames = parser.commit(size)
+                if frames:  # liveness is whole frames, not bytes: a lying length swallows bytes forever
+                    self.last_rx = loop.now()
+                for frame in frames:
                     tag = tags.get(frame.content_type)
                     if tag is not None:
                         items.append((tag, frame.body))
@@ -141,6 +145,9 @@ class _Connection(greenswitch.esl.InboundESL):
                         self._control(frame, items)
                 if items:
                     queue.put_many(items)  # one batch per recv: one queue operation, one wake-up
+                if parser.desync is not None:
+                    stats.lost_stream(parser.desync)
+                    break  # the supervisor reconnects and resyncs
                 gevent.sleep(0)  # let the consumer run between socket reads
         except OSError as exc:
             log.info("%s: ESL socket error: %s", self._client.node, exc)
@@ -277,6 +284,15 @@ class InboundClient:
             raise EslError(f"bgapi refused: {text}")
         return reply.headers.get("Job-UUID") or text.rsplit(" ", 1)[-1]
 
+    def request_resync(self) -> bool:
+        """Ask for a fresh `show channels` snapshot (delivered in band, like the one after connect);
+        False when not connected (the next connect resyncs anyway)."""
+        conn = self._conn
+        if conn is None or not conn.connected:
+            return False
+        conn.send("api show channels as json", inband=True, wait=False)
+        return True
+
     def _require(self) -> _Connection:
         conn = self._conn
         if conn is None or not conn.connected:
@@ -332,7 +348,7 @@ class InboundClient:
             gevent.sleep(min(1.0, self.heartbeat_interval / 4))
             if loop.now() - conn.last_rx > limit:
                 self.stats.dead_links += 1
-                log.warning("%s: no data from FreeSWITCH for %.0f s, reconnecting", self.node, limit)
+                log.warning("%s: no whole frame from FreeSWITCH for %.0f s, reconnecting", self.node, limit)
                 return
 
     # -- delivery --------------------------------------------------------------------------------

@@ -22,8 +22,10 @@ class IntakeStats:
     overflows: int = 0  # items that did not fit the in-memory queue and went to the spill file
     spilled_bytes: int = 0
     reconnects: int = 0
-    dead_links: int = 0  # connections closed because HEARTBEAT (any data) went silent
+    dead_links: int = 0  # connections closed because no whole frame (HEARTBEAT) came for 2 intervals
+    streams_lost: Counter = field(default_factory=Counter)  # connections dropped on a framing error, by kind
     consumer_errors: int = 0
+    calls_evicted: int = 0  # live calls the memory cap (max_live_calls) closed
     snapshots: int = 0
     bytes_in: int = 0
     queue_depth: int = 0
@@ -35,6 +37,20 @@ class IntakeStats:
         self.parse_errors[kind] += 1
         self._log.warning(kind, "%s: ESL input problem %s (%d so far) %s", self.node, kind,
                           self.parse_errors[kind], detail[:200])
+
+    def lost_stream(self, kind: str) -> None:
+        """The framing cannot be trusted any more (a lying Content-Length): the link is dropped and
+        reconnected, which resyncs the calls whose events the lost bytes held."""
+        self.streams_lost[kind] += 1
+        self._log.warning("lost:" + kind, "%s: ESL stream unsynchronised by %s (%d so far): reconnecting",
+                          self.node, kind, self.streams_lost[kind])
+
+    def evicted(self, n: int, cap: int) -> None:
+        """The live-call cap closed ``n`` calls (logged once, then at most once a minute)."""
+        self.calls_evicted += n
+        self._log.warning("evicted", "%s: more than %d live calls: closed the oldest as reconciled (%d so far); "
+                          "raise max_live_calls if this node really carries that many", self.node, cap,
+                          self.calls_evicted)
 
     def ignored(self, content_type: str) -> None:
         """Count a frame of a content type we do not use (log/data, disconnect-notice, ...): normal, not an error."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 import gevent
 from gevent import signal_handler
 
+from eslbridge.sim.ledger import Ledger
 from eslbridge.sim.server import Simulator
 
 
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve json or plain as each client subscribed (always the case; accepted for scripts)")
     p.add_argument("--exit-when-done", action="store_true", help="exit after the calls/replay/blast are sent")
     p.add_argument("--seed", type=int, help="random seed for the call mix")
+    p.add_argument("--ledger", metavar="FILE", help="append one JSON line per call played (eslbridge.sim.ledger)")
     p.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
                    help="start the calls only once N clients have subscribed (tests with several daemons)")
     return p
@@ -52,11 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.password_file, encoding="utf-8") as fh:
             password = fh.read().strip()
     sim = Simulator(password, args.listen[0], args.listen[1], heartbeat_interval=args.heartbeat, seed=args.seed)
+    if args.ledger:
+        sim.ledger = Ledger(open(args.ledger, "a", encoding="utf-8"))  # noqa: SIM115 (lives as long as the process)
     host, port = sim.start()
     print(f"listening {host}:{port}", flush=True)
     done = gevent.event.Event()
     signal_handler(15, done.set)
     signal_handler(2, done.set)
+    # SIGUSR1: FreeSWITCH restarts (new Core-UUID); the calls in progress end without another event.
+    signal_handler(signal.SIGUSR1, lambda: gevent.spawn(sim.restart, True, 0.5, True))
+    signal_handler(signal.SIGUSR2, sim.stop_calls)  # no new calls; those in progress finish, then "played"
 
     def work() -> None:
         while sim.subscribers < args.wait_subscribers:

@@ -35,6 +35,7 @@ from eslbridge.sim.fsformat import (
     read_commands,
     reply,
 )
+from eslbridge.sim.ledger import Ledger
 from eslbridge.sim.replay import replay_bytes
 from eslbridge.sim.templates import Ctx
 
@@ -126,6 +127,8 @@ class Simulator:
         self._server: StreamServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self.subscribed = Event()
+        self.ledger: Ledger | None = None  # records every call played (tests compare it with the tables)
+        self._no_new_calls = False
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> tuple[str, int]:
@@ -145,14 +148,22 @@ class Simulator:
             s.close()
         gevent.killall(self._greenlets)
 
-    def restart(self, new_core_uuid: bool = True, down_for: float = 0.2) -> None:
-        """FreeSWITCH restarts: every connection drops, the port is closed for `down_for` seconds."""
+    def restart(self, new_core_uuid: bool = True, down_for: float = 0.2, drop_calls: bool = False) -> None:
+        """FreeSWITCH restarts: every connection drops, the port is closed for `down_for` seconds;
+        with `drop_calls`, the calls in progress end without another event (as they do in a real one)."""
         self._server.close()
         for s in list(self.sessions):
             s.close()
         self.sessions.clear()
         self.subscribed.clear()
         self.channels.clear()
+        if drop_calls:
+            for _, _, ev in self._heap:
+                if self.ledger is not None:
+                    self.ledger.done(ev.ctx, complete=False)
+            self._heap.clear()
+            self._pending = 0
+            self._idle.set()
         if new_core_uuid:
             self.core_uuid = str(uuid.uuid4())
         gevent.sleep(down_for)
@@ -209,6 +220,10 @@ class Simulator:
             starter.join()
             self._idle.wait()
 
+    def stop_calls(self) -> None:
+        """Start no more calls; those in progress play to their end (then `play_calls` returns)."""
+        self._no_new_calls = True
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         return self._idle.wait(timeout)
 
@@ -237,9 +252,18 @@ class Simulator:
         return [s for s in self.sessions if s.fmt is not None and not s.closed]
 
     def _start_calls(self, n: int, mix: dict, rate: float, speed: float) -> None:
-        for _ in range(n):
+        for started in range(n):
+            if self._no_new_calls:
+                self._pending = max(0, self._pending - (n - started))
+                if not self._pending and not self._heap:
+                    self._idle.set()
+                return
             start = int(time.time() * 1e6)
-            for ev in calls.plan_call(calls.choose(mix, self.rng), start, self.core_uuid, self._seq, speed):
+            name = calls.choose(mix, self.rng)
+            planned = calls.plan_call(name, start, self.core_uuid, self._seq, speed)
+            if self.ledger is not None:
+                self.ledger.planned(name, planned[0].ctx)
+            for ev in planned:
                 heapq.heappush(self._heap, (ev.at_us, next(self._tie), ev))
             self._wake.set()
             if rate > 0:
@@ -271,6 +295,10 @@ class Simulator:
                 if s.fmt not in rendered:
                     rendered[s.fmt] = event_frame(s.fmt, ev.render(s.fmt))
                 s.send(rendered[s.fmt])
+        if self.ledger is not None:
+            self.ledger.emitted(ev.ctx, bool(rendered))
+            if ev.last:
+                self.ledger.done(ev.ctx)
         self.sent_events[ev.name if ev.name != "CUSTOM" else "CUSTOM " + ev.subclass] += 1
         if ev.name in ("CHANNEL_CREATE", "CHANNEL_HANGUP_COMPLETE"):
             self._track(ev)

@@ -38,6 +38,7 @@ One journal object per directory per process, used from one thread (any number o
 
 from __future__ import annotations
 
+import errno as _errno
 import fcntl
 import logging
 import os
@@ -69,11 +70,42 @@ WARN_LEVELS = (0.80, 0.95)
 
 
 class JournalError(EslBridgeError):
-    """The journal cannot do what was asked (I/O error, directory in use, bad argument)."""
+    """The journal cannot do what was asked (I/O error, directory in use, bad argument).
+    ``errno`` is the OS error behind it, if any."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+    @property
+    def kind(self) -> str:
+        """A short name for metrics: ``enospc``, ``edquot``, ``emfile``, ``erofs``, ``full``, ..."""
+        return _errno.errorcode.get(self.errno, "error").lower() if self.errno else "error"
+
+    @property
+    def advice(self) -> str:
+        """What the operator does about it, for the one log line."""
+        return _ADVICE.get(self.errno, "check the disk and the directory's permissions")
 
 
 class JournalFull(JournalError):
     """Appending would pass ``max_bytes``; nothing was written."""
+
+    kind = "full"  # type: ignore[assignment]
+    advice = "PostgreSQL is not taking records: bring it back, or raise journal.max_bytes"  # type: ignore[assignment]
+
+
+_ADVICE = {
+    _errno.ENOSPC: "free space on the journal's filesystem",
+    _errno.EDQUOT: "raise the disk quota of the user eslbridge runs as",
+    _errno.EMFILE: "raise LimitNOFILE= of the service (too many open files)",
+    _errno.ENFILE: "the system is out of file handles: raise fs.file-max",
+    _errno.EROFS: "the journal's filesystem is read-only: remount it read-write",
+    _errno.EACCES: "make the journal directory writable by the user eslbridge runs as (StateDirectory=)",
+    _errno.EPERM: "make the journal directory writable by the user eslbridge runs as (StateDirectory=)",
+    _errno.EFBIG: "the file size limit (LimitFSIZE=/ulimit -f) is too low for the journal",
+    _errno.EIO: "the disk reports I/O errors: check the device",
+}
 
 
 class PayloadSealer(Protocol):
@@ -183,6 +215,16 @@ class Journal:
     @property
     def bytes_used(self) -> int:
         return sum(self._sizes.values())
+
+    @property
+    def sealer(self) -> PayloadSealer | None:
+        return self._sealer
+
+    @sealer.setter
+    def sealer(self, sealer: PayloadSealer) -> None:
+        """A reloaded keyring's sealer (SIGHUP): later records are sealed with its active key, and it
+        opens the earlier ones as long as their key is still in the keyring."""
+        self._sealer = sealer
 
     @property
     def committed_seq(self) -> int:
@@ -305,7 +347,8 @@ class Journal:
         except OSError as e:
             # Whatever part was written fails its CRC and is skipped on replay; seq stays used.
             self._written = seq
-            raise JournalError(f"journal write to {self._segments[self._active]} failed: {e.strerror}") from None
+            raise JournalError(f"journal write to {self._segments[self._active]} failed: {e.strerror}",
+                               e.errno) from None
         finally:
             self._sizes[self._active] = os.fstat(self._fd).st_size
         self._written = seq
@@ -318,7 +361,7 @@ class Journal:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as e:
-            raise JournalError(f"cannot create journal segment {path}: {e.strerror}") from None
+            raise JournalError(f"cannot create journal segment {path}: {e.strerror}", e.errno) from None
         if self._fd is not None:
             self._retired.append(self._fd)
         self._fd, self._active = fd, first_seq
@@ -359,7 +402,7 @@ class Journal:
         except OSError as e:
             self._retired = retired + self._retired
             self._dir_dirty = self._dir_dirty or dir_dirty
-            raise JournalError(f"journal fsync in {self.dir} failed: {e.strerror}") from None
+            raise JournalError(f"journal fsync in {self.dir} failed: {e.strerror}", e.errno) from None
         for fd in retired:
             os.close(fd)
         self._durable = max(self._durable, target)
@@ -377,6 +420,22 @@ class Journal:
             log.log(logging.ERROR if level >= WARN_LEVELS[-1] else logging.WARNING,
                     "journal %s is %.0f%% full (%d of %d bytes): PostgreSQL is not keeping up or is down; "
                     "appends fail when it is full", self.dir, used * 100, self.bytes_used, self.max_bytes)
+
+    def probe(self, size: int = 4096) -> None:
+        """Raise JournalError unless a file of ``size`` bytes can be created, written and fsync'd in
+        the journal's directory now (how a failed journal notices it can write again)."""
+        path = self.dir / "probe"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, bytes(size))
+                if self._fsync:
+                    _blocking(os.fsync, fd)
+            finally:
+                os.close(fd)
+                path.unlink(missing_ok=True)
+        except OSError as e:
+            raise JournalError(f"journal directory {self.dir} is not writable: {e.strerror}", e.errno) from None
 
     # --- committing and replaying ----------------------------------------------------------
 

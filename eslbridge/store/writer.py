@@ -45,8 +45,9 @@ before any STARTED/ANSWERED one: hangup-to-commit latency is what DESIGN section
 Connection errors and PoolTimeout mean "DB down": the batch is retried with jittered
 exponential backoff while submits keep going to the journal. Any other database error (or a
 record the mapping refuses) is isolated by retrying the batch's records one by one; the ones
-PostgreSQL still refuses are logged (call UUID and SQLSTATE, never values) and counted as
-rejected, so one bad record cannot wedge the journal.
+PostgreSQL still refuses are logged (call UUID and SQLSTATE, never values), counted as rejected
+and moved to the quarantine (``eslbridge.store.quarantine``: durable, listed and retried by a
+command), so one bad record cannot wedge the journal and none is dropped.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from eslbridge.calls.records import RecordUpdate, Stage
 from eslbridge.keyring import Keyring
 from eslbridge.store.journal import Journal, JournalError
 from eslbridge.store.pool import own_connection
+from eslbridge.store.quarantine import Quarantine
 from eslbridge.store.rows import BatchRows, FieldEncoder, batch_rows
 from eslbridge.store.serialize import decode_update, encode_update
 from eslbridge.store.upsert import DEFAULT_METHOD, METHODS
@@ -80,6 +82,7 @@ log = logging.getLogger(__name__)
 
 LATENCY_WINDOW = 20_000  # recent submit-to-commit latencies of FINISHED updates kept for stats()
 PROBE_INTERVAL = 5.0  # idle seconds between `SELECT 1` probes, so db_up stays true to life
+JOURNAL_PROBE_INTERVAL = 1.0  # seconds between checks of a failed journal
 
 # (seq or None, update, monotonic submit time or None); seq None: not in the journal.
 Item = tuple[int | None, RecordUpdate, float | None]
@@ -95,6 +98,7 @@ class WriterStats:
     rejected: int
     batches: int
     db_up: bool
+    journal_failure: str | None  # why the journal cannot make records durable now (errno kind), else None
     latency_p50: float | None  # seconds from submit to commit, over the recent window
     latency_p99: float | None
 
@@ -125,7 +129,7 @@ class Writer:
                  method: str = DEFAULT_METHOD, metrics: Any = None,
                  on_durable: Callable[[list[RecordUpdate]], None] | None = None,
                  connect_timeout: float = 5.0, max_backoff: float = 10.0, lanes: int = 2,
-                 durability_interval: float = 0.1) -> None:
+                 durability_interval: float = 0.1, quarantine: Quarantine | None = None) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown write method {method!r}; expected one of {sorted(METHODS)}")
         if batch_size < 1 or queue_max < 1 or flush_interval <= 0 or lanes < 1:
@@ -145,6 +149,7 @@ class Writer:
         self._connect_timeout = connect_timeout
         self._max_backoff = max_backoff
         self._durability_interval = durability_interval
+        self._quarantine = quarantine
 
         self._incoming: list[tuple[RecordUpdate, float]] = []  # FINISHED, waiting for the journal
         self._pending: dict[tuple[str, Any], Item] = {}  # in memory only, coalesced per call: new rows
@@ -174,11 +179,14 @@ class Writer:
         self._commit_wake = gevent.event.Event()
         self._barrier_now = gevent.event.Event()  # flush(): do not wait for durability_interval
         self._greenlets: list[gevent.Greenlet] = []
-        self._undurable_logged = False
+        self._journal_failure: str | None = None
         if metrics is not None:
             metrics.queue_depth.set_function(lambda: len(self._ready) + len(self._pending) + len(self._later)
                                            + len(self._incoming))
             metrics.journal_bytes.set_function(lambda: self._journal.bytes_used)
+            metrics.journal_writable.set(1)
+            if quarantine is not None:
+                metrics.quarantine_bytes.set_function(lambda: quarantine.bytes_used)
 
     # --- public ---------------------------------------------------------------------------
 
@@ -216,6 +224,11 @@ class Writer:
             queue = self._later if first is None and update.stage > Stage.STARTED else self._pending
             queue[key] = (None, update, now if kept is None else kept[2])
             self._wake.set()
+
+    @property
+    def replaying(self) -> bool:
+        """The journal holds records not yet written (at start, after an outage or an overflow)."""
+        return self._overflow
 
     def idle(self) -> bool:
         """Nothing submitted is waiting: every update is committed (or rejected)."""
@@ -257,7 +270,8 @@ class Writer:
             queue_depth=len(self._ready), pending=len(self._pending) + len(self._later) + len(self._incoming),
             journal_bytes=self._journal.bytes_used, journal_backlog=self._last_seq - self._written_seq,
             records_written=self._records_written, rejected=self._rejected, batches=self._batches,
-            db_up=self._db_up, latency_p50=_percentile(lat, 0.50), latency_p99=_percentile(lat, 0.99),
+            db_up=self._db_up, journal_failure=self._journal_failure,
+            latency_p50=_percentile(lat, 0.50), latency_p99=_percentile(lat, 0.99),
         )
 
     def latencies(self) -> list[float]:
@@ -268,7 +282,11 @@ class Writer:
 
     def _journal_loop(self) -> None:
         while True:
-            self._journal_wake.wait()
+            # While the journal fails, probe it every second so the failure clears without waiting
+            # for the next finished call.
+            if not self._journal_wake.wait(JOURNAL_PROBE_INTERVAL if self._journal_failure else None):
+                self._probe_journal()
+                continue
             self._journal_wake.clear()
             while self._incoming:
                 items, self._incoming = self._incoming, []
@@ -286,12 +304,15 @@ class Writer:
                 payloads.append(encode_update(update))
                 durable.append((update, t))
             except (TypeError, ValueError) as e:
-                self._keep_in_memory(update, t, f"cannot be serialised ({type(e).__name__})")
+                log.error("writer: a finished record of call %s cannot be serialised (%s); kept in memory, "
+                          "not durable until written", update.record.call_uuid, type(e).__name__)
+                self._keep_in_memory(update, t)
         try:
             seqs = self._journal.write_many(payloads)
         except JournalError as e:
+            self._journal_failed(e)
             for update, t in durable:
-                self._keep_in_memory(update, t, str(e))
+                self._keep_in_memory(update, t)
             return
         # Queued for PostgreSQL before the fsync ends (the upserts are idempotent and the journal
         # forgets nothing before the durability barrier): the fsync is not on the commit path.
@@ -316,8 +337,9 @@ class Writer:
         except JournalError as e:
             # Still written to PostgreSQL from memory (or from the journal's file when it spilled);
             # only not acknowledged.
-            log.error("writer: %d finished records not durable in the journal: %s", len(updates), e)
+            self._journal_failed(e)
             return
+        self._journal_recovered()
         if self._on_durable is not None:
             self._on_durable(updates)
 
@@ -378,10 +400,39 @@ class Writer:
             raise
         return True
 
-    def _keep_in_memory(self, update: RecordUpdate, t: float, why: str) -> None:
-        if not self._undurable_logged:
-            self._undurable_logged = True
-            log.error("writer: finished records kept in memory only, not durable until written: %s", why)
+    def _journal_failed(self, e: JournalError) -> None:
+        """Finished records cannot be made durable: say so at once (/metrics, /healthz) and once in
+        the log, with what to do; they stay in memory and are still written when PostgreSQL is up."""
+        if self._metrics is not None:
+            self._metrics.journal_failures.labels(kind=e.kind).inc()
+            self._metrics.journal_writable.set(0)
+        if self._journal_failure is None:
+            log.error("writer: the journal cannot make records durable (%s): %s; finished records are kept "
+                      "in memory only until then", e, e.advice)
+        self._journal_failure = e.kind
+        self._journal_wake.set()  # arms the probe when the failure came from an fsync
+
+    def _journal_recovered(self) -> None:
+        if self._journal_failure is not None:
+            log.info("writer: the journal is writable again; finished records are durable again")
+            self._journal_failure = None
+            # Journal what waited in memory meanwhile: a kill while PostgreSQL is down must not lose it.
+            for key in [k for k, item in self._pending.items() if item[1].stage >= Stage.FINISHED]:
+                _, update, t = self._pending.pop(key)
+                self._incoming.append((update, t if t is not None else time.monotonic()))
+            self._journal_wake.set()
+        if self._metrics is not None:
+            self._metrics.journal_writable.set(1)
+
+    def _probe_journal(self) -> None:
+        try:
+            self._journal.probe()
+        except JournalError as e:
+            self._journal_failed(e)
+        else:
+            self._journal_recovered()
+
+    def _keep_in_memory(self, update: RecordUpdate, t: float) -> None:
         rec = update.record
         self._pending[(rec.call_uuid, rec.start_time)] = (None, update, t)
 
@@ -561,6 +612,7 @@ class Writer:
             self._commit_wake.set()
 
     def _write_one_by_one(self, items: list[Item]) -> None:
+        refused: list[tuple[RecordUpdate, str]] = []
         for seq, update, _ in items:
             try:
                 self._write_batch([update])
@@ -569,10 +621,25 @@ class Writer:
             except (psycopg.Error, ValueError, TypeError) as e:
                 self._rejected += 1
                 state = getattr(e, "sqlstate", None) or type(e).__name__
-                log.error("writer: record of call %s (journal seq %s) refused and skipped: %s",
-                          update.record.call_uuid, seq, state)
+                refused.append((update, state))
+                log.error("writer: record of call %s (journal seq %s) refused by PostgreSQL (%s); quarantined, "
+                          "see `eslbridge journal quarantine list`", update.record.call_uuid, seq, state)
                 if self._metrics is not None:
                     self._metrics.db_errors.labels(operation="rejected").inc()
+        if refused:
+            self._quarantine_records(refused)
+
+    def _quarantine_records(self, refused: list[tuple[RecordUpdate, str]]) -> None:
+        """Keep refused records durably before the journal may forget them (the caller commits)."""
+        if self._quarantine is None:
+            return
+        try:
+            self._quarantine.add(refused)
+        except (JournalError, TypeError, ValueError) as e:
+            log.error("writer: %d refused record(s) could not be quarantined and are lost: %s", len(refused), e)
+            return
+        if self._metrics is not None:
+            self._metrics.records_quarantined.inc(len(refused))
 
     def _write_batch(self, updates: list[RecordUpdate], rows: BatchRows | None = None,
                      prefetch: bool = False) -> None:
