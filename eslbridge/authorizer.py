@@ -8,10 +8,10 @@ broken database must not become free calls, nor an unaudited one.
 
 The call_events row is the call's own: keyed by the channel's UUID (the call's root leg: the socket
 app runs in the caller's dialplan), carrying the configured node name, and linked to the call's
-`calls` row when it exists already (else the writer links it when it writes that row). What an auditor
-needs to follow a refusal up (the channel name, the claimed identity, the caller ID and dialled number,
-the caller's address) is personal data, so it is kept only as one OpenPGP message (base64, under
-``personal``, with ``enc_key_id``); what stays readable is the verdict, the user's id and the profile.
+`calls` row when it exists already (else the writer links it when it writes that row). What an
+auditor needs to follow a refusal up (the channel name, the claimed identity, the caller ID and
+dialled number, the caller's address) is personal data, so it is kept only sealed
+(``eslbridge.sealed``); what stays readable is the verdict, the user's id and the SIP profile.
 
 Every statement needs only what the `eslbridge_daemon` role grants: audit_logs and call_events are
 appended without RETURNING (that would need SELECT on audit_logs).
@@ -19,8 +19,6 @@ appended without RETURNING (that would need SELECT on audit_logs).
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from psycopg.types.json import Jsonb
 from eslbridge.audit import audit
 from eslbridge.keyring import Keyring
 from eslbridge.ratelimits import count_attempt
+from eslbridge.sealed import seal
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +125,12 @@ class CallAuthorizer:
 
     def _record(self, conn: psycopg.Connection, call_uuid: str, channel: dict[str, str], decision: Decision) -> None:
         node = self._node_of(channel)
-        keyring = self._keyring()
         personal = {name: channel[header] for name, header in _PERSONAL_FIELDS.items() if channel.get(header)}
         claimed = _claimed_identity(channel)
         if claimed:
             personal["identity"] = claimed
         details = {"reason": decision.reason, "user_id": decision.user_id,
-                   "profile": channel.get("variable_sofia_profile_name"), "enc_key_id": keyring.active_id,
-                   "personal": base64.b64encode(keyring.encrypt(json.dumps(personal, sort_keys=True))).decode()}
+                   "profile": channel.get("variable_sofia_profile_name"), **seal(self._keyring(), personal)}
         conn.execute(_EVENT, {"call_uuid": call_uuid, "node": node,
                               "event_type": "authorized" if decision.allowed else "refused",
                               "event_data": Jsonb(details)})

@@ -7,7 +7,6 @@ Calls are handed over through the real outbound socket server by the simulator's
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from eslbridge.authorizer import CallAuthorizer
 from eslbridge.esl.outbound import OutboundServer
 from eslbridge.keyring import Keyring
 from eslbridge.nodemap import NodeMap
+from eslbridge.sealed import unseal
 from eslbridge.sim.outbound import channel_data, place_call
 from tests.test_authorizer import add_user
 from tests.writer_fixtures import call_updates, open_journal, write_all
@@ -110,10 +110,9 @@ def test_no_plaintext_number_or_address_in_what_the_authorizer_writes(db, outbou
     ((data,),) = db.execute("SELECT event_data FROM call_events WHERE call_uuid = %s", (call_uuid,)).fetchall()
     assert data["reason"] == "caller not authenticated" and data["profile"] == "external"
     # What an auditor needs is there, for the key holder: with eslbridge's keyring or PostgreSQL's pgcrypto.
-    blob = base64.b64decode(data["personal"])
     expected = {"channel": EXTERNAL["Channel-Name"], "caller_id_number": NUMBER, "destination_number": DIALLED,
                 "network_ip": ADDRESS, "identity": f"{NUMBER}@{ADDRESS}"}
-    assert json.loads(keyring.decrypt(blob, data["enc_key_id"])) == expected
+    assert unseal(keyring, data) == expected
     (plain,) = db.execute("SELECT pgp_sym_decrypt(decode(event_data->>'personal', 'base64'), %s)"
                           " FROM call_events WHERE call_uuid = %s",
                           (keyring.passphrase(data["enc_key_id"]), call_uuid)).fetchone()
