@@ -2,6 +2,8 @@
 
 ``actor`` is the OS user running the command (or a name the daemon passes); ``db_user`` is filled
 by the column default ``session_user``. Callers pass ``details`` without secrets: it is stored as is.
+The row is appended without RETURNING: that would need SELECT on audit_logs, which the daemon's
+role does not have (it may add to the log, not read it).
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ def audit(
     details: dict[str, Any] | None = None,
     user_id: Any = None,
     actor: str | None = None,
-) -> int:
-    """Insert one audit row in the caller's transaction; returns its id."""
-    row = conn.execute(
+) -> None:
+    """Insert one audit row in the caller's transaction."""
+    conn.execute(
         "INSERT INTO audit_logs (action, resource_type, resource_id, details, user_id, actor)"
-        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+        " VALUES (%s, %s, %s, %s, %s, %s)",
         (
             action,
             resource_type,
@@ -43,5 +45,4 @@ def audit(
             user_id,
             actor or os_user(),
         ),
-    ).fetchone()
-    return row[0]
+    )

@@ -41,6 +41,7 @@ from eslbridge.esl.stats import IntakeStats
 from eslbridge.keyring import Keyring
 from eslbridge.logsetup import setup_logging
 from eslbridge.metrics import IntakeSource, Metrics, MetricsServer
+from eslbridge.nodemap import NodeMap
 from eslbridge.registrations import LoginRecorder, login_from_event
 from eslbridge.retention import run_retention
 from eslbridge.store.journal import Journal
@@ -88,6 +89,7 @@ class Daemon:
         self.writer = Writer(self.pool, self.keyring, self.journal, metrics=self.metrics, quarantine=self.quarantine)
         self.users = UserIndex(config.database.url.reveal(), connect_timeout=config.database.connect_timeout)
         self.nodes: dict[str, Node] = {}
+        self.node_map = NodeMap(node_cfg.name for node_cfg in config.freeswitch)
         for node_cfg in config.freeswitch:
             client = InboundClient(
                 node_cfg.host, node_cfg.port, node_cfg.password.reveal(), node_cfg.name, node_cfg.event_format,
@@ -100,9 +102,9 @@ class Daemon:
         # happens on the primary (database.replica_url is not used yet, see README).
         self.directory = DirectoryService(config.directory, self.pool, flush_hook=self._flush_user,
                                           metrics=self.metrics)
-        self.outbound = (OutboundServer(tuple(config.outbound.listen), CallAuthorizer(self.pool),
-                                        on_result=self._on_outbound_result)
-                         if config.outbound else None)
+        authorizer = CallAuthorizer(self.pool, lambda: self.keyring, self.node_map.resolve)
+        self.outbound = (OutboundServer(tuple(config.outbound.listen), authorizer, on_result=self._on_outbound_result)
+                         if config.outbound.listen else None)
         self.upkeep = Upkeep(self.pool, config.retention, retention_hook=self._retention)
         self._retention_due = 0.0  # monotonic time of the next daily retention run
         self.metrics_server = (MetricsServer(config.metrics.listen, self.metrics, self.health)
@@ -205,6 +207,7 @@ class Daemon:
     # --- ESL consumers (run in each node's consumer greenlet; must never block) ----------------
 
     def _on_event(self, node_name: str, event: dict[str, str]) -> None:
+        self.node_map.learn(node_name, event)
         if event.get("Event-Name") == "CUSTOM":
             login = login_from_event(event)
             if login is not None:

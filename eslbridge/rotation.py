@@ -11,7 +11,9 @@ active key. SKIP LOCKED means rotation never waits for a writer (a row a writer 
 by a later batch), so it cannot deadlock with the daemon, and the daemon waits at most one batch.
 The passphrases never go to the database.
 
-Which columns are encrypted comes from ``eslbridge.store.rows`` (the writer's column specs).
+Which columns are encrypted comes from ``eslbridge.store.rows`` (the writer's column specs); the
+values sealed inside ``call_events.event_data`` (``eslbridge.sealed``) are re-sealed the same way,
+so no key is retired while a sealed value still needs it.
 """
 
 from __future__ import annotations
@@ -21,23 +23,30 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from eslbridge.crypto import DecryptionError
 from eslbridge.errors import ConfigError, EslBridgeError
 from eslbridge.keyring import Keyring, add_key, remove_key, set_active
+from eslbridge.sealed import FIELD, KEY_FIELD, seal, unseal
 from eslbridge.store.rows import CALL_RECORDS, CALLS, TableSpec
 
 ENCRYPTED_TABLES: tuple[TableSpec, ...] = (CALL_RECORDS, CALLS)
+SEALED_TABLE = "call_events"  # event_data members FIELD and KEY_FIELD (migration 0014 indexes them)
+_SEALED_ROWS = f"FROM {SEALED_TABLE} WHERE event_data ? '{FIELD}'"
 DEFAULT_BATCH = 500
 
 Progress = Callable[[str, int, int], None]  # (table, rows in this batch, rows done in this table so far)
 
 
 def key_usage(conn: psycopg.Connection) -> dict[str, dict[int, int]]:
-    """Rows per key id, per encrypted table."""
-    return {spec.name: dict(conn.execute(
+    """Rows per key id, per encrypted table (the sealed call_events rows included)."""
+    usage = {spec.name: dict(conn.execute(
         f"SELECT enc_key_id, count(*) FROM {spec.name} GROUP BY enc_key_id ORDER BY enc_key_id").fetchall())
         for spec in ENCRYPTED_TABLES}
+    sealed = conn.execute(f"SELECT event_data->>'{KEY_FIELD}', count(*) {_SEALED_ROWS} GROUP BY 1").fetchall()
+    usage[SEALED_TABLE] = dict(sorted((int(key_id), n) for key_id, n in sealed))
+    return usage
 
 
 def keys_in_use(conn: psycopg.Connection) -> set[int]:
@@ -74,19 +83,43 @@ def _reencrypt_row(keyring: Keyring, spec: TableSpec, row: tuple) -> tuple:
     return (*values, keyring.active_id, *key)
 
 
-def _reencrypt_table(conn: psycopg.Connection, keyring: Keyring, spec: TableSpec, batch_size: int,
-                     progress: Progress | None) -> int:
-    select, update = _statements(spec)
+def _in_batches(conn: psycopg.Connection, table: str, select: str, params: tuple, update: str,
+                convert: Callable[[tuple], tuple], progress: Progress | None) -> int:
     done = 0
     while True:
         with conn.transaction(), conn.cursor() as cur:
-            rows = cur.execute(select, (keyring.active_id, batch_size)).fetchall()
+            rows = cur.execute(select, params).fetchall()
             if not rows:
                 return done
-            cur.executemany(update, [_reencrypt_row(keyring, spec, row) for row in rows])
+            cur.executemany(update, [convert(row) for row in rows])
         done += len(rows)
         if progress:
-            progress(spec.name, len(rows), done)
+            progress(table, len(rows), done)
+
+
+def _reencrypt_table(conn: psycopg.Connection, keyring: Keyring, spec: TableSpec, batch_size: int,
+                     progress: Progress | None) -> int:
+    select, update = _statements(spec)
+    return _in_batches(conn, spec.name, select, (keyring.active_id, batch_size), update,
+                       lambda row: _reencrypt_row(keyring, spec, row), progress)
+
+
+def _reseal_row(keyring: Keyring, row: tuple) -> tuple:
+    row_id, document = row
+    try:
+        values = unseal(keyring, document)
+    except DecryptionError as e:
+        raise EslBridgeError(f"{SEALED_TABLE} row {row_id}: {FIELD} does not decrypt with key "
+                             f"{document[KEY_FIELD]} ({e}); rotation stopped, rows done so far stay done") from None
+    return Jsonb(seal(keyring, values)), row_id
+
+
+def _reseal_events(conn: psycopg.Connection, keyring: Keyring, batch_size: int, progress: Progress | None) -> int:
+    select = (f"SELECT id, event_data {_SEALED_ROWS} AND event_data->>'{KEY_FIELD}' <> %s"
+              " LIMIT %s FOR UPDATE SKIP LOCKED")
+    update = f"UPDATE {SEALED_TABLE} SET event_data = event_data || %s WHERE id = %s"
+    return _in_batches(conn, SEALED_TABLE, select, (str(keyring.active_id), batch_size), update,
+                       lambda row: _reseal_row(keyring, row), progress)
 
 
 def reencrypt(conn: psycopg.Connection, keyring: Keyring, batch_size: int = DEFAULT_BATCH,
@@ -102,7 +135,9 @@ def reencrypt(conn: psycopg.Connection, keyring: Keyring, batch_size: int = DEFA
     if missing:
         raise ConfigError(f"{keyring.path}: rows are encrypted with key(s) {sorted(missing)}, "
                           "which the keyring does not hold; nothing was re-encrypted")
-    return {spec.name: _reencrypt_table(conn, keyring, spec, batch_size, progress) for spec in ENCRYPTED_TABLES}
+    done = {spec.name: _reencrypt_table(conn, keyring, spec, batch_size, progress) for spec in ENCRYPTED_TABLES}
+    done[SEALED_TABLE] = _reseal_events(conn, keyring, batch_size, progress)
+    return done
 
 
 def new_active_key(keyring_path: str | os.PathLike) -> tuple[int, int]:

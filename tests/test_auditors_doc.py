@@ -10,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
+from eslbridge.authorizer import CallAuthorizer
 from eslbridge.gdpr import erase_subject, find_subject
 from eslbridge.retention import run_retention
 from tests.gdpr_fixtures import REALM, Admin, add_user, admin_fixture, call, call_uuid, write  # noqa: F401
@@ -54,6 +56,10 @@ def test_every_documented_query_answers(admin: Admin, db: psycopg.Connection, ca
         finally:
             sys.stdin = sys.__stdin__
         hashes[kind] = capsys.readouterr().out.strip()
+    refused = {"Unique-ID": call_uuid(9), "variable_sip_authorized": "false", "variable_sip_network_ip": "198.51.100.7",
+               "Channel-Name": "sofia/external/+4930123456@198.51.100.7:5060"}
+    with ConnectionPool(admin.dsn, min_size=1, max_size=1) as pool:
+        assert CallAuthorizer(pool, lambda: kr, lambda channel: "fs1")(refused)[0] is False
     run_retention(db, WINDOWS, actor="eslbridge-daemon")
     gone = add_user(db, "3000")
     erase_subject(db, find_subject(db, kr, "3000", REALM), actor="auditor-test")
@@ -77,7 +83,9 @@ def test_every_documented_query_answers(admin: Admin, db: psycopg.Connection, ca
         "last_retention_run": lambda rows: len(rows) == 4 and rows[0][1] == "eslbridge-daemon",
         "oldest_rows": lambda rows: dict((r[0], r[1]) for r in rows)["call_records"] == t0,
         "partitions_past_window": lambda rows: rows == [],
-        "rows_per_key": lambda rows: rows == [("call_records", 1, 3), ("calls", 1, 2)],
+        "rows_per_key": lambda rows: rows == [("call_events", 1, 1), ("call_records", 1, 3), ("calls", 1, 2)],
+        "refused_calls": lambda rows: [(r[1], r[2], r[3], r[5]["network_ip"]) for r in rows] == [
+            ("fs1", call_uuid(9), "caller not authenticated", "198.51.100.7")],
     }
     found = blocks()
     assert set(found) == set(expect), "every documented query has an expectation here, and only those"

@@ -11,6 +11,8 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from eslbridge.authorizer import CallAuthorizer, caller_identity
+from eslbridge.keyring import Keyring
+from eslbridge.ratelimits import clear_limit, set_limit
 from eslbridge.registrations import login_from_event, record_logins
 from tests.correlator_fixtures import captured
 
@@ -19,6 +21,13 @@ from tests.correlator_fixtures import captured
 def pool(db_dsn: str):
     with ConnectionPool(db_dsn, min_size=1, max_size=2, open=True) as p:
         yield p
+
+
+NODE = "fs-east-1"  # the configured name; FreeSWITCH calls itself "fs1" in the channel data
+
+
+def authorizer(pool: ConnectionPool, keyring: Keyring) -> CallAuthorizer:
+    return CallAuthorizer(pool, lambda: keyring, lambda channel: NODE)
 
 
 def add_user(db: psycopg.Connection, username: str, realm: str = "127.0.0.1", *, role: str | None = "user",
@@ -53,10 +62,10 @@ def test_caller_identity_comes_from_the_authenticated_channel() -> None:
     assert caller_identity(unauth) is None  # From header alone proves nothing
 
 
-def test_enabled_user_with_call_create_is_allowed(db: psycopg.Connection, pool: ConnectionPool) -> None:
+def test_enabled_user_with_call_create_is_allowed(db: psycopg.Connection, pool: ConnectionPool, keyring) -> None:
     user_id = add_user(db, "1000")
     ch = channel()
-    assert CallAuthorizer(pool)(ch) == (True, "ok")
+    assert authorizer(pool, keyring)(ch) == (True, "ok")
     assert events_for(db, ch["Unique-ID"]) == [("authorized", "ok")]
     assert db.execute("SELECT request_count FROM rate_limits WHERE user_id = %s", (user_id,)).fetchone() == (1,)
     assert db.execute("SELECT count(*) FROM audit_logs").fetchone() == (0,)
@@ -70,24 +79,26 @@ def test_enabled_user_with_call_create_is_allowed(db: psycopg.Connection, pool: 
         ({"can_call": False}, "permissions.can_call is false"),
     ],
 )
-def test_refusals_are_recorded_and_audited(db: psycopg.Connection, pool: ConnectionPool, setup, reason) -> None:
+def test_refusals_are_recorded_and_audited(db: psycopg.Connection, pool: ConnectionPool, keyring, setup,
+                                           reason) -> None:
     user_id = add_user(db, "1000", **setup)
     ch = channel()
-    assert CallAuthorizer(pool)(ch) == (False, reason)
+    assert authorizer(pool, keyring)(ch) == (False, reason)
     assert events_for(db, ch["Unique-ID"]) == [("refused", reason)]
     audit = db.execute("SELECT action, resource_id, user_id, details FROM audit_logs").fetchall()
-    assert audit == [("call.refused", ch["Unique-ID"], uuid.UUID(user_id), {"reason": reason})]
+    assert audit == [("call.refused", ch["Unique-ID"], uuid.UUID(user_id), {"reason": reason, "node": NODE})]
 
 
-def test_role_without_call_create(db: psycopg.Connection, pool: ConnectionPool) -> None:
+def test_role_without_call_create(db: psycopg.Connection, pool: ConnectionPool, keyring) -> None:
     db.execute("INSERT INTO roles (name, permissions) VALUES ('listener', '{call:read}')")
     add_user(db, "1000", role="listener")
-    assert CallAuthorizer(pool)(channel()) == (False, "role lacks call:create")
+    assert authorizer(pool, keyring)(channel()) == (False, "role lacks call:create")
 
 
-def test_unknown_and_unauthenticated_callers_are_refused(db: psycopg.Connection, pool: ConnectionPool) -> None:
+def test_unknown_and_unauthenticated_callers_are_refused(db: psycopg.Connection, pool: ConnectionPool,
+                                                         keyring) -> None:
     add_user(db, "1000")
-    auth = CallAuthorizer(pool)
+    auth = authorizer(pool, keyring)
     assert auth(channel("1001")) == (False, "unknown user")
     assert auth(channel("1000", realm="other.example")) == (False, "unknown user")
     assert auth(channel("1000", authorized=False)) == (False, "caller not authenticated")
@@ -95,18 +106,33 @@ def test_unknown_and_unauthenticated_callers_are_refused(db: psycopg.Connection,
     assert auth(channel("1000' OR '1'='1")) == (False, "unknown user")
 
 
-def test_rate_limit_window(db: psycopg.Connection, pool: ConnectionPool) -> None:
+def test_rate_limit_window(db: psycopg.Connection, pool: ConnectionPool, keyring) -> None:
     user_id = add_user(db, "1000")
-    auth = CallAuthorizer(pool, default_max_calls=2)
+    auth = authorizer(pool, keyring)
+    set_limit(db, "1000", "127.0.0.1", 2, actor="test")
     assert [auth(channel())[0] for _ in range(3)] == [True, True, False]
     assert auth(channel())[1] == "rate limit: 4 calls in window, limit 2"
-    # A per-user limit overrides the default; an expired window starts over.
     db.execute("UPDATE rate_limits SET max_requests = 10 WHERE user_id = %s", (user_id,))
     assert auth(channel())[0] is True
+    # An expired window starts over.
     db.execute("UPDATE rate_limits SET max_requests = 1, window_start = now() - interval '2 hours'"
                " WHERE user_id = %s", (user_id,))
     assert auth(channel()) == (True, "ok")
     assert auth(channel())[0] is False
+
+
+def test_no_limit_when_max_requests_is_null(db: psycopg.Connection, pool: ConnectionPool, keyring) -> None:
+    """The schema's NULL max_requests is no limit: well past the old 60-an-hour default, every call passes,
+    and each attempt is still counted in the window."""
+    user_id = add_user(db, "1000")
+    auth = authorizer(pool, keyring)
+    assert all(auth(channel()) == (True, "ok") for _ in range(75))
+    assert db.execute("SELECT request_count, max_requests FROM rate_limits WHERE user_id = %s",
+                      (user_id,)).fetchone() == (75, None)
+    set_limit(db, "1000", "127.0.0.1", 80, actor="test")
+    assert [auth(channel())[0] for _ in range(6)] == [True] * 5 + [False]
+    clear_limit(db, "1000", "127.0.0.1", actor="test")
+    assert auth(channel()) == (True, "ok")
 
 
 def test_dead_database_fails_closed(tmp_path: Path) -> None:
@@ -114,7 +140,7 @@ def test_dead_database_fails_closed(tmp_path: Path) -> None:
 
     dead = f"postgresql://x@127.0.0.1:{free_port()}/x?connect_timeout=1"
     with ConnectionPool(dead, min_size=0, max_size=1, timeout=1, open=True) as p:
-        assert CallAuthorizer(p)(channel()) == (False, "authorization unavailable")
+        assert CallAuthorizer(p, lambda: None, lambda ch: NODE)(channel()) == (False, "authorization unavailable")
 
 
 def test_registration_updates_last_login_forward_only(db: psycopg.Connection) -> None:

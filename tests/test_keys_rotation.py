@@ -52,7 +52,7 @@ def test_status_counts_rows_per_key(admin: Admin, db: psycopg.Connection, capsys
     out = capsys.readouterr().out
     assert "keys 1; active 1" in out and "call_records  key 1: 3" in out and "calls         key 1: 3" in out
     (details,) = db.execute("SELECT details FROM audit_logs WHERE action = 'keys.status'").fetchone()
-    assert details == {"rows_per_key": {"call_records": {"1": 3}, "calls": {"1": 3}}}
+    assert details == {"rows_per_key": {"call_records": {"1": 3}, "calls": {"1": 3}, "call_events": {}}}
 
 
 def test_rotation_killed_half_way_resumes(admin: Admin, db: psycopg.Connection) -> None:
@@ -77,7 +77,7 @@ def test_rotation_killed_half_way_resumes(admin: Admin, db: psycopg.Connection) 
     assert admin.run("keys", "rotate", "--resume", "--batch-size", "7") == 0
     keyring = admin.keyring
     assert keyring.active_id == 2
-    assert rotation.key_usage(db) == {"call_records": {2: 150}, "calls": {2: 150}}
+    assert rotation.key_usage(db) == {"call_records": {2: 150}, "calls": {2: 150}, "call_events": {}}
     assert plaintexts(db, keyring) == before
     # Readable with the new key by PostgreSQL too, and by none with the old one.
     for (blob,) in db.execute("SELECT caller FROM call_records"):

@@ -30,21 +30,35 @@ CAUSE_STATUS = {
 }
 CODE_STATUS = {486: "Busy", 600: "Busy", 480: "NoAnswer", 408: "NoAnswer", 403: "Rejected", 603: "Rejected"}
 
-# mod_sofia's hangup_cause_to_sip(): the response FreeSWITCH sends when it refuses an inbound
-# INVITE for a cause without recording sip_term_status on that leg (default 480).
-CAUSE_SIP = {
-    "USER_BUSY": 486,
-    "NO_ANSWER": 480,
-    "NO_USER_RESPONSE": 408,
-    "CALL_REJECTED": 603,
-    "ORIGINATOR_CANCEL": 487,
-    "UNALLOCATED_NUMBER": 404,
-    "NO_ROUTE_DESTINATION": 404,
-    "INVALID_NUMBER_FORMAT": 484,
-    "NORMAL_TEMPORARY_FAILURE": 503,
-    "NORMAL_CIRCUIT_CONGESTION": 503,
-    "SWITCH_CONGESTION": 503,
+# The SIP response FreeSWITCH (mod_sofia, on hanging up an unanswered inbound leg) sends for a
+# Q.850 cause when nothing more specific was recorded on the leg (no sip_term_status, no `respond`):
+# FreeSWITCH's own table, which follows RFC 4497 section 8.4.1. Any cause not listed gets 480.
+_SIP_CODE_CAUSES = {
+    403: ("OUTGOING_CALL_BARRED", "INCOMING_CALL_BARRED", "BEARERCAPABILITY_NOTAUTH"),
+    404: ("UNALLOCATED_NUMBER", "NO_ROUTE_TRANSIT_NET", "NO_ROUTE_DESTINATION"),
+    408: ("NO_USER_RESPONSE",),
+    410: ("NUMBER_CHANGED", "REDIRECTION_TO_NEW_DESTINATION"),
+    480: ("NO_ANSWER", "SUBSCRIBER_ABSENT", "NORMAL_UNSPECIFIED"),
+    483: ("EXCHANGE_ROUTING_ERROR",),
+    484: ("INVALID_NUMBER_FORMAT", "INVALID_URL", "INVALID_GATEWAY"),
+    486: ("USER_BUSY",),
+    487: ("ORIGINATOR_CANCEL",),
+    488: ("BEARERCAPABILITY_NOTIMPL", "INCOMPATIBLE_DESTINATION"),
+    501: ("FACILITY_REJECTED", "FACILITY_NOT_IMPLEMENTED", "SERVICE_NOT_IMPLEMENTED"),
+    502: ("DESTINATION_OUT_OF_ORDER", "INVALID_PROFILE"),
+    503: ("REQUESTED_CHAN_UNAVAIL", "NORMAL_CIRCUIT_CONGESTION", "NETWORK_OUT_OF_ORDER",
+          "NORMAL_TEMPORARY_FAILURE", "SWITCH_CONGESTION", "GATEWAY_DOWN", "BEARERCAPABILITY_NOTAVAIL"),
+    504: ("RECOVERY_ON_TIMER_EXPIRE",),
+    603: ("CALL_REJECTED",),
 }
+CAUSE_SIP = {cause: code for code, causes in _SIP_CODE_CAUSES.items() for cause in causes}
+DEFAULT_CAUSE_SIP = 480
+
+
+def cause_sip_code(cause: str) -> int:
+    """The SIP response FreeSWITCH sends when refusing an inbound INVITE for ``cause``."""
+    return CAUSE_SIP.get(cause, DEFAULT_CAUSE_SIP)
+
 
 CALL_STATUS = {
     "Completed": "completed",
@@ -92,7 +106,7 @@ def decide(root: Leg, others: list[Leg]) -> Outcome:
         return Outcome("Completed", 200, decider.cause)
     code = leg_sip_code(decider)
     if code is None and decider is root and root.direction == "inbound":
-        code = CAUSE_SIP.get(root.cause or "", 480) if root.cause else None
+        code = cause_sip_code(root.cause) if root.cause else None
     if root.disposition == "recv_cancel" or root.cause == "ORIGINATOR_CANCEL":
         return Outcome("Cancelled", code, decider.cause)
     return Outcome(_verdict(root, decider, others), code, decider.cause)

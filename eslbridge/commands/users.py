@@ -14,6 +14,7 @@ from collections.abc import Callable
 import psycopg
 
 from eslbridge import users
+from eslbridge.commands import limits
 from eslbridge.commands.common import add_yes_option, admin_connection, confirm
 from eslbridge.errors import UsageError
 
@@ -173,6 +174,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_yes_option(delete)
     delete.set_defaults(func=_with_db(_user_delete))
     identity(usub.add_parser("show", help="show one user")).set_defaults(func=_with_db(_user_show))
+    limits.register(usub, identity)
     lst = usub.add_parser("list", help="list users")
     lst.add_argument("--realm", help="only this realm")
     lst.set_defaults(func=_with_db(_user_list))

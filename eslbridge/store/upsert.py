@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from eslbridge.calls.records import Stage
 from eslbridge.store.rows import CALL_EVENTS, CALL_RECORDS, CALLS, BatchRows, TableSpec
 
 # user_id must name an existing user: call_records keeps the row without the link (the FK
@@ -58,7 +59,10 @@ _JOIN = {
 _EVENT_LINK = ("call_id, call_initiated_at", "c.id, c.initiated_at")
 # Events written before their call got a `calls` row (its local user became known later)
 # are linked when that row is inserted (created_at = now(): inserted by this transaction; an
-# updated row keeps its first created_at. Partitioned tables cannot return xmax).
+# updated row keeps its first created_at. Partitioned tables cannot return xmax), and once more
+# when the call finishes: an event another session committed while the row was being inserted
+# (the outbound authorizer's decision, made as the call starts) was invisible to the first pass,
+# and the call can only finish after that decision was committed.
 # An index probe per new calls row, then one primary-key probe per event to link. The shape
 # matters: OFFSET 0 fences the LATERAL probe (so `call_id IS NULL` is filtered on its output and
 # never ANDed with, or driven by, the ever-growing index range of unlinked events), and the
@@ -68,7 +72,7 @@ _LINK_EARLIER_EVENTS = (
     "UPDATE call_events e SET call_id = x.id, call_initiated_at = x.initiated_at FROM ("
     "SELECT up.id, up.initiated_at, ev.id AS event_id FROM up CROSS JOIN LATERAL ("
     "SELECT id, call_id FROM call_events WHERE call_uuid = up.call_uuid OFFSET 0) ev"
-    " WHERE up.inserted AND ev.call_id IS NULL) x WHERE e.id = x.event_id"
+    " WHERE up.relink AND ev.call_id IS NULL) x WHERE e.id = x.event_id"
 )
 
 
@@ -101,7 +105,8 @@ def upsert_sql(spec: TableSpec, source: str) -> str:
     sql = (f"INSERT INTO {spec.name} AS t ({cols}) SELECT {select} FROM {source} {join}"
            f" ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE {_changed(spec)}")
     if spec is CALLS:
-        sql = (f"WITH up AS ({sql} RETURNING t.id, t.initiated_at, t.call_uuid, t.created_at = now() AS inserted)"
+        sql = (f"WITH up AS ({sql} RETURNING t.id, t.initiated_at, t.call_uuid,"
+               f" t.created_at = now() OR t.stage = {int(Stage.FINISHED)} AS relink)"
                f" {_LINK_EARLIER_EVENTS}")
     return sql
 
