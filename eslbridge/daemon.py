@@ -88,11 +88,13 @@ class Daemon:
         self.directory = DirectoryService(config.directory, self.pool, flush_hook=self._flush_user,
                                           metrics=self.metrics)
         self.outbound = (OutboundServer(tuple(config.outbound.listen), CallAuthorizer(self.pool),
-                                        on_result=self._on_outbound_result)
+                                        on_result=self._on_outbound_result, allow=config.outbound.allow,
+                                        limits=config.outbound.connections)
                          if config.outbound else None)
         self.upkeep = Upkeep(self.pool, config.retention, retention_hook=self._retention)
         self._retention_due = 0.0  # monotonic time of the next daily retention run
-        self.metrics_server = (MetricsServer(config.metrics.listen, self.metrics, self.health)
+        self.metrics_server = (MetricsServer(config.metrics.listen, self.metrics, self.health,
+                                             allow=config.metrics.allow, limits=config.metrics.connections)
                                if config.metrics.listen else None)
         self.metrics.add_intake(self._intake_sources)
         self._logins: deque[Login] = deque()
