@@ -2,8 +2,9 @@
 
     python -m bench.attacks [--sockets 1000] [--wait 15]
 
-Starts the three listeners (directory HTTP server with a constant answer, /metrics, outbound socket
-server with an allowing authorizer) in a child process, then from this process:
+Starts the three listeners with their default limits (directory HTTP server with a constant
+answer, /metrics, outbound socket server with an allowing authorizer) in a child process, then
+from this process:
 
 - directory: ``--sockets`` idle connections, half from 127.0.0.1 (allowed) and half from 127.0.0.2
   (outside the allow list), then the time a valid POST takes to be answered (at most ``--wait``);
@@ -37,9 +38,11 @@ def _child_serve() -> None:
 
     import gevent
 
+    from eslbridge.config import LOOPBACK, ConnectionLimits
     from eslbridge.directory.http import HttpServer
     from eslbridge.esl.outbound import OutboundServer
     from eslbridge.metrics import Metrics, MetricsServer
+    from eslbridge.netgate import AcceptGate
 
     warnings = [0]
 
@@ -60,7 +63,8 @@ def _child_serve() -> None:
         def oversized(self):
             return 200, b""
 
-    directory = HttpServer(("127.0.0.1", 0), App(), max_body=65536)
+    gate = AcceptGate("directory", LOOPBACK, ConnectionLimits())
+    directory = HttpServer(("127.0.0.1", 0), App(), gate, max_body=65536)
     directory.start()
     metrics = MetricsServer(("127.0.0.1", 0), Metrics(), lambda: (True, {}))
     metrics.start()
@@ -110,20 +114,6 @@ def _timed(port: int, request: bytes, wait: float) -> float | None:
     return time.monotonic() - started
 
 
-def _held(socks: list[socket.socket]) -> int:
-    """How many of ``socks`` the server has not closed yet."""
-    alive = 0
-    for s in socks:
-        s.setblocking(False)
-        try:
-            alive += s.recv(1, socket.MSG_PEEK) != b""
-        except BlockingIOError:
-            alive += 1
-        except OSError:
-            pass
-    return alive
-
-
 def _proc(pid: int) -> tuple[int, int]:
     """(RSS in KiB, open descriptors) of ``pid``."""
     rss = 0
@@ -159,7 +149,7 @@ def main() -> None:
         time.sleep(0.5)
         took = _timed(ports["directory"], VALID_POST, args.wait)
         rss, fds = _proc(child.pid)
-        print(f"directory: {len(socks)} idle sockets opened, {_held(socks)} still held; valid POST answered in "
+        print(f"directory: {len(socks)} idle sockets opened; valid POST answered in "
               + (f"{took * 1000:.1f} ms" if took is not None else f"> {args.wait:.0f} s (no answer)")
               + f"; child {fds} fds, RSS {rss / 1024:.1f} MiB")
         _close(socks)
@@ -172,7 +162,7 @@ def main() -> None:
         print(f"metrics: {len(socks)} half-sent requests; valid scrape answered in "
               + (f"{took * 1000:.1f} ms" if took is not None else f"> {args.wait:.0f} s (no answer)"))
         time.sleep(args.wait)
-        print(f"metrics: {_held(socks)} of {len(socks)} half-sent requests still held after {args.wait + 0.5:.0f} s")
+        print(f"metrics: child holds {_proc(child.pid)[1]} fds {args.wait + 0.5:.0f} s after the half-sent requests")
         _close(socks)
         time.sleep(1.0)
 
@@ -182,7 +172,7 @@ def main() -> None:
         time.sleep(2.0)
         rss, fds = _proc(child.pid)
         print(f"outbound: {len(socks)} idle sockets: child RSS {before_rss / 1024:.1f} -> {rss / 1024:.1f} MiB, "
-              f"fds {before_fds} -> {fds}, {_held(socks)} still held")
+              f"fds {before_fds} -> {fds}")
         _close(socks)
         time.sleep(args.wait)
         child.stdin.write("\n")

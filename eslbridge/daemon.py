@@ -32,7 +32,9 @@ from eslbridge.calls.errors import EventError
 from eslbridge.calls.records import RecordUpdate
 from eslbridge.config import Config, NodeConfig, load_config
 from eslbridge.directory.service import DirectoryService
+from eslbridge.esl import protocol
 from eslbridge.esl.inbound import InboundClient
+from eslbridge.esl.protocol import UnsafeCommand
 from eslbridge.esl.outbound import OutboundServer
 from eslbridge.esl.stats import IntakeStats
 from eslbridge.keyring import Keyring
@@ -258,9 +260,14 @@ class Daemon:
 
     def _flush_user(self, username: str, realm: str) -> None:
         """Make FreeSWITCH's own directory cache follow a user change (DESIGN section 5)."""
+        try:
+            command = protocol.verb_line("xml_flush_cache", "id", username, realm)
+        except UnsafeCommand as exc:  # the value came from the database: never let it shape a command
+            log.warning("not flushing FreeSWITCH's cache for a directory user: %s", exc)
+            return
         for node in self.nodes.values():
             if node.client.connected:
-                gevent.spawn(self._bgapi, node, f"xml_flush_cache id {username} {realm}")
+                gevent.spawn(self._bgapi, node, command)
 
     @staticmethod
     def _bgapi(node: Node, command: str) -> None:

@@ -58,8 +58,9 @@ class AllowList:
         return allowed
 
 
-class Expired(TimeoutError):
-    """The gate closed this connection: a deadline passed, or it made room for a newer one."""
+class Expired(gevent.GreenletExit):
+    """The gate closed this connection: a deadline passed, or it made room for a newer one.
+    A GreenletExit, so servers that catch Exception (pywsgi) do not log it as their own failure."""
 
     def __init__(self, started: bool) -> None:
         super().__init__("connection closed by the accept gate")
@@ -233,8 +234,8 @@ class GateMixin:
     def _gated(self, conn: Conn, sock: Any, addr: tuple) -> None:
         try:
             self._handle(sock, addr)
-        except (Expired, OSError):
-            pass  # closed by the gate, or the peer went away
+        except OSError:
+            pass  # the peer went away (Expired, a GreenletExit, ends the greenlet quietly)
         finally:
             self.gate.release(conn)
 

@@ -33,6 +33,7 @@ from eslbridge.directory.userquery import UserQuery
 from eslbridge.directory.xml import DIAL_STRING, NOT_FOUND, user_document
 from eslbridge.netgate import AcceptGate
 from eslbridge.store.pool import own_connection
+from eslbridge.users import valid_identity
 
 # mod_xml_curl's `timeout` in conf/freeswitch/xml_curl.conf.xml must stay above this (e.g. 5 s):
 # we answer "not found" ourselves before FreeSWITCH gives up and falls back to static files.
@@ -207,7 +208,8 @@ class DirectoryService:
         elif table == "users":
             for user_key, realm_key in (("username", "realm"), ("old_username", "old_realm")):
                 username, realm = payload.get(user_key), payload.get(realm_key)
-                if isinstance(username, str) and isinstance(realm, str):
+                # Validated before use: the payload is whatever a database client wrote.
+                if valid_identity(username, realm):
                     self.cache.invalidate((username, realm))
                     self._flush(username, realm)
         elif table == "roles":
