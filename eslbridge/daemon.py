@@ -34,8 +34,8 @@ from eslbridge.config import Config, NodeConfig, load_config
 from eslbridge.directory.service import DirectoryService
 from eslbridge.esl import protocol
 from eslbridge.esl.inbound import InboundClient
-from eslbridge.esl.protocol import UnsafeCommand
 from eslbridge.esl.outbound import OutboundServer
+from eslbridge.esl.protocol import UnsafeCommand
 from eslbridge.esl.stats import IntakeStats
 from eslbridge.keyring import Keyring
 from eslbridge.logsetup import setup_logging
