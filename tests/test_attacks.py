@@ -85,8 +85,9 @@ def directory(db_dsn: str) -> Iterator[DirectoryProcess]:
 def test_directory_answers_a_valid_request_fast_under_1000_hostile_connections(directory: DirectoryProcess):
     port = directory.port
     body = sip_auth("1000", "attack.example")
-    request = (f"POST /directory HTTP/1.1\r\nHost: x\r\nAuthorization: {auth_header()}\r\n"
-               f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    head = (f"POST /directory HTTP/1.1\r\nHost: x\r\nAuthorization: {auth_header()}\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n")
+    request = head.encode() + body
     idle = open_sockets(port, HOSTILE // 4, "127.0.0.1")
     slow = open_sockets(port, HOSTILE // 4, "127.0.0.1", request[:40])  # a head that never ends
     outsiders = open_sockets(port, HOSTILE // 2, "127.0.0.2")
