@@ -565,9 +565,10 @@ def _node_name(f: _Field, v: Any) -> str:
 
 def _connections(default: ConnectionLimits) -> Callable[[_Section], ConnectionLimits]:
     def build(s: _Section) -> ConnectionLimits:
+        most = s.take("max", _int(1, 100_000), default.max_connections)
         limits = ConnectionLimits(
-            max_connections=s.take("max", _int(1, 100_000), default.max_connections),
-            max_per_address=s.take("per_address", _int(1, 100_000), default.max_per_address),
+            max_connections=most,
+            max_per_address=s.take("per_address", _int(1, 100_000), min(most, default.max_per_address)),
             head_timeout=s.take("head_timeout", _positive_number, default.head_timeout),
             idle_timeout=s.take("idle_timeout", _positive_number, default.idle_timeout),
             busy_timeout=s.take("busy_timeout", _positive_number, default.busy_timeout),
