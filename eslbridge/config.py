@@ -97,8 +97,24 @@ class NodeConfig:
 
 
 @dataclass(frozen=True)
+class ConnectionLimits:
+    """A listener's accept gate (eslbridge/netgate.py); the defaults fit LimitNOFILE in the unit."""
+
+    max_connections: int = 512
+    max_per_address: int = 256
+    head_timeout: float = 2.0  # seconds from accept (or a request's first byte) to a whole request
+    idle_timeout: float = 30.0  # seconds a keep-alive connection may wait for its next request
+    busy_timeout: float = 10.0  # seconds to serve one request (a peer that does not read its answer)
+
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True)
 class OutboundConfig:
     listen: ListenAddress | None  # None: outbound socket disabled
+    allow: tuple[IPNetwork, ...] = LOOPBACK  # FreeSWITCH peers allowed to hand calls over
+    connections: ConnectionLimits = ConnectionLimits()
 
 
 @dataclass(frozen=True)
@@ -120,6 +136,7 @@ class DirectoryConfig:
     username: str
     password: Secret
     cache_seconds: int
+    connections: ConnectionLimits = ConnectionLimits()
 
 
 @dataclass(frozen=True)
@@ -136,6 +153,8 @@ class JournalConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     listen: ListenAddress | None  # None: no metrics/health endpoint
+    allow: tuple[IPNetwork, ...] = LOOPBACK  # scrapers allowed
+    connections: ConnectionLimits = ConnectionLimits(max_connections=64, max_per_address=32)
 
 
 @dataclass(frozen=True)
@@ -564,8 +583,28 @@ def _node_name(f: _Field, v: Any) -> str:
     return v
 
 
+def _connections(default: ConnectionLimits) -> Callable[[_Section], ConnectionLimits]:
+    def build(s: _Section) -> ConnectionLimits:
+        most = s.take("max", _int(1, 100_000), default.max_connections)
+        limits = ConnectionLimits(
+            max_connections=most,
+            max_per_address=s.take("per_address", _int(1, 100_000), min(most, default.max_per_address)),
+            head_timeout=s.take("head_timeout", _positive_number, default.head_timeout),
+            idle_timeout=s.take("idle_timeout", _positive_number, default.idle_timeout),
+            busy_timeout=s.take("busy_timeout", _positive_number, default.busy_timeout),
+        )
+        if limits.max_per_address > limits.max_connections:
+            raise s.error("per_address", f"must be <= {s.key('max')} ({limits.max_connections}), "
+                                         f"got {limits.max_per_address}")
+        return limits
+
+    return build
+
+
 def _outbound(s: _Section) -> OutboundConfig:
-    return OutboundConfig(listen=s.take("listen", _optional(_listen), None))
+    return OutboundConfig(listen=s.take("listen", _optional(_listen), None),
+                          allow=s.take("allow", _networks, LOOPBACK),
+                          connections=s.section("connections", _connections(ConnectionLimits())))
 
 
 def _with_password(url: str, password: Secret | None) -> str:
@@ -631,6 +670,7 @@ def _directory(s: _Section) -> DirectoryConfig:
         username=s.take("username", _basic_user, "freeswitch"),
         password=_find_secret(s, "password_file", ("ESLBRIDGE_DIRECTORY_PASSWORD",), ("directory_password",)),
         cache_seconds=s.take("cache_seconds", _int(0, 86400), 300),
+        connections=s.section("connections", _connections(ConnectionLimits())),
     )
 
 
@@ -646,7 +686,9 @@ def _journal(s: _Section) -> JournalConfig:
 
 
 def _metrics(s: _Section) -> MetricsConfig:
-    return MetricsConfig(listen=s.take("listen", _optional(_listen), ListenAddress("127.0.0.1", 9464)))
+    return MetricsConfig(listen=s.take("listen", _optional(_listen), ListenAddress("127.0.0.1", 9464)),
+                         allow=s.take("allow", _networks, LOOPBACK),
+                         connections=s.section("connections", _connections(MetricsConfig.connections)))
 
 
 def _retention(s: _Section) -> RetentionConfig:

@@ -35,8 +35,10 @@ from eslbridge.calls.reconcile import ActiveRow, Closure
 from eslbridge.calls.records import RecordUpdate
 from eslbridge.config import Config, NodeConfig, load_config
 from eslbridge.directory.service import DirectoryService
+from eslbridge.esl import protocol
 from eslbridge.esl.inbound import InboundClient
 from eslbridge.esl.outbound import OutboundServer
+from eslbridge.esl.protocol import UnsafeCommand
 from eslbridge.esl.stats import IntakeStats
 from eslbridge.keyring import Keyring
 from eslbridge.logsetup import setup_logging
@@ -103,11 +105,13 @@ class Daemon:
         self.directory = DirectoryService(config.directory, self.pool, flush_hook=self._flush_user,
                                           metrics=self.metrics)
         authorizer = CallAuthorizer(self.pool, lambda: self.keyring, self.node_map.resolve)
-        self.outbound = (OutboundServer(tuple(config.outbound.listen), authorizer, on_result=self._on_outbound_result)
+        self.outbound = (OutboundServer(tuple(config.outbound.listen), authorizer, on_result=self._on_outbound_result,
+                                        allow=config.outbound.allow, limits=config.outbound.connections)
                          if config.outbound.listen else None)
         self.upkeep = Upkeep(self.pool, config.retention, retention_hook=self._retention)
         self._retention_due = 0.0  # monotonic time of the next daily retention run
-        self.metrics_server = (MetricsServer(config.metrics.listen, self.metrics, self.health)
+        self.metrics_server = (MetricsServer(config.metrics.listen, self.metrics, self.health,
+                                             allow=config.metrics.allow, limits=config.metrics.connections)
                                if config.metrics.listen else None)
         self.metrics.add_intake(self._intake_sources)
         self.logins = LoginRecorder(
@@ -332,9 +336,14 @@ class Daemon:
 
     def _flush_user(self, username: str, realm: str) -> None:
         """Make FreeSWITCH's own directory cache follow a user change (DESIGN section 5)."""
+        try:
+            command = protocol.verb_line("xml_flush_cache", "id", username, realm)
+        except UnsafeCommand as exc:  # the value came from the database: never let it shape a command
+            log.warning("not flushing FreeSWITCH's cache for a directory user: %s", exc)
+            return
         for node in self.nodes.values():
             if node.client.connected:
-                gevent.spawn(self._bgapi, node, f"xml_flush_cache id {username} {realm}")
+                gevent.spawn(self._bgapi, node, command)
 
     @staticmethod
     def _bgapi(node: Node, command: str) -> None:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gevent.pywsgi import WSGIServer
+from gevent.pywsgi import WSGIHandler, WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from eslbridge.esl.stats import IntakeStats
+from eslbridge.config import LOOPBACK, ConnectionLimits, IPNetwork, MetricsConfig
+from eslbridge.esl.inbound import SUBSCRIBED_EVENTS
+from eslbridge.esl.stats import KNOWN_CONTENT_TYPES, IntakeStats
+from eslbridge.netgate import AcceptGate, GateMixin
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,26 @@ disable_created_metrics()
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 Health = Callable[[], tuple[bool, dict[str, Any]]]
+
+# Label values come from FreeSWITCH's input: anything outside these folds into OTHER, so a peer
+# sending 25,000 event names cannot grow a scrape (or Prometheus) without bound.
+OTHER = "other"
+KNOWN_EVENTS = frozenset(
+    [n for n in SUBSCRIBED_EVENTS if n.isupper()]
+    + [f"CUSTOM {n}" for n in SUBSCRIBED_EVENTS if "::" in n]
+    + ["BACKGROUND_JOB", "API", "RE_SCHEDULE", "CHANNEL_STATE", "CHANNEL_CALLSTATE", "CHANNEL_HANGUP",
+       "CHANNEL_DESTROY", "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "CHANNEL_EXECUTE",
+       "CHANNEL_EXECUTE_COMPLETE", "CHANNEL_PARK", "CHANNEL_HOLD", "CHANNEL_UNHOLD"]
+)
+
+
+def _folded(counts: Mapping[str, int], known: frozenset[str]) -> dict[str, int]:
+    """``counts`` with every key outside ``known`` summed under OTHER."""
+    out: dict[str, int] = {}
+    for key, n in counts.items():
+        label = key if key in known else OTHER
+        out[label] = out.get(label, 0) + n
+    return out
 
 
 class Metrics:
@@ -136,11 +159,11 @@ class IntakeCollector:
                                       labels=["node"])
         for src in self._sources():
             s = src.stats
-            for event, n in s.events_in.items():
+            for event, n in _folded(s.events_in, KNOWN_EVENTS).items():
                 events.add_metric([src.node, event], n)
             for kind, n in s.parse_errors.items():
                 errors.add_metric([src.node, kind], n)
-            for ctype, n in s.frames_ignored.items():
+            for ctype, n in _folded(s.frames_ignored, KNOWN_CONTENT_TYPES).items():
                 ignored.add_metric([src.node, ctype], n)
             reconnects.add_metric([src.node], s.reconnects)
             for kind, n in s.streams_lost.items():
@@ -159,15 +182,37 @@ def _respond(start_response: Callable, status: str, body: bytes, content_type: s
     return [body]
 
 
+class _GatedHandler(WSGIHandler):
+    """pywsgi's handler telling the accept gate where its connection is (netgate.Conn)."""
+
+    def read_requestline(self) -> str:
+        conn = self.server.gate.current()
+        conn.idle()
+        line = super().read_requestline()
+        conn.reading()  # the rest of the head must follow in time
+        return line
+
+    def handle_one_response(self) -> None:
+        self.server.gate.current().busy()
+        super().handle_one_response()
+
+
+class _GatedWSGIServer(GateMixin, WSGIServer):
+    handler_class = _GatedHandler
+
+
 class MetricsServer:
     """gevent HTTP server: ``GET /metrics`` (Prometheus text format) and ``GET /healthz``
     (200 ``ok`` when ``health()`` returns True, else 503 with its details as JSON)."""
 
-    def __init__(self, listen: tuple[str, int], metrics: Metrics, health: Health) -> None:
+    def __init__(self, listen: tuple[str, int], metrics: Metrics, health: Health, *,
+                 allow: Iterable[IPNetwork] = LOOPBACK,
+                 limits: ConnectionLimits = MetricsConfig.connections) -> None:
         self._metrics_app = make_wsgi_app(metrics.registry)
         self._health = health
         # log=None: no access log line per scrape; errors still go to logging.
-        self._server = WSGIServer(tuple(listen), self._app, log=None, error_log=log)
+        self._server = _GatedWSGIServer(tuple(listen), self._app, log=None, error_log=log)
+        self._server.gate = self.gate = AcceptGate("metrics", allow, limits)
 
     @property
     def address(self) -> tuple[str, int]:

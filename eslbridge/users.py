@@ -86,6 +86,13 @@ def check_username(username: str) -> str:
     return username
 
 
+def valid_identity(username: object, realm: object) -> bool:
+    """True for a (username, realm) as stored: what check_username and check_realm accept (the realm
+    already lower-case). The database's CHECK constraints (migration 0011) say the same."""
+    return (isinstance(username, str) and isinstance(realm, str) and len(realm) <= 253
+            and USERNAME_RE.fullmatch(username) is not None and REALM_RE.fullmatch(realm) is not None)
+
+
 def check_realm(realm: str) -> str:
     """A host name (returned lower-cased) or an IPv4 address."""
     if isinstance(realm, str) and len(realm) <= 253:

@@ -327,3 +327,29 @@ def test_config_is_frozen(conf) -> None:
     cfg = load_config(str(conf()), env={})
     with pytest.raises(AttributeError):
         cfg.logging.level = "debug"  # type: ignore[misc]
+
+
+def test_listener_gates_default_to_loopback_and_the_documented_bounds(conf) -> None:
+    cfg = load_config(str(conf()), env={})
+    loopback = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+    assert cfg.outbound.allow == loopback and cfg.metrics.allow == loopback
+    assert cfg.directory.connections.max_connections == 512 and cfg.directory.connections.head_timeout == 2.0
+    assert cfg.metrics.connections.max_connections == 64 and cfg.outbound.connections.max_per_address == 256
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("outbound:\n  allow: []\n", "outbound.allow: expected a non-empty list of networks"),
+        ("metrics:\n  allow: [300.0.0.0/8]\n", "metrics.allow[0]: not a network"),
+        ("directory2: 1\n", "directory2: unknown key"),
+        ("outbound:\n  connections: {max: 10, per_address: 20}\n",
+         "outbound.connections.per_address: must be <= outbound.connections.max (10), got 20"),
+        ("metrics:\n  connections: {head_timeout: 0}\n", "metrics.connections.head_timeout: expected a number > 0"),
+        ("outbound:\n  connections: {maximum: 5}\n", "outbound.connections.maximum: unknown key"),
+    ],
+)
+def test_listener_gate_keys_are_validated(conf, extra: str, message: str) -> None:
+    text = MINIMAL.replace("directory:\n  password_file: directory_password\n",
+                           "directory:\n  password_file: directory_password\n  connections: {max: 100}\n")
+    assert message in error_of(conf(text + extra))

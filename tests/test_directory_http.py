@@ -22,7 +22,9 @@ REQUEST = b"POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
 def child_main() -> None:
     import gevent
 
+    from eslbridge.config import LOOPBACK, ConnectionLimits
     from eslbridge.directory.http import HttpServer
+    from eslbridge.netgate import AcceptGate
 
     class Echo:
         def gate(self, client_ip, method, path, headers):
@@ -34,7 +36,8 @@ def child_main() -> None:
         def oversized(self):
             return 200, b""
 
-    server = HttpServer(("127.0.0.1", 0), Echo(), max_body=100, request_timeout=0.3, idle_timeout=0.3)
+    limits = ConnectionLimits(head_timeout=0.3, idle_timeout=0.3, busy_timeout=0.3)
+    server = HttpServer(("127.0.0.1", 0), Echo(), AcceptGate("directory", LOOPBACK, limits), max_body=100)
     server.start()
     print(f"READY {server.address[1]}", flush=True)
     gevent.wait()

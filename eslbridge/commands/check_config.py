@@ -61,9 +61,10 @@ def check_journal(config: Config) -> str:
 
 def check_esl(node: NodeConfig, timeout: float = ESL_TIMEOUT) -> str:
     """Connect, expect the ``auth/request`` banner, ``auth``, expect ``+OK accepted``, ``exit``."""
+    from eslbridge.esl import protocol
     from eslbridge.esl.framing import FrameParser
 
-    password = node.password.reveal()  # config guarantees a single line: no command injection
+    password = node.password.reveal()
     try:
         with socket.create_connection((node.host, node.port), timeout=timeout) as sock:
             parser = FrameParser()
@@ -80,13 +81,13 @@ def check_esl(node: NodeConfig, timeout: float = ESL_TIMEOUT) -> str:
             banner = next_frame("the auth/request banner")
             if banner.content_type != "auth/request":
                 raise CheckFailed(f"not an event socket: first frame is {banner.content_type!r}")
-            sock.sendall(f"auth {password}\n\n".encode())
+            sock.sendall(protocol.encode(f"auth {password}"))
             reply = next_frame("the auth reply")
             text = reply.headers.get("Reply-Text", "")
             if not text.startswith("+OK"):
                 raise CheckFailed(f"authentication rejected ({text or reply.content_type}; "
                                   f"password from {node.password.source})", EXIT_CONFIG)
-            sock.sendall(b"exit\n\n")
+            sock.sendall(protocol.encode("exit"))
             next_frame("the exit reply")  # leave politely: FreeSWITCH answers, then hangs up
     except TimeoutError:
         raise CheckFailed(f"no answer within {timeout:g} s") from None

@@ -7,11 +7,10 @@ It implements only what mod_xml_curl (libcurl) sends: one request at a time per
 connection, ``Content-Length`` bodies (no chunked uploads), ``Expect: 100-continue``,
 keep-alive. Everything else is refused with 400 and the connection closed.
 
-Limits: request head 16 KiB / 100 lines, body ``max_body``; a started request must arrive
-and be answered within ``request_timeout`` (else 400 and close); an idle keep-alive connection
-is closed after ``idle_timeout``. Both are enforced by one sweeper greenlet that checks every
-connection's deadline a few times per timeout: two gevent.Timeout objects per request (a libev
-timer started and stopped each) cost more than parsing the request.
+Limits: request head 16 KiB / 100 lines, body ``max_body``. Connections pass an AcceptGate
+(eslbridge/netgate.py): allow list at accept, connection bounds, and the deadlines: a started
+request that does not arrive in time gets 400 and the connection closes; an idle keep-alive
+connection is closed silently.
 """
 
 from __future__ import annotations
@@ -19,15 +18,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import socket
-import time
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Protocol
 
 import gevent
 from gevent import get_hub
-from gevent.pool import Pool
-from gevent.server import StreamServer
+
+from eslbridge.netgate import AcceptGate, Conn, Expired, GatedServer
 
 MAX_HEAD = 16 * 1024
 MAX_HEADER_LINES = 100
@@ -48,10 +46,6 @@ class App(Protocol):
         """The response to an accepted request whose body exceeds the limit (the connection closes)."""
 
 
-class _Idle(Exception):
-    """The keep-alive connection was idle for too long: close it without an answer."""
-
-
 class _Close(Exception):
     """Stop serving this connection (after sending ``response`` if there is one)."""
 
@@ -66,17 +60,11 @@ def _response(status: int, body: bytes, close: bool) -> bytes:
 
 
 class HttpServer:
-    def __init__(self, listen: tuple[str, int], app: App, *, max_body: int, request_timeout: float = 10.0,
-                 idle_timeout: float = 60.0, max_connections: int = 1000) -> None:
+    def __init__(self, listen: tuple[str, int], app: App, gate: AcceptGate, *, max_body: int) -> None:
         self._app = app
         self._max_body = max_body
-        self._request_timeout = request_timeout
-        self._idle_timeout = idle_timeout
-        self._server = StreamServer(tuple(listen), self._serve, spawn=Pool(max_connections))
-        # connection greenlet -> (monotonic deadline, whether a request is under way)
-        self._deadlines: dict[gevent.Greenlet, tuple[float, bool]] = {}
-        self._sweep_every = min(1.0, request_timeout / 4, idle_timeout / 4)
-        self._sweeper: gevent.Greenlet | None = None
+        self.gate = gate
+        self._server = GatedServer(listen, self._serve, gate, refusal=_response(403, b"", True))
 
     @property
     def address(self) -> tuple[str, int]:
@@ -84,28 +72,13 @@ class HttpServer:
 
     def start(self) -> None:
         self._server.start()
-        self._sweeper = gevent.spawn(self._sweep)
 
     def stop(self, timeout: float = 1.0) -> None:
-        if self._sweeper is not None:
-            self._sweeper.kill()
-            self._sweeper = None
         self._server.stop(timeout=timeout)
-
-    def _sweep(self) -> None:
-        while True:
-            gevent.sleep(self._sweep_every)
-            now = time.monotonic()
-            # kill(block=False) does not switch greenlets, so no deadline changes during the loop.
-            for greenlet, (deadline, busy) in list(self._deadlines.items()):
-                if deadline <= now:
-                    del self._deadlines[greenlet]  # killed once; its last words are bounded below
-                    greenlet.kill(_Close(400) if busy else _Idle(), block=False)
 
     def _serve(self, sock: socket.socket, addr: tuple) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        me = gevent.getcurrent()
-        deadlines = self._deadlines
+        conn = self.gate.current()
         hub = get_hub()
         # Our own readiness watcher: after an answer the next request is never there yet, so
         # waiting first saves a recv() that fails with EAGAIN (and its exception) per request.
@@ -114,25 +87,31 @@ class HttpServer:
         try:
             while True:
                 if not buf:
-                    deadlines[me] = (time.monotonic() + self._idle_timeout, False)
+                    conn.idle()
                     hub.wait(readable)
                     chunk = sock.recv(65536)
                     if not chunk:
                         return
                     buf += chunk
-                deadlines[me] = (time.monotonic() + self._request_timeout, True)
-                if not self._one_request(sock, addr[0], buf):
+                conn.reading()
+                if not self._one_request(sock, addr[0], buf, conn):
                     return
+        except Expired as expired:
+            if expired.started:  # a request began but did not arrive (or leave) in time
+                self._last_words(sock, 400, b"")
         except _Close as stop:
             if stop.status is not None:
-                with contextlib.suppress(OSError), gevent.Timeout(1.0, False):  # a peer that does not read
-                    sock.sendall(_response(stop.status, stop.body, True))
-        except (_Idle, OSError):
-            pass  # idle too long, or the peer went away
+                self._last_words(sock, stop.status, stop.body)
+        except OSError:
+            pass  # the peer went away
         finally:
-            deadlines.pop(me, None)
             readable.close()
             sock.close()
+
+    @staticmethod
+    def _last_words(sock: socket.socket, status: int, body: bytes) -> None:
+        with contextlib.suppress(OSError), gevent.Timeout(1.0, False):  # a peer that does not read
+            sock.sendall(_response(status, body, True))
 
     def _recv_into(self, sock: socket.socket, buf: bytearray) -> None:
         chunk = sock.recv(65536)
@@ -140,7 +119,7 @@ class HttpServer:
             raise _Close()
         buf += chunk
 
-    def _one_request(self, sock: socket.socket, client_ip: str, buf: bytearray) -> bool:
+    def _one_request(self, sock: socket.socket, client_ip: str, buf: bytearray, conn: Conn) -> bool:
         """Serve one request from ``buf`` (+ the socket); False when the connection must close."""
         while (end := buf.find(b"\r\n\r\n")) < 0:
             if len(buf) > MAX_HEAD:
@@ -162,6 +141,7 @@ class HttpServer:
             self._recv_into(sock, buf)
         body = bytes(buf[:length])
         del buf[:length]
+        conn.busy()
         response = _response(200, self._app.answer(body), not keep_alive)
         # An answer (~1 KiB) fits the socket buffer: one send() without sendall()'s getsockopt.
         sent = sock.send(response)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import functools
 import hmac
-import ipaddress
 import logging
 import time
 import uuid
@@ -32,7 +31,9 @@ from eslbridge.directory.lookup import LookupFailed, UserLookups
 from eslbridge.directory.request import BadRequest, Lookup, lookup_of
 from eslbridge.directory.userquery import UserQuery
 from eslbridge.directory.xml import DIAL_STRING, NOT_FOUND, user_document
+from eslbridge.netgate import AcceptGate
 from eslbridge.store.pool import own_connection
+from eslbridge.users import valid_identity
 
 # mod_xml_curl's `timeout` in conf/freeswitch/xml_curl.conf.xml must stay above this (e.g. 5 s):
 # we answer "not found" ourselves before FreeSWITCH gives up and falls back to static files.
@@ -88,14 +89,15 @@ class DirectoryService:
         # (with the pool's settings) instead of a checkout per query.
         query = UserQuery(functools.partial(own_connection, pool_or_dsn, deadline))
         self.lookups = UserLookups(query, self.cache, DB_RETRY_AFTER)
-        self._networks = config.allow
-        self._allowed: dict[str, bool] = {}
         self._path = config.path.encode()
         self._credentials = f"{config.username}:{config.password.reveal()}".encode()
         # What libcurl sends, byte for byte: one comparison for the common case.
         self._basic = b"Basic " + base64.b64encode(self._credentials)
         self._counters: dict[tuple[str, str], Any] = {}  # bound metric children: labels() per request is slow
-        self._server = HttpServer(config.listen, self, max_body=MAX_BODY)
+        # The gate refuses outsiders at accept; gate() checks again for the WSGI embedding.
+        self._gate = AcceptGate("directory", config.allow, config.connections,
+                                on_refuse=self._refused)
+        self._server = HttpServer(config.listen, self, self._gate, max_body=MAX_BODY)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -118,7 +120,7 @@ class DirectoryService:
 
     def gate(self, client_ip: str, method: bytes, path: bytes,
              headers: Mapping[bytes, bytes]) -> tuple[int, bytes] | None:
-        if not self._is_allowed(client_ip) or not self._authorized(headers.get(b"authorization")):
+        if client_ip not in self._gate.allow or not self._authorized(headers.get(b"authorization")):
             self._count("forbidden")
             return 403, b""
         if path != self._path:
@@ -206,7 +208,8 @@ class DirectoryService:
         elif table == "users":
             for user_key, realm_key in (("username", "realm"), ("old_username", "old_realm")):
                 username, realm = payload.get(user_key), payload.get(realm_key)
-                if isinstance(username, str) and isinstance(realm, str):
+                # Validated before use: the payload is whatever a database client wrote.
+                if valid_identity(username, realm):
                     self.cache.invalidate((username, realm))
                     self._flush(username, realm)
         elif table == "roles":
@@ -227,20 +230,6 @@ class DirectoryService:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _is_allowed(self, client_ip: str) -> bool:
-        allowed = self._allowed.get(client_ip)
-        if allowed is None:
-            try:
-                ip = ipaddress.ip_address(client_ip.split("%", 1)[0])
-            except ValueError:
-                return False
-            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
-            allowed = any(ip in net for net in self._networks)
-            if len(self._allowed) < 10_000:  # bounded: the answer is cheap to recompute
-                self._allowed[client_ip] = allowed
-        return allowed
-
     def _authorized(self, header: bytes | None) -> bool:
         if header is not None and hmac.compare_digest(header, self._basic):  # constant time in the content
             return True
@@ -251,6 +240,9 @@ class DirectoryService:
             given = b""
         ok = hmac.compare_digest(given, self._credentials)  # constant time in the secret's content
         return ok and scheme.lower() == b"basic"
+
+    def _refused(self, kind: str) -> None:
+        self._count("forbidden" if kind == "refused_address" else "busy")
 
     def _count(self, outcome: str) -> None:
         self._inc("directory_requests", outcome)

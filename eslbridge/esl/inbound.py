@@ -40,6 +40,7 @@ from gevent.event import AsyncResult
 from gevent.lock import Semaphore
 
 from eslbridge.errors import ConfigError, EslBridgeError
+from eslbridge.esl import protocol
 from eslbridge.esl.events import EventParseError, event_key, parse_json_event, parse_plain_event
 from eslbridge.esl.framing import FrameParser
 from eslbridge.esl.spill import SpillQueue
@@ -108,11 +109,12 @@ class _Connection(greenswitch.esl.InboundESL):
     def send(self, data: str, timeout: float | None = None, inband: bool = False, wait: bool = True):
         if not self.connected:
             raise EslError("not connected")
+        wire = protocol.encode(data)  # refuses CR/LF before anything is queued
         pending = _Pending()
         pending.inband = inband
         with self._send_lock:  # keeps the FIFO of pending replies in wire order
             self._commands_sent.append(pending)
-            self.sock.sendall((data + "\n\n").encode("utf-8"))
+            self.sock.sendall(wire)
         if not wait:
             return pending
         try:

@@ -10,6 +10,10 @@ from eslbridge.logsetup import LogOnce
 
 log = logging.getLogger(__name__)
 
+# Content types FreeSWITCH sends; any other one is logged (and exported) under one key.
+KNOWN_CONTENT_TYPES = frozenset(["log/data", "text/disconnect-notice", "text/rude-rejection",
+                                 "command/reply", "api/response", "auth/request"])
+
 
 @dataclass
 class IntakeStats:
@@ -55,5 +59,6 @@ class IntakeStats:
     def ignored(self, content_type: str) -> None:
         """Count a frame of a content type we do not use (log/data, disconnect-notice, ...): normal, not an error."""
         self.frames_ignored[content_type] += 1
-        self._log.log("ct:" + content_type, logging.INFO, "%s: ignored frame %s (%d so far)", self.node,
+        key = content_type if content_type in KNOWN_CONTENT_TYPES else "other"
+        self._log.log("ct:" + key, logging.INFO, "%s: ignored frame %s (%d so far)", self.node,
                       content_type, self.frames_ignored[content_type])
