@@ -236,25 +236,24 @@ def test_rude_rejection_retries_without_exiting():
     rude.stop()
 
 
-def test_public_stream_replay_survives(sim):  # noqa: F811
+def replay_public_streams(sim, *corrupted):  # noqa: F811
+    """Stats after the given streams and then the fsock capture (stray typed prefix) were replayed raw."""
     got = Collector()
     client = make_client(sim, got, "plain")
+    for stream in corrupted:
+        sim.replay(stream, mode="raw")
     sim.replay(PUBLIC / "cgrates-fsock__stream__1.stream", mode="raw", segment=1460)
     assert got.wait_for(lambda: client.stats.events_in["CHANNEL_DESTROY"] == 1)
-    assert client.stats.events_in["CHANNEL_PARK"] == 1
-    assert client.stats.parse_errors["stray_prefix"] == 1
     assert client.connected and client.stats.reconnects == 0
     client.stop()
+    return client.stats
+
+
+def test_public_stream_replay_survives(sim):  # noqa: F811
+    stats = replay_public_streams(sim)
+    assert stats.events_in["CHANNEL_PARK"] == 1 and stats.parse_errors["stray_prefix"] == 1
 
 
 def test_corrupted_public_stream_replay_survives(sim):  # noqa: F811
-    stream = shared_public("switchio__stream__2.stream")
-    got = Collector()
-    client = make_client(sim, got, "plain")
-    sim.replay(stream, mode="raw")
-    sim.replay(PUBLIC / "cgrates-fsock__stream__1.stream", mode="raw", segment=1460)
-    assert got.wait_for(lambda: client.stats.events_in["CHANNEL_DESTROY"] == 1)
-    assert client.stats.events_in["CHANNEL_PARK"] == 2
-    assert client.stats.parse_errors["no_event_name"] == 1
-    assert client.connected and client.stats.reconnects == 0
-    client.stop()
+    stats = replay_public_streams(sim, shared_public("switchio__stream__2.stream"))
+    assert stats.events_in["CHANNEL_PARK"] == 2 and stats.parse_errors["no_event_name"] == 1

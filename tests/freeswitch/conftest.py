@@ -47,6 +47,7 @@ class FreeSwitch:
         # Below Linux's ephemeral range: the free ports above are taken from it, RTP must not collide.
         self.rtp_start = random.randrange(16000, 31000, 1000)
         self.extensions: dict[str, str] = {}
+        self.pid: int | None = None
         self.log = rundir.parent / "start.log"
 
     @property
@@ -70,6 +71,7 @@ class FreeSwitch:
         if done.returncode != 0:
             pytest.fail(f"FreeSWITCH from {self.home} did not start (exit {done.returncode}); "
                         f"its output: {self.log.read_text(errors='replace')[-1500:]}", pytrace=False)
+        self.pid = int(done.stdout.split()[-1])  # `start` prints the PID last
         for name, xml in self.extensions.items():  # `start` copies a fresh conf/ every time
             self._write_extension(name, xml)
         if self.extensions:
@@ -78,6 +80,11 @@ class FreeSwitch:
     def stop(self) -> None:
         subprocess.run(["bash", str(self.home / "stop"), str(self.rundir)], timeout=60, check=False,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, so FreeSWITCH says nothing more to anyone (no BYE, no last events)."""
+        os.kill(self.pid, signal.SIGKILL)
+        wait_for(lambda: not Path(f"/proc/{self.pid}").exists() or _zombie(self.pid), 20, "FreeSWITCH to die")
 
     def api(self, command: str) -> str:
         done = subprocess.run([str(self.rundir / "fs_cli"), "-x", command], stdout=subprocess.PIPE,
@@ -107,6 +114,24 @@ class FreeSwitch:
                 wait_for(lambda: self.channels() == 0, 10, "FreeSWITCH to drop its channels")
                 return
             time.sleep(0.2)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return True
+
+
+FIGURES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Figures the tier measured (reconnect time, load), shown at the end of the run."""
+    if FIGURES:
+        terminalreporter.section("FreeSWITCH tier figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -30,10 +30,7 @@ EXTENSIONS = """<include>
   <extension name="eslbridge_authorized_slow_tone">
     <condition field="destination_number" expression="^authorized_slow_tone$">
       <action application="sleep" data="3000"/>
-      <action application="socket" data="127.0.0.1:{port} async full"/>
-      <action application="answer"/>
-      <action application="playback" data="tone_stream://%(2000,0,440)"/>
-      <action application="hangup" data="NORMAL_CLEARING"/>
+      <action application="transfer" data="authorized_tone XML default"/>
     </condition>
   </extension>
 </include>
