@@ -20,19 +20,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import gevent
 import gevent.event
-import psycopg
-from psycopg_pool import PoolTimeout
 
 from eslbridge import systemd
 from eslbridge.authorizer import CallAuthorizer
 from eslbridge.calls.correlator import Correlator
 from eslbridge.calls.errors import EventError
-from eslbridge.calls.reconcile import ActiveRow, Closure
 from eslbridge.calls.records import RecordUpdate
 from eslbridge.config import Config, NodeConfig, load_config
 from eslbridge.directory.service import DirectoryService
@@ -43,10 +39,10 @@ from eslbridge.keyring import Keyring
 from eslbridge.logsetup import setup_logging
 from eslbridge.metrics import IntakeSource, Metrics, MetricsServer
 from eslbridge.registrations import Login, login_from_event, record_logins
+from eslbridge.resync import Resync
 from eslbridge.retention import run_retention
 from eslbridge.store.journal import Journal
 from eslbridge.store.pool import make_pool
-from eslbridge.store.reconcile import close_rows, load_active
 from eslbridge.store.upkeep import Upkeep
 from eslbridge.store.writer import Writer
 from eslbridge.userindex import UserIndex
@@ -57,12 +53,7 @@ DRAIN_SECONDS = 10.0  # DESIGN section 9: SIGTERM drains within 10 s
 LOGIN_FLUSH_SECONDS = 1.0
 RETENTION_EVERY = 24 * 3600.0  # DESIGN section 3: the daemon applies retention daily
 ACTOR = "eslbridge-daemon"
-RESYNC_REPLAY_WAIT = 10.0  # seconds a resync waits for the journal's replay before reading Active rows
 RESYNC_RETRY_SECONDS = 5.0  # a resync that could not read or close Active rows asks again after this
-
-
-def _pause() -> None:
-    gevent.sleep(0)
 
 
 @dataclass
@@ -85,6 +76,8 @@ class Daemon:
                                sealer=self.keyring.journal_sealer())
         self.writer = Writer(self.pool, self.keyring, self.journal, metrics=self.metrics)
         self.users = UserIndex(config.database.url.reveal(), connect_timeout=config.database.connect_timeout)
+        self.resync = Resync(self.pool, self.writer.submit, lambda: self.writer.replaying,
+                             config.database.connect_timeout)
         self.nodes: dict[str, Node] = {}
         for node_cfg in config.freeswitch:
             client = InboundClient(
@@ -204,55 +197,20 @@ class Daemon:
         self._correlate(node, node.correlator.feed, event)
 
     def _on_snapshot(self, node_name: str, channels: list[dict]) -> None:
-        """A resync: the snapshot against the correlator and this node's Active rows in the database.
-
-        In slices with a yield between them: a snapshot of 100,000 channels must not stall the
-        directory or the ESL reader (DESIGN section 9). This consumer greenlet holds the node's
-        later events meanwhile (they queue, in order), so the correlator sees nothing in between."""
+        """A resync (eslbridge.resync): the snapshot against the correlator and the node's Active rows."""
         node = self.nodes[node_name]
         self._await_users()
-        detected = datetime.now(UTC)
-        active, last_event, complete = self._active_rows(node)
-        updates = closed = 0
         try:
-            for step, closures in node.correlator.resync_slices(channels, detected, active, last_event):
-                for update in step:
-                    self.writer.submit(update)
-                updates += len(step)
-                if closures:
-                    done = self._close_rows(node, closures)
-                    complete = complete and done is not None
-                    closed += done or 0
-                gevent.sleep(0)
+            result = self.resync.run(node.correlator, channels)
         except EventError as exc:
             node.client.stats.error("uncorrelated_event", str(exc))
+            return
         log.info("%s: resync with %d live channel(s), %d Active row(s) in the database: %d record update(s),"
-                 " %d stale row(s) closed", node_name, len(channels), len(active), updates, closed)
-        if not complete:
+                 " %d stale row(s) closed", node_name, result.channels, result.active, result.updates, result.closed)
+        if not result.complete:
+            log.warning("%s: resync incomplete (database unreachable); asking again in %.0f s",
+                        node_name, RESYNC_RETRY_SECONDS)
             gevent.spawn_later(RESYNC_RETRY_SECONDS, node.client.request_resync)
-
-    def _active_rows(self, node: Node) -> tuple[list[ActiveRow], datetime | None, bool]:
-        """This node's Active rows and newest stored event; ([], None, False) when PostgreSQL is away."""
-        deadline = time.monotonic() + RESYNC_REPLAY_WAIT
-        while self.writer.replaying and time.monotonic() < deadline:
-            gevent.sleep(0.05)  # the journal's finished records close their rows with exact times
-        try:
-            with self.pool.connection(timeout=self.config.database.connect_timeout) as conn:
-                rows, last_event = load_active(conn, node.config.name, _pause)
-        except (psycopg.Error, PoolTimeout) as exc:
-            log.warning("%s: resync without the database's Active rows (%s); asking again in %.0f s",
-                        node.config.name, type(exc).__name__, RESYNC_RETRY_SECONDS)
-            return [], None, False
-        return rows, last_event, True
-
-    def _close_rows(self, node: Node, closures: list[Closure]) -> int | None:
-        try:
-            with self.pool.connection(timeout=self.config.database.connect_timeout) as conn:
-                return close_rows(conn, node.config.name, closures, _pause)
-        except (psycopg.Error, PoolTimeout) as exc:
-            log.warning("%s: could not close %d stale Active row(s) (%s); the next resync retries",
-                        node.config.name, len(closures), type(exc).__name__)
-            return None
 
     def _await_users(self) -> None:
         """Intake waits for the user index's first load, so attribution never depends on start-up

@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 from eslbridge.calls.legs import to_us
 from eslbridge.calls.reconcile import ActiveRow, Closure
 
-CHUNK = 5_000
+CHUNK = 1_000
 
 # The newest event stored for each Active call bounds its end from below (a reconciled row
 # never ends before its last known event). erased_at: a GDPR-erased row is never touched.
