@@ -53,7 +53,8 @@ DRAIN_SECONDS = 10.0  # DESIGN section 9: SIGTERM drains within 10 s
 LOGIN_FLUSH_SECONDS = 1.0
 RETENTION_EVERY = 24 * 3600.0  # DESIGN section 3: the daemon applies retention daily
 ACTOR = "eslbridge-daemon"
-RESYNC_RETRY_SECONDS = 5.0  # a resync that could not read or close Active rows asks again after this
+RESYNC_RETRY_SECONDS = 5.0  # a resync that could not read or close Active rows asks again after this,
+# or once PostgreSQL is back
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Daemon:
         self._stop = gevent.event.Event()
         self._fatal: BaseException | None = None
         self._greenlets: list[gevent.Greenlet] = []
+        self._resync_retries: dict[str, gevent.Greenlet] = {}  # node -> greenlet asking for a resync
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -146,7 +148,7 @@ class Daemon:
         if self.outbound:
             self.outbound.stop()
         self.upkeep.stop()
-        gevent.killall(self._greenlets, timeout=0.5)
+        gevent.killall([*self._greenlets, *self._resync_retries.values()], timeout=0.5)
         self._flush_logins()
         done = self.writer.stop(timeout=max(0.5, deadline - time.monotonic() - 0.5))
         self.directory.stop()
@@ -207,10 +209,20 @@ class Daemon:
             return
         log.info("%s: resync with %d live channel(s), %d Active row(s) in the database: %d record update(s),"
                  " %d stale row(s) closed", node_name, result.channels, result.active, result.updates, result.closed)
-        if not result.complete:
-            log.warning("%s: resync incomplete (database unreachable); asking again in %.0f s",
-                        node_name, RESYNC_RETRY_SECONDS)
-            gevent.spawn_later(RESYNC_RETRY_SECONDS, node.client.request_resync)
+        if not result.complete and node_name not in self._resync_retries:
+            log.warning("%s: resync incomplete (database unreachable); asking again once it is back", node_name)
+            self._resync_retries[node_name] = gevent.spawn(self._resync_when_db_up, node)
+
+    def _resync_when_db_up(self, node: Node) -> None:
+        """Ask for a new snapshot once the writer reaches PostgreSQL again (not before: every
+        resync that cannot read the Active rows holds the node's events for its timeouts)."""
+        try:
+            gevent.sleep(RESYNC_RETRY_SECONDS)
+            while not self.writer.stats().db_up:
+                gevent.sleep(RESYNC_RETRY_SECONDS)
+            node.client.request_resync()
+        finally:
+            self._resync_retries.pop(node.config.name, None)
 
     def _await_users(self) -> None:
         """Intake waits for the user index's first load, so attribution never depends on start-up
