@@ -38,7 +38,6 @@ from eslbridge.calls.correlator import Correlator  # noqa: E402
 from eslbridge.esl.snapshot import parse_snapshot  # noqa: E402
 from eslbridge.localpg import PgCluster  # noqa: E402
 from eslbridge.resync import Resync  # noqa: E402
-from eslbridge.store.migrate import migrate  # noqa: E402
 
 NODE = "bench"
 START_S = 1795299200  # the calls' created time (epoch seconds)
@@ -136,10 +135,7 @@ def main() -> None:
     cluster = PgCluster()
     cluster.start()
     try:
-        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE bench")
-        migrate(cluster.dsn("bench"))
-        print(json.dumps(measure(cluster.dsn("bench"), args.channels, args.known, args.active)))
+        print(json.dumps(measure(cluster.migrated_database("bench"), args.channels, args.known, args.active)))
     finally:
         cluster.destroy()
 
