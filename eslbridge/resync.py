@@ -4,7 +4,10 @@ Runs in the node's ESL consumer greenlet, which holds the node's later events me
 queue in order, the reader keeps reading), so the correlator sees nothing in between. Steps:
 
 1. wait (bounded) until the writer has replayed its journal: finished records of calls that
-   ended before a restart close their rows with exact times, not with a resync's guess;
+   ended before a restart close their rows with exact times, not with a resync's guess; and at
+   least ``SETTLE`` after the snapshot: another daemon on the same node writes the first row of
+   a call created just before our subscription within that time, and a row read is re-adopted
+   under its key, where a row not yet written would be opened a second time from the snapshot;
 2. read this node's Active rows and the newest event stored for it (``eslbridge.store.reconcile``);
 3. run the correlator's resync slice by slice, submitting updates and closing stale rows, and
    yield to the event loop after every slice: a snapshot of 100,000 channels must never stall
@@ -39,6 +42,7 @@ from eslbridge.store.reconcile import close_rows, load_active
 log = logging.getLogger(__name__)
 
 REPLAY_WAIT = 10.0  # seconds a resync waits for the journal's replay before reading Active rows
+SETTLE = 1.0  # seconds between the snapshot and reading the Active rows, at least
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class Resync:
     def run(self, correlator: Correlator, channels: list[dict[str, str]]) -> ResyncResult:
         """One resync of ``correlator``'s node against ``channels``; EventError on bad rows."""
         detected = datetime.now(UTC)
-        active, last_event, complete = self._active_rows(correlator.node)
+        active, last_event, complete = self._active_rows(correlator.node, time.monotonic() + SETTLE)
         updates = closed = 0
         with _no_full_collections():
             for step, closures in correlator.resync_slices(channels, detected, active, last_event):
@@ -91,11 +95,12 @@ class Resync:
                 gevent.idle()
         return ResyncResult(len(channels), len(active), updates, closed, complete)
 
-    def _active_rows(self, node: str) -> tuple[list[ActiveRow], datetime | None, bool]:
+    def _active_rows(self, node: str, settled: float) -> tuple[list[ActiveRow], datetime | None, bool]:
         """The node's Active rows and newest stored event; ([], None, False) when PostgreSQL is away."""
         deadline = time.monotonic() + REPLAY_WAIT
         while self._replaying() and time.monotonic() < deadline:
             gevent.sleep(0.05)
+        gevent.sleep(max(0.0, settled - time.monotonic()))
         try:
             with self._pool.connection(timeout=self._timeout) as conn:
                 rows, last_event = load_active(conn, node, _pause)
