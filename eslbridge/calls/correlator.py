@@ -43,6 +43,7 @@ Memory
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -70,7 +71,7 @@ from eslbridge.calls.records import LifecycleEvent, RecordUpdate, Stage
 ORPHAN_GRACE_US = 30_000_000
 TOMBSTONE_US = 3_600_000_000
 TOMBSTONE_MAX = 200_000
-RESYNC_SLICE = 2_000  # snapshot rows or calls per resync slice: the caller yields between slices
+RESYNC_SLICE = 250  # snapshot rows, calls or Active rows per resync slice: the caller yields between slices
 # `show channels` callstate values of an answered channel (switch_channel_callstate_names).
 _ANSWERED_STATES = frozenset({"ACTIVE", "HELD", "UNHELD"})
 
@@ -455,11 +456,25 @@ class Correlator:
             if n % size == 0:
                 yield updates, []
                 updates = []
-        yield updates, self._sort_active(active, live, live_calls, at_us, basis, end_from)
-        rows = sorted(live.values(), key=lambda row: row.get("call_uuid", row["uuid"]) != row["uuid"])
+        yield updates, []
+        previous, self._adopted = self._adopted, {}
+        closures: list[Closure] = []
+        for n, row in enumerate(active, 1):
+            closure = self._sort_active(row, previous, live, live_calls, at_us, basis, end_from)
+            if closure is not None:
+                closures.append(closure)
+            if n % size == 0:
+                yield [], closures
+                closures = []
+        yield [], closures
+        # Roots first (a leg's row may come before its root's), in two passes rather than a sort:
+        # sorting 100,000 rows is one step too long to take without yielding.
+        roots = [row for row in live.values() if row.get("call_uuid", row["uuid"]) == row["uuid"]]
+        yield [], []
+        legs = [row for row in live.values() if row.get("call_uuid", row["uuid"]) != row["uuid"]]
         updates = []
         adopted = self._adopted
-        for n, row in enumerate(rows, 1):
+        for n, row in enumerate(itertools.chain(roots, legs), 1):
             uuid = row["uuid"]
             if uuid not in self._legs and uuid not in self._done and uuid not in adopted \
                     and row.get("call_uuid", uuid) not in adopted:
@@ -496,24 +511,20 @@ class Correlator:
             call.hold = False
         return self._update(call)
 
-    def _sort_active(self, active: Iterable[ActiveRow], live: dict[str, dict[str, str]], live_calls: set[str],
-                     at_us: int, basis: int, end_from: str) -> list[Closure]:
-        """Active database rows this correlator does not hold: re-adopted if up, else closed."""
-        previous, self._adopted = self._adopted, {}
-        closures = []
-        for row in active:
-            uuid = row.call_uuid
-            if uuid in self._legs or uuid in self._calls or uuid in self._done:
-                continue  # known here: this run's own events (or the resync above) decide
-            answered = row.answered_us or previous.get(uuid, (0, 0))[1]
-            root = live.get(uuid)
-            if root is not None and not answered and _row_answered(root):
-                answered = max(at_us, row.start_us)
-            if uuid in live_calls:
-                self._adopted[uuid] = (row.start_us, answered)
-            else:
-                closures.append(close_row(row, self.node, basis, end_from, answered))
-        return closures
+    def _sort_active(self, row: ActiveRow, previous: dict[str, tuple[int, int]], live: dict[str, dict[str, str]],
+                     live_calls: set[str], at_us: int, basis: int, end_from: str) -> Closure | None:
+        """An Active database row this correlator may not hold: re-adopted if up, else closed."""
+        uuid = row.call_uuid
+        if uuid in self._legs or uuid in self._calls or uuid in self._done:
+            return None  # known here: this run's own events (or the resync above) decide
+        answered = row.answered_us or previous.get(uuid, (0, 0))[1]
+        root = live.get(uuid)
+        if root is not None and not answered and _row_answered(root):
+            answered = max(at_us, row.start_us)
+        if uuid in live_calls:
+            self._adopted[uuid] = (row.start_us, answered)
+            return None
+        return close_row(row, self.node, basis, end_from, answered)
 
 
 def _parent(ev: dict[str, str]) -> str | None:
