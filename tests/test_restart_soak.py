@@ -9,9 +9,9 @@ tables: every call the daemons could see has exactly one call_records row, none 
 and a call whose events all arrived has its scenario's status.
 
 The only calls allowed to be absent are those nothing could have recorded: every event of theirs
-went to a daemon SIGKILLed less than IN_FLIGHT seconds later (before its writer committed the first
-row), no other daemon was listening, and the call ended before a daemon connected again (so no
-`show channels` snapshot could show it). They are counted and printed apart.
+went to a daemon SIGKILLed less than GRACE seconds after it could first see them (its first row was
+not committed yet), no other daemon was listening, and the call ended before a daemon connected
+again (so no `show channels` snapshot could show it). They are counted and printed apart.
 
 The schedule is random; its seed is printed (ESLBRIDGE_SOAK_SEED=... replays it).
 """
@@ -36,7 +36,7 @@ RATE = 200
 KILLS = 10
 GAP_RANGE = (0.1, 10.0)  # seconds, drawn log-uniform: as many short gaps as long ones
 GAP_SCALE = float(os.environ.get("ESLBRIDGE_SOAK_GAP_SCALE", "1.0"))  # < 1 fits a slower host in the bound
-IN_FLIGHT = 1.0  # seconds a first row may take to commit (flush interval, batch, a loaded host)
+GRACE = 2.0  # seconds a SIGKILLed daemon is given to have committed a call's first row
 MIX = "bridged=5,busy=1,no_answer=1,cancel=1,reject=1,blind_transfer=1,originate=1"
 # Each scenario's final status when every event arrived (what the correlator makes of the capture).
 STATUS = {"bridged": "Completed", "busy": "Busy", "no_answer": "NoAnswer", "cancel": "Cancelled",
@@ -44,11 +44,19 @@ STATUS = {"bridged": "Completed", "busy": "Busy", "no_answer": "NoAnswer", "canc
 
 
 @dataclass
-class Timeline:
-    """When each daemon was killed (and how), and when daemons were connected again."""
+class Instance:
+    """One daemon process: when it started, became healthy, ended and how (None: ran to the end)."""
 
-    kills: list[tuple[float, str, str, bool]] = field(default_factory=list)  # (t, name, signal, another was up)
-    ready: list[float] = field(default_factory=list)  # a daemon became healthy
+    name: str
+    start: float
+    ready: float = math.inf
+    end: float = math.inf
+    sig: str | None = None
+
+
+@dataclass
+class Timeline:
+    instances: list[Instance] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
 
 
@@ -59,15 +67,21 @@ class Daemons:
         self.procs: dict = {}
 
     def start(self, name: str) -> None:
-        self.procs[name] = self.env.start(self.configs[name], name=name)
+        instance = Instance(name, time.time())
+        self.timeline.instances.append(instance)
+        self.procs[name] = (self.env.start(self.configs[name], name=name), instance)
         url = metrics_url(self.configs[name], "/healthz")
-        wait_for(lambda: get(url)[0] == 200, 60, f"daemon {name} healthy")
-        self.timeline.ready.append(time.time())
+        try:
+            wait_for(lambda: get(url)[0] == 200, 60, f"daemon {name} healthy")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; its log ends:\n{self.env.log(name)[-3000:]}") from None
+        instance.ready = time.time()
 
-    def kill(self, name: str, sig: signal.Signals) -> None:
-        proc = self.procs.pop(name)
-        others_up = bool(self.procs)
-        self.timeline.kills.append((time.time(), name, sig.name, others_up))
+    def kill(self, name: str, sig: signal.Signals, record: bool = True) -> None:
+        proc, instance = self.procs.pop(name)
+        instance.end = time.time()
+        if record:
+            instance.sig = sig.name
         proc.send_signal(sig)
         started = time.monotonic()
         code = proc.wait(30)
@@ -87,63 +101,71 @@ class Daemons:
 
     def stop_all(self) -> None:
         for name in list(self.procs):
-            self.kill(name, signal.SIGTERM)
+            self.kill(name, signal.SIGTERM, record=False)
 
 
 def unobservable(call: dict, timeline: Timeline) -> bool:
-    """Every delivered event of the call went to a daemon SIGKILLed before it could commit a row,
-    with no other daemon listening, and the call was over before any daemon was back."""
-    for t, _, sig, others_up in timeline.kills:
-        if sig == "SIGKILL" and not others_up and t - IN_FLIGHT <= call["first"] and call["last"] <= t:
-            back = min((r for r in timeline.ready if r > t), default=math.inf)
-            return call["ended"] < back
-    return False
+    """No daemon could have recorded the call: every daemon alive while FreeSWITCH had it (from its
+    first delivered event to its end; a daemon connecting meanwhile sees it in `show channels`) was
+    SIGKILLed less than GRACE seconds after it first could see the call."""
+    for inst in timeline.instances:
+        seen_from = max(call["first"], inst.start)
+        if seen_from > min(call["ended"], inst.end):
+            continue  # not alive while the call was up
+        if inst.sig != "SIGKILL" or inst.end - seen_from >= GRACE:
+            return False
+    return True
 
 
 def compare(ledger: list[dict], rows: list[tuple], timeline: Timeline) -> dict:
     owner = {leg: i for i, call in enumerate(ledger) for leg in call["uuids"]}
-    per_call: Counter = Counter()
+    per_call: dict[int, list[tuple]] = {}
     figures = Counter()
-    wrong: list[str] = []
-    by_call: dict[int, tuple] = {}
+    examples: list[str] = []
     for row in rows:
-        call_uuid, status, reconciled = row[0], row[1], row[2]
-        i = owner.get(call_uuid)
+        i = owner.get(row[0])
         if i is None:
             figures["rows_not_in_ledger"] += 1
             continue
-        per_call[i] += 1
-        by_call[i] = row
-        if status == "Active":
+        per_call.setdefault(i, []).append(row)
+        if row[1] == "Active":
             figures["stuck"] += 1
+    t0 = min((inst.start for inst in timeline.instances), default=0.0)
+
+    def describe(call: dict, found: list[tuple]) -> str:
+        rel = {k: round(call[k] - t0, 2) for k in ("first", "last", "ended")}
+        return (f"{call['scenario']} call (legs {call['uuids']}; delivered {call['delivered']}/{call['events']}"
+                f" events, times {rel}, complete {call['complete']}): rows "
+                f"{[(r[0], r[3].isoformat(), r[1], 'reconciled' if r[2] else 'exact') for r in found]}")
+
     for i, call in enumerate(ledger):
         if not call["delivered"]:
             continue
         figures["calls_seen"] += 1
-        n = per_call[i]
-        if n > 1:
-            figures["duplicates"] += n - 1
-        if n == 0:
+        found = per_call.get(i, [])
+        if len(found) > 1:
+            figures["duplicates"] += len(found) - 1
+            if len(examples) < 12:
+                examples.append("duplicate: " + describe(call, found))
+        if not found:
             if unobservable(call, timeline):
                 figures["unobservable"] += 1
             else:
                 figures["missing"] += 1
-                if len(wrong) < 10:
-                    wrong.append(f"missing {call['scenario']} call {call['uuids']}")
+                if len(examples) < 12:
+                    examples.append("missing: " + describe(call, found))
             continue
-        call_uuid, status, reconciled = by_call[i][:3]
+        status, reconciled = found[0][1:3]
         if status == "Active":
             continue  # counted as stuck
-        whole = call["complete"] and call["delivered"] == call["events"]
         if not reconciled and call["complete"] and status != STATUS[call["scenario"]]:
             figures["wrong_status"] += 1
-            if len(wrong) < 10:
-                wrong.append(f"{call['scenario']} call {call_uuid}: {status}, expected {STATUS[call['scenario']]}"
-                             f" (all events delivered: {whole})")
+            if len(examples) < 12:
+                examples.append(f"status {status}, expected {STATUS[call['scenario']]}: " + describe(call, found))
         figures["reconciled"] += bool(reconciled)
     figures["rows"] = len(rows)
     figures["calls_played"] = len(ledger)
-    return {"figures": dict(figures), "examples": wrong}
+    return {"figures": dict(figures), "examples": examples}
 
 
 def test_restarts_kill_9_sigterm_two_daemons_and_a_freeswitch_restart_leave_one_final_row_per_call(
@@ -187,7 +209,7 @@ def test_restarts_kill_9_sigterm_two_daemons_and_a_freeswitch_restart_leave_one_
         sim.stop()
     ledger = [json.loads(line) for line in ledger_path.read_text().splitlines()]
     with psycopg.connect(db_dsn) as conn:
-        rows = conn.execute("SELECT call_uuid, status, reconciled FROM call_records").fetchall()
+        rows = conn.execute("SELECT call_uuid, status, reconciled, start_time FROM call_records").fetchall()
         event_dupes = conn.execute("SELECT count(*) FROM (SELECT call_uuid, event_type, seq FROM call_events"
                                    " GROUP BY 1, 2, 3 HAVING count(*) > 1) d").fetchone()[0]
         calls_dupes = conn.execute("SELECT count(*) FROM (SELECT call_uuid FROM calls GROUP BY 1"
@@ -195,6 +217,10 @@ def test_restarts_kill_9_sigterm_two_daemons_and_a_freeswitch_restart_leave_one_
     result = compare(ledger, rows, timeline)
     figures = result["figures"]
     print("soak schedule:", "; ".join(timeline.log))
+    t0 = timeline.instances[0].start
+    print("soak daemons (start, ready, end in s; how):", "; ".join(
+        f"{i.name} {i.start - t0:.2f} {i.ready - t0:.2f} {i.end - t0:.2f} {i.sig or 'to the end'}"
+        for i in timeline.instances))
     print(f"soak figures after {played_for:.0f} s of calls: {json.dumps(figures, sort_keys=True)}; "
           f"call_events duplicates {event_dupes}, calls duplicates {calls_dupes}")
     for example in result["examples"]:

@@ -61,9 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     j_sub = j.add_subparsers(dest="journal_command", metavar="SUBCOMMAND", required=True)
     q = j_sub.add_parser("quarantine", help="records PostgreSQL refused, kept instead of dropped")
     q_sub = q.add_subparsers(dest="quarantine_command", metavar="ACTION", required=True)
-    p = q_sub.add_parser("list", help="list the quarantined records (no personal values)")
-    add_keyring_option(p)
-    p.set_defaults(func=_list)
-    p = q_sub.add_parser("retry", help="write the quarantined records again; those still refused stay")
-    add_keyring_option(p)
-    p.set_defaults(func=_retry)
+    for name, text, func in (
+        ("list", "list the quarantined records (no personal values)", _list),
+        ("retry", "write the quarantined records again; those still refused stay", _retry),
+    ):
+        add_keyring_option(q_sub.add_parser(name, help=text))
+        q_sub.choices[name].set_defaults(func=func)
