@@ -68,8 +68,11 @@ def _read(conn: psycopg.Connection, user_id: uuid.UUID) -> Limit:
     return Limit(*row) if row else Limit(None, DEFAULT_WINDOW_MINUTES, 0, None)
 
 
-def get_limit(conn: psycopg.Connection, username: str, realm: str) -> Limit:
-    return _read(conn, get_user(conn, check_username(username), check_realm(realm)).id)
+def get_limit(conn: psycopg.Connection, username: str, realm: str, actor: str | None = None) -> Limit:
+    with conn.transaction():
+        user_id = get_user(conn, check_username(username), check_realm(realm)).id
+        audit(conn, "user.limit_show", "user", user_id, {"endpoint": ENDPOINT}, user_id=user_id, actor=actor)
+    return _read(conn, user_id)
 
 
 def set_limit(conn: psycopg.Connection, username: str, realm: str, max_requests: int,

@@ -42,6 +42,7 @@ def test_show_set_change_clear(cli, db) -> None:  # noqa: F811
     audits = db.execute("SELECT action, resource_id, user_id, details, actor FROM audit_logs ORDER BY id").fetchall()
     uid = uuid.UUID(user_id)
     assert audits == [
+        ("user.limit_show", user_id, uid, {"endpoint": "call"}, os_user()),
         ("user.limit_set", user_id, uid, {"endpoint": "call", "max_requests": 30, "window_minutes": 15}, os_user()),
         ("user.limit_set", user_id, uid, {"endpoint": "call", "max_requests": 5, "window_minutes": 15}, os_user()),
         ("user.limit_clear", user_id, uid, {"endpoint": "call"}, os_user()),

@@ -7,6 +7,7 @@ removes it (no limit: a NULL ``rate_limits.max_requests``). Changes are audited 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import psycopg
 
@@ -49,7 +50,8 @@ def _run(args: argparse.Namespace) -> int:
         return _limit(conn, args)
 
 
-def register(usub: argparse._SubParsersAction, identity) -> None:
+def register(usub: argparse._SubParsersAction,
+             identity: Callable[[argparse.ArgumentParser], argparse.ArgumentParser]) -> None:
     """Add `limit` to the `user` subcommands (``identity`` adds USER and --realm)."""
     p = identity(usub.add_parser(
         "limit", help="show, set or clear a user's outbound call limit",
