@@ -139,5 +139,5 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = keys_sub.add_parser("blind-index", help="the *_hash of a value read from stdin, for searching (AUDITORS.md)")
     add_keyring_option(p)
-    p.add_argument("kind", choices=("number", "uri", "ip"))
+    p.add_argument("kind", choices=("number", "uri", "ip", "call_id"))
     p.set_defaults(func=_blind_index)
