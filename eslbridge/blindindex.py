@@ -21,6 +21,9 @@ and searchers must use the same normalisation, so it lives here, public:
 ``ip`` (``normalize_ip``)
     ``ipaddress`` canonical form; brackets around IPv6 are removed and IPv4-mapped IPv6
     addresses become IPv4.
+``call_id`` (``normalize_call_id``)
+    A SIP Call-ID (``1-16590@127.0.0.1``) with surrounding whitespace removed and nothing else
+    changed: RFC 3261 compares Call-IDs byte for byte, case included.
 
 Empty or malformed values raise ``ValueError``.
 """
@@ -100,7 +103,15 @@ def normalize_uri(value: str) -> str:
     return f"{scheme}:{unquote(user)}@{host}" if at else f"{scheme}:{host}"
 
 
-NORMALIZERS = {"number": normalize_number, "uri": normalize_uri, "ip": normalize_ip}
+def normalize_call_id(value: str) -> str:
+    """A SIP Call-ID as compared (see the module docstring)."""
+    call_id = value.strip()
+    if not call_id:
+        raise ValueError("empty Call-ID")
+    return call_id
+
+
+NORMALIZERS = {"number": normalize_number, "uri": normalize_uri, "ip": normalize_ip, "call_id": normalize_call_id}
 
 
 def blind_index(key: bytes, kind: str, value: str) -> bytes:

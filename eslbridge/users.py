@@ -216,8 +216,8 @@ def add_user(
                 ).fetchone()[0]
         except pgerrors.UniqueViolation:
             raise EslBridgeError(f"user {username}@{realm} already exists") from None
-        audit(conn, "user.create", "user", user_id, {"username": username, "realm": realm, "role": role},
-              user_id=user_id, actor=actor)
+        # The user is named by its id (resource_id): a username is often a phone number.
+        audit(conn, "user.create", "user", user_id, {"role": role}, user_id=user_id, actor=actor)
     return get_user(conn, username, realm)
 
 
@@ -239,16 +239,14 @@ def set_password(
             conn, username, realm, "UPDATE users SET password_hash = %s, sip_ha1 = %s",
             (hash_password(password, rounds), sip_ha1(username, realm, password)),
         )
-        audit(conn, "user.password_change", "user", user_id, {"username": username, "realm": realm},
-              user_id=user_id, actor=actor)
+        audit(conn, "user.password_change", "user", user_id, user_id=user_id, actor=actor)
 
 
 def set_enabled(conn: psycopg.Connection, username: str, realm: str, enabled: bool, actor: str | None = None) -> None:
     username, realm = check_username(username), check_realm(realm)
     with conn.transaction():
         user_id = _change_user(conn, username, realm, "UPDATE users SET enabled = %s", (enabled,))
-        audit(conn, "user.enable" if enabled else "user.disable", "user", user_id,
-              {"username": username, "realm": realm}, user_id=user_id, actor=actor)
+        audit(conn, "user.enable" if enabled else "user.disable", "user", user_id, user_id=user_id, actor=actor)
 
 
 def delete_user(conn: psycopg.Connection, username: str, realm: str, actor: str | None = None) -> None:
@@ -260,7 +258,7 @@ def delete_user(conn: psycopg.Connection, username: str, realm: str, actor: str 
         ).fetchone()
         if row is None:
             raise NotFoundError(f"no user {username}@{realm}")
-        audit(conn, "user.delete", "user", row[0], {"username": username, "realm": realm}, actor=actor)
+        audit(conn, "user.delete", "user", row[0], actor=actor)
 
 
 def set_user(

@@ -49,7 +49,9 @@ def test_every_documented_query_answers(admin: Admin, db: psycopg.Connection, ca
     db.execute("SELECT refresh_daily_summary()")
     # The doc's blind-index command prints the hash the auditor pastes in.
     hashes = {}
-    for kind, value in (("number", "+49 (30) 123456"), ("uri", f"<sip:1000@{REALM.upper()}:5060>")):
+    first_call_id = call(1, f"sip:1000@{REALM}", "sip:x@carrier.example").record.call_id
+    for kind, value in (("number", "+49 (30) 123456"), ("uri", f"<sip:1000@{REALM.upper()}:5060>"),
+                        ("call_id", f" {first_call_id} ")):
         sys.stdin = io.StringIO(value + "\n")
         try:
             assert admin.run("keys", "blind-index", kind) == 0
@@ -65,6 +67,7 @@ def test_every_documented_query_answers(admin: Admin, db: psycopg.Connection, ca
     erase_subject(db, find_subject(db, kr, "3000", REALM), actor="auditor-test")
 
     params = {"passphrase": kr.passphrase(1), "key_id": 1, "hash": hashes["number"], "uri_hash": hashes["uri"],
+              "call_id_hash": hashes["call_id"],
               "actor": "auditor-test", "user_id": str(alice), "days": 365}
     expect: dict[str, Callable[[list[tuple]], bool]] = {
         "calls_per_day": lambda rows: [r[1] for r in rows] == [1, 1],
@@ -74,6 +77,7 @@ def test_every_documented_query_answers(admin: Admin, db: psycopg.Connection, ca
             (call_uuid(1), f"sip:1000@{REALM}", "sip:+4930123456@carrier.example")} and len(rows) == 3,
         "calls_of_number": lambda rows: [r[0] for r in rows] == [call_uuid(1), call_uuid(2)],
         "calls_of_uri": lambda rows: [r[0] for r in rows] == [call_uuid(1), call_uuid(2)],
+        "call_of_call_id": lambda rows: [r[0] for r in rows] == [call_uuid(1)],
         "recent_admin_actions": lambda rows: rows[0][3] == "gdpr.erase" and all(r[1] for r in rows),
         "erasures": lambda rows: len(rows) == 1 and rows[0][1] == "auditor-test" and rows[0][3] == str(gone),
         "actions_by_actor": lambda rows: [r[0] for r in rows] == ["gdpr.erase"],

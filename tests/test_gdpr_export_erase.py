@@ -59,6 +59,9 @@ def test_export_finds_every_call_and_decrypts(admin: Admin, db: psycopg.Connecti
     assert set(records) == {call_uuid(n) for n in (OWN, TO_ZOE, INBOUND, BEFORE_USER, VIA_IP)}
     assert records[call_uuid(OWN)]["caller"] == ZOE_URI and records[call_uuid(OWN)]["callee_ip"] == "192.0.2.20"
     assert records[call_uuid(VIA_IP)]["caller_ip"] == "10.1.2.3"
+    # The SIP Call-ID is stored encrypted (call_id holds the UUID); the export gives it back.
+    assert records[call_uuid(OWN)]["call_id"] == f"cid-{OWN}@{ZOE_URI.split('@')[1]}"
+    assert cdr(db, OWN)["call_id"] == call_uuid(OWN)
     sides = {n: (records[call_uuid(n)]["caller_side"], records[call_uuid(n)]["callee_side"])
              for n in (OWN, TO_ZOE, INBOUND, BEFORE_USER, VIA_IP)}
     assert sides == {OWN: (True, False), TO_ZOE: (False, True), INBOUND: (False, True),
@@ -162,6 +165,8 @@ def test_erase_leaves_no_trace_and_keeps_billing(admin: Admin, db: psycopg.Conne
         assert after[n][other] == before[n][other] and after[n][f"{other}_ip"] == before[n][f"{other}_ip"]
         assert after[n]["total_duration_ms"] == 42000 and after[n]["erased_at"] is not None
         assert after[n]["call_id"] == call_uuid(n)
+        assert before[n]["call_id_enc"] is not None and before[n]["call_id_hash"] is not None
+        assert after[n]["call_id_enc"] is None and after[n]["call_id_hash"] is None
     assert after[TO_ZOE]["user_id"] == ids["bob"] and after[OWN]["user_id"] is None
     calls = dict(db.execute("SELECT call_uuid, destination_number_enc IS NULL FROM calls").fetchall())
     assert calls == {call_uuid(TO_ZOE): True, call_uuid(UNRELATED): False}
@@ -175,7 +180,7 @@ def test_erase_leaves_no_trace_and_keeps_billing(admin: Admin, db: psycopg.Conne
     assert len(erase) == 1 and erase[0][0] and erase[0][1] and erase[0][2] == str(ids["zoe"])
     assert erase[0][3]["rows"]["audit_logs_anonymised"] == 3
     anonymised = db.execute("SELECT action, details, ip_address, user_agent FROM audit_logs"
-                            " WHERE action IN ('user.create', 'sip.register', 'note') AND details->>'username' IS NULL"
+                            " WHERE action IN ('user.create', 'sip.register', 'note') AND user_id IS NULL"
                             " ORDER BY id").fetchall()
     assert [a[0] for a in anonymised] == ["user.create", "sip.register", "note"]
     assert all(a[1:] == ({"anonymized": True}, None, None) for a in anonymised)

@@ -17,7 +17,7 @@ from eslbridge.store.migrate import MigrationError, load_migrations, migrate, mi
 from tests import seeds
 
 # YakYak indexes caller/callee; here they are ciphertext, so the index sits on the blind index.
-ENCRYPTED_INDEXED = {"caller": "caller_hash", "callee": "callee_hash"}
+ENCRYPTED_INDEXED = {"caller": "caller_hash", "callee": "callee_hash", "call_id": "call_id_hash"}
 
 
 def columns(conn: psycopg.Connection, table: str) -> set[str]:

@@ -139,5 +139,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = keys_sub.add_parser("blind-index", help="the *_hash of a value read from stdin, for searching (AUDITORS.md)")
     add_keyring_option(p)
-    p.add_argument("kind", choices=("number", "uri", "ip"), help="how the value is normalised before hashing")
+    p.add_argument("kind", choices=("number", "uri", "ip", "call_id"),
+                   help="how the value is normalised before hashing")
     p.set_defaults(func=_blind_index)

@@ -1,9 +1,9 @@
 """RecordUpdate -> encrypted rows for call_records, calls and call_events (DESIGN sections 6-8).
 
-Personal fields (SIP URIs, numbers, caller ID, IPs, SDPs) become OpenPGP messages under the
-keyring's active key; URIs and numbers also get blind indexes (``*_hash``) so a call is found by
-number without decrypting. Everything else is stored as is. The column lists here are the single
-source for the SQL in ``eslbridge.store.upsert``.
+Personal fields (SIP URIs, numbers, caller ID, IPs, SDPs, the SIP Call-ID) become OpenPGP
+messages under the keyring's active key; URIs, numbers and the SIP Call-ID also get blind indexes
+(``*_hash``) so a call is found by number without decrypting. Everything else is stored as is.
+The column lists here are the single source for the SQL in ``eslbridge.store.upsert``.
 
 ``calls.destination_number_hash`` holds the ``number`` index of the dialed number, or the ``uri``
 index of the callee URI when no number is known; the kind is part of the MAC, so a search by
@@ -58,14 +58,15 @@ CALL_RECORDS = TableSpec(
     "call_records",
     key=("call_uuid", "start_time"),
     columns=_cols(
-        "call_uuid:varchar node:varchar call_id:varchar caller:bytea callee:bytea caller_hash:bytea "
+        "call_uuid:varchar node:varchar call_id:varchar call_id_enc:bytea call_id_hash:bytea "
+        "caller:bytea callee:bytea caller_hash:bytea "
         "callee_hash:bytea caller_number_hash:bytea callee_number_hash:bytea caller_ip:bytea callee_ip:bytea "
         "direction:varchar start_time:timestamptz answer_time:timestamptz end_time:timestamptz "
         "setup_duration_ms:int4 call_duration_ms:int4 total_duration_ms:int4 status:varchar "
         "disconnect_reason:text codec:varchar caller_sdp:bytea callee_sdp:bytea caller_user_agent:text "
         "callee_user_agent:text media_info:jsonb sip_response_code:int4 user_id:uuid enc_key_id:int4 "
         "reconciled:bool stage:int2",
-        frozenset({"caller", "callee", "caller_ip", "callee_ip", "caller_sdp", "callee_sdp"}),
+        frozenset({"call_id_enc", "caller", "callee", "caller_ip", "callee_ip", "caller_sdp", "callee_sdp"}),
     ),
 )
 
@@ -154,7 +155,9 @@ def call_record_row(rec: CallRecord, stage: int, enc: FieldEncoder) -> tuple[Any
     """One call_records row, in ``CALL_RECORDS.columns`` order."""
     u = rec.call_uuid
     return (
-        u, rec.node, rec.call_id,
+        # YakYak's call_id column holds the call's UUID: the SIP Call-ID often names the caller's
+        # host, so it is stored encrypted, with a blind index for equality search.
+        u, rec.node, u, enc.encrypt(u, "call_id", rec.call_id), enc.blind("call_id", rec.call_id),
         enc.encrypt(u, "caller", rec.caller), enc.encrypt(u, "callee", rec.callee),
         enc.blind("uri", rec.caller), enc.blind("uri", rec.callee),
         enc.blind("number", rec.caller_number), enc.blind("number", rec.callee_number),
