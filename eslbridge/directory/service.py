@@ -32,6 +32,7 @@ from eslbridge.directory.lookup import LookupFailed, UserLookups
 from eslbridge.directory.request import BadRequest, Lookup, lookup_of
 from eslbridge.directory.userquery import UserQuery
 from eslbridge.directory.xml import DIAL_STRING, NOT_FOUND, user_document
+from eslbridge.logsetup import LogOnce
 from eslbridge.store.pool import own_connection
 
 # mod_xml_curl's `timeout` in conf/freeswitch/xml_curl.conf.xml must stay above this (e.g. 5 s):
@@ -95,6 +96,7 @@ class DirectoryService:
         # What libcurl sends, byte for byte: one comparison for the common case.
         self._basic = b"Basic " + base64.b64encode(self._credentials)
         self._counters: dict[tuple[str, str], Any] = {}  # bound metric children: labels() per request is slow
+        self._refused = LogOnce(log)
         self._server = HttpServer(config.listen, self, max_body=MAX_BODY)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -118,8 +120,11 @@ class DirectoryService:
 
     def gate(self, client_ip: str, method: bytes, path: bytes,
              headers: Mapping[bytes, bytes]) -> tuple[int, bytes] | None:
-        if not self._is_allowed(client_ip) or not self._authorized(headers.get(b"authorization")):
+        refusal = self._refusal(client_ip, headers.get(b"authorization"))
+        if refusal is not None:
             self._count("forbidden")
+            # FreeSWITCH falls back to its static directory on a 403: an operator must hear of it.
+            self._refused.warning(refusal, "directory: refused a request from %s: %s", client_ip, refusal)
             return 403, b""
         if path != self._path:
             self._count("bad_path")
@@ -240,6 +245,16 @@ class DirectoryService:
             if len(self._allowed) < 10_000:  # bounded: the answer is cheap to recompute
                 self._allowed[client_ip] = allowed
         return allowed
+
+    def _refusal(self, client_ip: str, header: bytes | None) -> str | None:
+        """Why a request gets 403 (a few fixed texts: they key the rate limit), None when it may pass."""
+        if not self._is_allowed(client_ip):
+            return "address not in directory.allow"
+        if self._authorized(header):
+            return None
+        if not header:
+            return "no basic auth credentials (set gateway-credentials in xml_curl.conf.xml)"
+        return "wrong basic auth credentials (compare gateway-credentials with directory.username/password_file)"
 
     def _authorized(self, header: bytes | None) -> bool:
         if header is not None and hmac.compare_digest(header, self._basic):  # constant time in the content
