@@ -200,12 +200,14 @@ class DirectoryService:
     def _on_listen(self) -> None:
         """(Re)connected: what changed while we were away is unknown, so forget everything."""
         keys = self.cache.clear()
+        log.debug("directory cache: LISTEN (re)connected, cleared %d entries", len(keys))
         for username, realm in keys:
             self._flush(username, realm)
 
     def _on_notify(self, payload: dict[str, Any]) -> None:
         self._count("invalidation")
         table, op = payload.get("table"), payload.get("op")
+        log.debug("directory cache: invalidating after %s on %s", op, table)
         if table == "users" and op == "TRUNCATE":
             self._on_listen()
         elif table == "users":
