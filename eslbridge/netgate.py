@@ -131,15 +131,15 @@ class AcceptGate:
     def admit(self, client_ip: str) -> Conn | None:
         """A new connection from ``client_ip``: its Conn, or None (counted) when it must be closed."""
         if client_ip not in self.allow:
-            self._refuse("refused_address", "from outside its allow list")
+            self._refuse("refused_address", "from outside its allow list", client_ip)
             return None
         same = self._by_ip.get(client_ip)
         if (same is not None and len(same) >= self.limits.max_per_address
                 and not self._evict(conn for conn in same if conn.state != _BUSY)):
-            self._refuse("refused_full", "over the per-address limit")
+            self._refuse("refused_full", "over the per-address limit", client_ip)
             return None
         if self.open >= self.limits.max_connections and not self._evict(iter(self.waiting)):
-            self._refuse("refused_full", "over the connection limit")
+            self._refuse("refused_full", "over the connection limit", client_ip)
             return None
         conn = Conn(self, client_ip)
         self._by_ip.setdefault(client_ip, {})[conn] = None
@@ -195,11 +195,13 @@ class AcceptGate:
             # block=False: no switch here, so the tables cannot change under the caller's loop.
             greenlet.kill(Expired(started), block=False)
 
-    def _refuse(self, kind: str, why: str) -> None:
+    def _refuse(self, kind: str, why: str, client_ip: str) -> None:
         self.stats[kind] += 1
         if self._on_refuse is not None:
             self._on_refuse(kind)
-        self._log.warning(kind, "%s: closed connections %s (%d so far)", self.name, why, self.stats[kind])
+        # Rate-limited per kind; the address names who (an operator's first question), never what it sent.
+        self._log.warning(kind, "%s: closed a connection from %s %s (%d so far)", self.name, client_ip, why,
+                          self.stats[kind])
 
     def _sweep(self) -> None:
         every = min(0.25, self.limits.head_timeout / 4)

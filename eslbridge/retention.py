@@ -16,7 +16,7 @@ The cutoff is ``now() - window`` on the database's clock, taken once per table t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -129,19 +129,29 @@ def _connection(target: psycopg.Connection | ConnectionPool) -> Iterator[psycopg
         yield target
 
 
+RETENTION_TABLES = 4  # the steps below, one per table: what progress counts
+
+
 def run_retention(target: psycopg.Connection | ConnectionPool, cfg: RetentionConfig, dry_run: bool = False,
-                  actor: str | None = None) -> RetentionReport:
+                  actor: str | None = None, progress: Callable[[str], None] | None = None) -> RetentionReport:
     """Apply (or with ``dry_run`` only count) every retention window; audited as ``retention.run``.
 
-    ``target`` is an autocommit connection or the daemon's pool (the daily timer calls this).
+    ``target`` is an autocommit connection or the daemon's pool (the daily timer calls this);
+    ``progress(table)`` is called as each table is done.
     """
+    def step(table: TableReport) -> TableReport:
+        if progress:
+            progress(table.table)
+        return table
+
     with _connection(target) as conn:
-        calls = _partitioned(conn, CALLS, cfg.calls_days, dry_run)
+        calls = step(_partitioned(conn, CALLS, cfg.calls_days, dry_run))
         report = RetentionReport(dry_run, [
-            _partitioned(conn, CALL_RECORDS, cfg.call_records_days, dry_run),
+            step(_partitioned(conn, CALL_RECORDS, cfg.call_records_days, dry_run)),
             calls,
-            _by_function(conn, "call_events", "cleanup_old_call_events", cfg.call_events_days, dry_run, calls),
-            _by_function(conn, "audit_logs", "cleanup_old_audit_logs", cfg.audit_logs_days, dry_run),
+            step(_by_function(conn, "call_events", "cleanup_old_call_events", cfg.call_events_days, dry_run,
+                              calls)),
+            step(_by_function(conn, "audit_logs", "cleanup_old_audit_logs", cfg.audit_logs_days, dry_run)),
         ])
         with conn.transaction():
             audit(conn, "retention.run", "retention", None, report.as_dict(), actor=actor)

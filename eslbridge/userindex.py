@@ -19,8 +19,10 @@ import gevent.event
 import psycopg
 
 from eslbridge.directory.listener import NotifyListener
+from eslbridge.logsetup import LogOnce
 
 log = logging.getLogger(__name__)
+_outage = LogOnce(log)  # one line a minute while the database is down
 
 
 class UserIndex:
@@ -53,7 +55,7 @@ class UserIndex:
             with psycopg.connect(self._dsn, connect_timeout=max(1, round(self._connect_timeout))) as conn:
                 rows = conn.execute("SELECT username, lower(realm), id::text FROM users").fetchall()
         except psycopg.Error as exc:
-            log.warning("user index reload failed: %s", type(exc).__name__)
+            _outage.warning("reload-failed", "user index reload failed: %s", type(exc).__name__)
             return
         self._ids = {(u, r): i for u, r, i in rows}
         self.loaded.set()

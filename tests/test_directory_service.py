@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import socket
@@ -17,6 +18,7 @@ from eslbridge import users
 from eslbridge.directory.xml import DIAL_STRING
 from eslbridge.localpg import PgCluster
 from eslbridge.store.migrate import migrate
+from tests.directory_fixtures import PASSWORD as GATEWAY_PASSWORD
 from tests.directory_fixtures import DirectoryProcess, auth_header
 from tests.paths import PUBLIC, shared_public
 
@@ -492,3 +494,28 @@ def test_stopped_postgresql(tmp_path):
         if server is not None:
             server.stop()
         cluster.destroy()
+
+
+def test_refusals_are_logged_once_a_minute_per_reason_without_credentials(module_dsn, capfd):
+    """A wrong gateway-credentials makes FreeSWITCH fall back to its static directory: it must show."""
+    body = form(action="sip_auth", user="on", domain="closed.example")
+    server = DirectoryProcess(module_dsn).start()
+    try:
+        for _ in range(3):
+            assert server.post(body, auth=auth_header(password="wrong-guess-1"))[0] == 403
+        assert server.post(body, auth="")[0] == 403
+        assert server.post(body)[0] == 200
+    finally:
+        server.stop()
+    outside = DirectoryProcess(module_dsn, allow=("10.0.0.0/8",)).start()
+    try:
+        assert outside.post(body)[0] == 403
+    finally:
+        outside.stop()
+    err = capfd.readouterr().err
+    refused = [line for line in err.splitlines() if "directory: refused a request from 127.0.0.1" in line]
+    assert len([r for r in refused if "wrong basic auth credentials" in r]) == 1  # rate-limited: 3 -> 1
+    assert len([r for r in refused if "no basic auth credentials" in r]) == 1
+    assert len([r for r in refused if "address not in directory.allow" in r]) == 1
+    assert "wrong-guess-1" not in err and GATEWAY_PASSWORD not in err
+    assert base64.b64encode(b"freeswitch:wrong-guess-1").decode() not in err

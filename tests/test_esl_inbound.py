@@ -257,3 +257,13 @@ def test_public_stream_replay_survives(sim):  # noqa: F811
 def test_corrupted_public_stream_replay_survives(sim):  # noqa: F811
     stats = replay_public_streams(sim, shared_public("switchio__stream__2.stream"))
     assert stats.events_in["CHANNEL_PARK"] == 2 and stats.parse_errors["no_event_name"] == 1
+
+
+def test_debug_lines_show_the_command_never_its_arguments() -> None:
+    from eslbridge.esl.inbound import command_summary
+
+    assert command_summary("auth ClueCon") == "auth"
+    assert command_summary("api xml_flush_cache id 1000 example.org") == "api xml_flush_cache"
+    assert command_summary("bgapi originate sofia/gateway/x/+15551234567 &park") == "bgapi originate"
+    assert command_summary("event json CHANNEL_CREATE CHANNEL_HANGUP") == "event json"
+    assert command_summary("") == ""

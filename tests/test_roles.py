@@ -28,7 +28,7 @@ from eslbridge.users import add_user
 from tests.roles_fixtures import Logins, dsn_as
 from tests.test_authorizer import channel
 from tests.test_config_check import FakeEventSocket, write_config
-from tests.test_daemon import Env, Sim, finished_records, wait_for
+from tests.test_daemon import ESL_PASSWORD, Env, Sim, finished_records, wait_for
 from tests.test_directory_service import form
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def test_daemon_runs_upkeep_directory_and_writes_under_the_daemon_role(tmp_path,
     env = Env(tmp_path, daemon_dsn)
     sim = Sim(tmp_path, "--wait-subscribers", "1", "--calls", "20", "--rate", "40", "--speed", "8",
               "--mix", "bridged=1,busy=1,auth_call=1,register=1", "--seed", "5")
-    config = env.config(sim.port)
+    config = env.config(sim.port, logging={"level": "debug"})
     cfg = yaml.safe_load(config.read_text())
     try:
         proc = env.start(config)
@@ -84,6 +84,9 @@ def test_daemon_runs_upkeep_directory_and_writes_under_the_daemon_role(tmp_path,
     assert 'name="a1-hash" value="' in body  # the directory read sip_ha1 under the daemon role
     assert "upkeep failed" not in log and "permission denied" not in log.lower(), log
     assert "InsufficientPrivilege" not in log and "older than 365 days" in log  # retention ran
+    # debug says what the daemon does, never a secret
+    assert "ESL command sent: auth" in log and "ESL command sent: event" in log and ESL_PASSWORD not in log
+    assert "writer: batch of " in log and "dir-secret" not in log
     # upkeep created partitions ahead (as the tables' owner, through its SECURITY DEFINER functions)
     assert db.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'call_records'::regclass").fetchone()[0] > 1
 

@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 import psycopg
 
-from eslbridge.commands.common import credentials_refused, first_line, journal_dir_problem
+from eslbridge.commands.common import credentials_refused, journal_dir_problem
 from eslbridge.config import Config, NodeConfig, load_config
 from eslbridge.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, EslBridgeError
+from eslbridge.logsetup import first_line
 
 ESL_TIMEOUT = 5.0
 

@@ -17,6 +17,7 @@ from psycopg import errors as pgerrors
 
 from eslbridge.config import load_section, resolve_database_url
 from eslbridge.errors import ConfigError, EslBridgeError, UsageError
+from eslbridge.logsetup import first_line
 
 # Refusals from a PostgreSQL server that did answer: the settings are wrong, retrying won't help.
 _PG_CREDENTIALS = re.compile(
@@ -26,19 +27,13 @@ _PG_CREDENTIALS = re.compile(
 )
 
 
-def first_line(exc: BaseException) -> str:
-    # The primary message only: a server DETAIL line may quote row values (personal data).
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def credentials_refused(exc: psycopg.Error) -> bool:
     return bool(_PG_CREDENTIALS.search(first_line(exc)))
 
 
 def db_error(exc: psycopg.Error) -> EslBridgeError:
     """One line naming what failed and what to do; exit 78 when the settings are wrong."""
-    message = first_line(exc)  # psycopg's message names host and port, never the password
+    message = first_line(exc)
     if isinstance(exc, psycopg.OperationalError) and credentials_refused(exc):
         return ConfigError(f"the database refused the connection settings: {message} "
                            "(check database.url, its password file or $ESLBRIDGE_DATABASE_URL)")

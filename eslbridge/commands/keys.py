@@ -15,6 +15,7 @@ from eslbridge.audit import audit
 from eslbridge.commands.common import add_keyring_option, admin_connection, keyring_path
 from eslbridge.errors import EslBridgeError, UsageError
 from eslbridge.keyring import Keyring, generate_keyring
+from eslbridge.progress import Progress
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -28,10 +29,6 @@ def _generate(args: argparse.Namespace) -> int:
         # A keyring is made before the database exists (install order); the file is the record then.
         print(f"warning: not recorded in audit_logs ({exc})", file=sys.stderr)
     return 0
-
-
-def _print_progress(table: str, batch: int, done: int) -> None:
-    print(f"{table}: re-encrypted {done} rows", flush=True)
 
 
 def _print_usage(usage: dict[str, dict[int, int]], keyring: Keyring) -> None:
@@ -55,7 +52,12 @@ def _rotate(args: argparse.Namespace) -> int:
         keyring = Keyring.load(path)
         print(f"re-encrypting rows under other keys with key {keyring.active_id}, {args.batch_size} rows per batch",
               flush=True)
-        done = rotation.reencrypt(conn, keyring, args.batch_size, _print_progress)
+        stale = sum(n for counts in rotation.key_usage(conn).values() for k, n in counts.items()
+                    if k != keyring.active_id)
+        bar = Progress("re-encrypted rows", stale, stream=sys.stdout)
+        done = rotation.reencrypt(conn, keyring, args.batch_size,
+                                  lambda table, batch, _: bar.advance(batch, note=f"[{table}]"))
+        bar.finish()
         usage = rotation.key_usage(conn)
         audit(conn, "keys.reencrypt", "keyring", str(path),
               {"active": keyring.active_id, "reencrypted": done, "rows_per_key": usage})

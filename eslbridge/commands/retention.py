@@ -6,13 +6,16 @@ import argparse
 
 from eslbridge.commands.common import admin_connection
 from eslbridge.config import load_section
-from eslbridge.retention import run_retention
+from eslbridge.progress import Progress
+from eslbridge.retention import RETENTION_TABLES, run_retention
 
 
 def _run(args: argparse.Namespace) -> int:
     cfg = load_section("retention", args.config)
+    bar = Progress("retention", RETENTION_TABLES, unit="tables")
     with admin_connection(args) as conn:
-        report = run_retention(conn, cfg, dry_run=args.dry_run)
+        report = run_retention(conn, cfg, dry_run=args.dry_run, progress=lambda table: bar.advance(note=table))
+    bar.finish()
     if report.dry_run:
         print("dry run: nothing was removed")
     for line in report.lines():

@@ -7,10 +7,10 @@ import logging
 
 import psycopg
 
-from eslbridge.commands.common import credentials_refused, db_error, first_line, journal_dir_problem
+from eslbridge.commands.common import credentials_refused, db_error, journal_dir_problem
 from eslbridge.config import Config, load_config
 from eslbridge.errors import ConfigError
-from eslbridge.logsetup import setup_logging
+from eslbridge.logsetup import first_line, setup_logging
 
 log = logging.getLogger("eslbridge.daemon")
 

@@ -21,6 +21,8 @@ import psycopg
 from gevent import monkey
 from gevent.socket import wait_read
 
+from eslbridge.logsetup import LogOnce, first_line
+
 CHANNEL = "eslbridge_directory"
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 # TCP keepalives notice a silently dead primary (the socket then errors and we reconnect).
@@ -29,6 +31,7 @@ _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
 _poll = monkey.get_original("select", "poll") if monkey.is_module_patched("select") else select.poll
 
 log = logging.getLogger(__name__)
+_outage = LogOnce(log)  # one line a minute while the database is down
 
 Handler = Callable[[dict[str, Any]], None]
 
@@ -69,7 +72,7 @@ class NotifyListener:
                 while self.drain():
                     wait_read(self._conn.fileno())
             except psycopg.Error as exc:
-                log.warning("directory LISTEN connection failed: %s", str(exc).strip().splitlines()[0])
+                _outage.warning("listen-failed", "directory LISTEN connection failed: %s", first_line(exc))
             self._close()
             gevent.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, BACKOFF_MAX)
@@ -103,7 +106,7 @@ class NotifyListener:
             pgconn.consume_input()
         except psycopg.OperationalError as exc:
             self._lost = True
-            log.warning("directory LISTEN connection lost: %s", str(exc).strip().splitlines()[0])
+            _outage.warning("listen-lost", "directory LISTEN connection lost: %s", first_line(exc))
             return False
         while (notify := pgconn.notifies()) is not None:
             self.messages += 1

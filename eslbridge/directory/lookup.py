@@ -27,8 +27,10 @@ from gevent.event import Event
 
 from eslbridge.directory.cache import DirectoryCache
 from eslbridge.directory.userquery import Key, QueryTimeout, Row, UserQuery
+from eslbridge.logsetup import LogOnce
 
 log = logging.getLogger(__name__)
+_outage = LogOnce(log)  # one line a minute while the database is down
 
 
 class LookupFailed(Exception):
@@ -116,7 +118,7 @@ class UserLookups:
             batch.failure = "timeout"
         except Exception as exc:  # any database failure: fail closed, never a 500
             self._down_until = time.monotonic() + self._retry_after
-            log.warning("directory lookup failed: %s", type(exc).__name__)
+            _outage.warning("lookup-failed", "directory lookup failed (answering not found): %s", type(exc).__name__)
             batch.failure = "db_error"
         finally:
             batch.done.set()

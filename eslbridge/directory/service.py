@@ -31,6 +31,7 @@ from eslbridge.directory.lookup import LookupFailed, UserLookups
 from eslbridge.directory.request import BadRequest, Lookup, lookup_of
 from eslbridge.directory.userquery import UserQuery
 from eslbridge.directory.xml import DIAL_STRING, NOT_FOUND, user_document
+from eslbridge.logsetup import LogOnce
 from eslbridge.netgate import AcceptGate
 from eslbridge.store.pool import own_connection
 from eslbridge.users import valid_identity
@@ -98,6 +99,7 @@ class DirectoryService:
         self._gate = AcceptGate("directory", config.allow, config.connections,
                                 on_refuse=self._refused)
         self._server = HttpServer(config.listen, self, self._gate, max_body=MAX_BODY)
+        self._refusal_log = LogOnce(log)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -120,8 +122,11 @@ class DirectoryService:
 
     def gate(self, client_ip: str, method: bytes, path: bytes,
              headers: Mapping[bytes, bytes]) -> tuple[int, bytes] | None:
-        if client_ip not in self._gate.allow or not self._authorized(headers.get(b"authorization")):
+        refusal = self._refusal(client_ip, headers.get(b"authorization"))
+        if refusal is not None:
             self._count("forbidden")
+            # FreeSWITCH falls back to its static directory on a 403: an operator must hear of it.
+            self._refusal_log.warning(refusal, "directory: refused a request from %s: %s", client_ip, refusal)
             return 403, b""
         if path != self._path:
             self._count("bad_path")
@@ -197,12 +202,14 @@ class DirectoryService:
     def _on_listen(self) -> None:
         """(Re)connected: what changed while we were away is unknown, so forget everything."""
         keys = self.cache.clear()
+        log.debug("directory cache: LISTEN (re)connected, cleared %d entries", len(keys))
         for username, realm in keys:
             self._flush(username, realm)
 
     def _on_notify(self, payload: dict[str, Any]) -> None:
         self._count("invalidation")
         table, op = payload.get("table"), payload.get("op")
+        log.debug("directory cache: invalidating after %s on %s", op, table)
         if table == "users" and op == "TRUNCATE":
             self._on_listen()
         elif table == "users":
@@ -229,6 +236,16 @@ class DirectoryService:
             log.warning("xml_flush_cache for a directory user failed", exc_info=True)
 
     # --- helpers -----------------------------------------------------------------------------
+
+    def _refusal(self, client_ip: str, header: bytes | None) -> str | None:
+        """Why a request gets 403 (a few fixed texts: they key the rate limit), None when it may pass."""
+        if client_ip not in self._gate.allow:
+            return "address not in directory.allow"
+        if self._authorized(header):
+            return None
+        if not header:
+            return "no basic auth credentials (set gateway-credentials in xml_curl.conf.xml)"
+        return "wrong basic auth credentials (compare gateway-credentials with directory.username/password_file)"
 
     def _authorized(self, header: bytes | None) -> bool:
         if header is not None and hmac.compare_digest(header, self._basic):  # constant time in the content

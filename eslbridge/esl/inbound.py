@@ -74,6 +74,17 @@ class _Pending(AsyncResult):
     inband = False
 
 
+def command_summary(data: str) -> str:
+    """What a debug line may show of an ESL command: the verb and, for api/bgapi/event commands,
+    the subcommand; never arguments (user names, UUIDs) and never the ``auth`` password."""
+    words = data.split(None, 2)
+    if not words:
+        return ""
+    if words[0] in ("api", "bgapi", "event", "filter") and len(words) > 1:
+        return f"{words[0]} {words[1]}"
+    return words[0]
+
+
 class _Connection(greenswitch.esl.InboundESL):
     """One TCP session to FreeSWITCH (greenswitch's handshake and reply FIFO, our reader)."""
 
@@ -116,6 +127,8 @@ class _Connection(greenswitch.esl.InboundESL):
         with self._send_lock:  # keeps the FIFO of pending replies in wire order
             self._commands_sent.append(pending)
             self.sock.sendall(wire)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: ESL command sent: %s", self._client.node, command_summary(data))
         if not wait:
             return pending
         try:

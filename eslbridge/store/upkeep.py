@@ -21,7 +21,10 @@ import gevent
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from eslbridge.logsetup import LogOnce, first_line
+
 log = logging.getLogger(__name__)
+_outage = LogOnce(log)  # one line a minute while the database is down
 
 # pg_try_advisory_xact_lock key ("eslupkep" in ASCII); migrations use another.
 UPKEEP_LOCK_KEY = 0x65736C75706B6570
@@ -95,7 +98,7 @@ class Upkeep:
             except (psycopg.Error, PoolTimeout) as e:
                 self.failures += 1
                 delay = min(self._interval, RETRY_AFTER_ERROR)
-                log.warning("upkeep failed, retrying in %.0f s: %s", delay, str(e).strip().splitlines()[0])
+                _outage.warning("upkeep-failed", "upkeep failed, retrying in %.0f s: %s", delay, first_line(e))
             gevent.sleep(random.uniform(0.9, 1.1) * delay)
 
     @contextmanager

@@ -601,6 +601,7 @@ class Writer:
         self._in_flight = []
         self._set_db_up(True)
         self._batches += 1
+        log.debug("writer: batch of %d records written in %.1f ms", len(items), (done - started) * 1000)
         self._records_written += len(items)
         self._latencies.extend(done - t for _, u, t in items if t is not None and u.stage >= Stage.FINISHED)
         if self._metrics is not None:
