@@ -131,7 +131,7 @@ class AcceptGate:
     def admit(self, client_ip: str) -> Conn | None:
         """A new connection from ``client_ip``: its Conn, or None (counted) when it must be closed."""
         if client_ip not in self.allow:
-            self._refuse("refused_address", "from outside its allow list", client_ip)
+            self._refuse("refused_address", "not in its allow list", client_ip)
             return None
         same = self._by_ip.get(client_ip)
         if (same is not None and len(same) >= self.limits.max_per_address
@@ -200,7 +200,7 @@ class AcceptGate:
         if self._on_refuse is not None:
             self._on_refuse(kind)
         # Rate-limited per kind; the address names who (an operator's first question), never what it sent.
-        self._log.warning(kind, "%s: closed a connection from %s %s (%d so far)", self.name, client_ip, why,
+        self._log.warning(kind, "%s: closed a connection from %s: %s (%d so far)", self.name, client_ip, why,
                           self.stats[kind])
 
     def _sweep(self) -> None:

@@ -135,8 +135,14 @@ def test_real_sip_auth_requests_get_the_users_a1_hash(directory, admin, body, us
     status, answer = directory.post(body)
     assert status == 200 and is_not_found(answer)  # not created yet (and this caches the miss)
     add(admin, username, realm)
-    status, answer = directory.post(body)
-    user = fs_locate_user(answer, realm, username)
+    # The cached miss goes when the NOTIFY arrives, asynchronously: a loaded host may take a moment.
+    deadline = time.monotonic() + 10
+    while True:
+        status, answer = directory.post(body)
+        user = fs_locate_user(answer, realm, username)
+        if user is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert status == 200 and user is not None
     assert param(user, "a1-hash") == md5(f"{username}:{realm}:{PASSWORD}")
     assert param(user, "password") is None
@@ -509,13 +515,14 @@ def test_refusals_are_logged_once_a_minute_per_reason_without_credentials(module
         server.stop()
     outside = DirectoryProcess(module_dsn, allow=("10.0.0.0/8",)).start()
     try:
-        assert outside.post(body)[0] == 403
+        with pytest.raises(OSError):  # closed at accept, before a byte is read
+            outside.post(body)
     finally:
         outside.stop()
     err = capfd.readouterr().err
     refused = [line for line in err.splitlines() if "directory: refused a request from 127.0.0.1" in line]
     assert len([r for r in refused if "wrong basic auth credentials" in r]) == 1  # rate-limited: 3 -> 1
     assert len([r for r in refused if "no basic auth credentials" in r]) == 1
-    assert len([r for r in refused if "address not in directory.allow" in r]) == 1
+    assert err.count("directory: closed a connection from 127.0.0.1: not in its allow list") == 1
     assert "wrong-guess-1" not in err and GATEWAY_PASSWORD not in err
     assert base64.b64encode(b"freeswitch:wrong-guess-1").decode() not in err
