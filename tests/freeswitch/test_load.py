@@ -16,7 +16,7 @@ def test_thirty_seconds_at_fifty_calls_per_second(bridge: Bridge) -> None:
     total = RATE * SECONDS
     started = time.monotonic()
     run = bridge.sipp("uac_wait_bye", "-key", "caller", "alice", "-s", "tone", "-r", str(RATE), "-m", str(total),
-                      "-l", str(RATE * 4), "-timeout", f"{SECONDS + 90}s", target=bridge.fs.external
+                      "-l", str(RATE * 10), "-timeout", f"{SECONDS + 90}s", target=bridge.fs.external
                       ).wait(SECONDS + 120)
     sent = time.monotonic() - started
     completed = [c for c in run.calls if c.final is not None]
