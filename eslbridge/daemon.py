@@ -99,6 +99,8 @@ class Daemon:
                                              allow=config.metrics.allow, limits=config.metrics.connections)
                                if config.metrics.listen else None)
         self.metrics.add_intake(self._intake_sources)
+        self.metrics.add_gates(lambda: [self.directory.accept_gate, *(server.gate for server in
+                                        (self.outbound, self.metrics_server) if server is not None)])
         self._logins: deque[Login] = deque()
         self._stop = gevent.event.Event()
         self._fatal: BaseException | None = None

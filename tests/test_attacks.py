@@ -117,6 +117,15 @@ def test_directory_answers_a_valid_request_fast_under_1000_hostile_connections(d
 # --- /metrics: half-sent requests are timed out and bounded; labels are bounded -----------------
 
 
+def get_metrics(port: int) -> bytes:
+    with gsocket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
+
+
 def test_metrics_half_sent_requests_are_bounded_and_timed_out():
     metrics = Metrics()
     stats = IntakeStats(node="fs1")
@@ -124,8 +133,11 @@ def test_metrics_half_sent_requests_are_bounded_and_timed_out():
     stats.events_in["CHANNEL_CREATE"] += 3
     stats.frames_ignored.update({f"x/{i}": 1 for i in range(1000)})
     metrics.add_intake(lambda: [IntakeSource("fs1", stats, 0, True, 0)])
+    gates = []
+    metrics.add_gates(lambda: gates)
     limits = ConnectionLimits(max_connections=64, max_per_address=32, head_timeout=0.5, idle_timeout=0.5)
     server = MetricsServer(("127.0.0.1", 0), metrics, lambda: (True, {}), allow=LOOPBACK, limits=limits)
+    gates.append(server.gate)
     server.start()
     port = server.address[1]
     try:
@@ -134,11 +146,7 @@ def test_metrics_half_sent_requests_are_bounded_and_timed_out():
         socks += open_sockets(port, HOSTILE // 2, "127.0.0.2", half, gsocket)
         gevent.sleep(0.1)
         assert server.gate.open <= limits.max_connections
-        with gsocket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            scrape = b""
-            while chunk := s.recv(65536):
-                scrape += chunk
+        scrape = get_metrics(port)
         assert scrape.startswith(b"HTTP/1.1 200 ")
         assert b'event="CHANNEL_CREATE"' in scrape and f'{{event="{OTHER}",node="fs1"}} 25000.0'.encode() in scrape
         assert b"EVIL_" not in scrape and b"x/1" not in scrape and len(scrape) < 50_000
@@ -146,6 +154,10 @@ def test_metrics_half_sent_requests_are_bounded_and_timed_out():
             while server.gate.open:
                 gevent.sleep(0.1)
         assert server.gate.stats["refused_address"] == HOSTILE // 2
+        scrape = get_metrics(port)
+        refused = f'eslbridge_listener_closed_total{{listener="metrics",reason="refused_address"}} {HOSTILE // 2}.0'
+        assert refused.encode() in scrape
+        assert b'eslbridge_listener_closed_total{listener="metrics",reason="expired"}' in scrape
         close_all(socks)
     finally:
         server.stop()

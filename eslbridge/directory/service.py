@@ -95,9 +95,9 @@ class DirectoryService:
         self._basic = b"Basic " + base64.b64encode(self._credentials)
         self._counters: dict[tuple[str, str], Any] = {}  # bound metric children: labels() per request is slow
         # The gate refuses outsiders at accept; gate() checks again for the WSGI embedding.
-        self._gate = AcceptGate("directory", config.allow, config.connections,
+        self.accept_gate = AcceptGate("directory", config.allow, config.connections,
                                 on_refuse=self._refused)
-        self._server = HttpServer(config.listen, self, self._gate, max_body=MAX_BODY)
+        self._server = HttpServer(config.listen, self, self.accept_gate, max_body=MAX_BODY)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -120,7 +120,7 @@ class DirectoryService:
 
     def gate(self, client_ip: str, method: bytes, path: bytes,
              headers: Mapping[bytes, bytes]) -> tuple[int, bytes] | None:
-        if client_ip not in self._gate.allow or not self._authorized(headers.get(b"authorization")):
+        if client_ip not in self.accept_gate.allow or not self._authorized(headers.get(b"authorization")):
             self._count("forbidden")
             return 403, b""
         if path != self._path:
