@@ -23,6 +23,7 @@ from eslbridge.esl.stats import IntakeStats
 from eslbridge.metrics import OTHER, IntakeSource, Metrics, MetricsServer
 from eslbridge.sim.outbound import channel_data, place_call
 from tests.directory_fixtures import PASSWORD, DirectoryProcess, auth_header
+from tests.esl_fixtures import Collector, make_client, sim  # noqa: F401
 
 HOSTILE = 1000
 INJECTION = "x\n\nbgapi system id"
@@ -207,6 +208,16 @@ def test_commands_holding_line_breaks_are_refused(value):
         protocol.verb_line("xml_flush_cache", "id", value, "example.com")
     with pytest.raises(protocol.UnsafeCommand):
         protocol.sendmsg([("call-command", "hangup"), ("hangup-cause", value)])
+
+
+def test_the_inbound_link_refuses_them_and_stays_in_step(sim):  # noqa: F811
+    client = make_client(sim, Collector())
+    with pytest.raises(protocol.UnsafeCommand):
+        client.api("status" + INJECTION, 2)
+    with pytest.raises(protocol.UnsafeCommand):
+        client.bgapi("xml_flush_cache id " + INJECTION, 2)
+    assert "is ready" in client.api("status", 2)  # nothing was queued: replies still pair with commands
+    client.stop()
 
 
 def test_arguments_must_be_single_words():
