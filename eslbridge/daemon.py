@@ -108,6 +108,8 @@ class Daemon:
                                              allow=config.metrics.allow, limits=config.metrics.connections)
                                if config.metrics.listen else None)
         self.metrics.add_intake(self._intake_sources)
+        self.metrics.add_gates(lambda: [self.directory.accept_gate, *(server.gate for server in
+                                        (self.outbound, self.metrics_server) if server is not None)])
         self.logins = LoginRecorder(
             Journal(str(config.journal.dir / "logins"), config.journal.max_bytes, sealer=self.keyring.journal_sealer()),
             lambda: self.pool.connection(timeout=5))

@@ -111,6 +111,9 @@ class Metrics:
     def add_intake(self, sources: Callable[[], Iterable[IntakeSource]]) -> None:
         self.registry.register(IntakeCollector(sources))
 
+    def add_gates(self, gates: Callable[[], Iterable[AcceptGate]]) -> None:
+        self.registry.register(GateCollector(gates))
+
     def cache_hit(self) -> None:
         self.cache_lookups.labels(result="hit").inc()
 
@@ -175,6 +178,27 @@ class IntakeCollector:
             active.add_metric([src.node], src.active_calls)
             evicted.add_metric([src.node], s.calls_evicted)
         yield from (events, errors, ignored, reconnects, lost, dead, overflows, depth, connected, active, evicted)
+
+
+class GateCollector:
+    """Each listener's accept gate (eslbridge/netgate.py), read at scrape time."""
+
+    REASONS = ("refused_address", "refused_full", "evicted", "expired")
+
+    def __init__(self, gates: Callable[[], Iterable[AcceptGate]]) -> None:
+        self._gates = gates
+
+    def collect(self) -> Iterator[Metric]:
+        open_now = GaugeMetricFamily("eslbridge_listener_connections", "Connections open", labels=["listener"])
+        closed = CounterMetricFamily(
+            "eslbridge_listener_closed",
+            "Connections the accept gate closed: outside the allow list, over a bound, evicted to make room, timed out",
+            labels=["listener", "reason"])
+        for gate in self._gates():
+            open_now.add_metric([gate.name], gate.open)
+            for reason in self.REASONS:
+                closed.add_metric([gate.name, reason], gate.stats[reason])
+        yield from (open_now, closed)
 
 
 def _respond(start_response: Callable, status: str, body: bytes, content_type: str) -> Iterable[bytes]:

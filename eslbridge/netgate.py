@@ -84,8 +84,15 @@ class Conn:
         self.gone = False
         self.deadline = time.monotonic() + gate.limits.head_timeout
 
+    @property
+    def serving(self) -> bool:
+        return self.state == _BUSY
+
     def idle(self) -> None:
-        """Waiting for the next request (or the first one): evictable."""
+        """Waiting for the next request (or the first one): evictable. Once the listener stops,
+        this ends the connection (Expired) instead: the request being served was finished."""
+        if self._gate.closing:
+            raise Expired(False)
         limits = self._gate.limits
         self.deadline = time.monotonic() + (limits.idle_timeout if self.requests else limits.head_timeout)
         if self.state == _BUSY:
@@ -125,6 +132,7 @@ class AcceptGate:
         self.waiting: dict[Conn, None] = {}  # evictable connections, the longest waiting first
         self._by_ip: dict[str, dict[Conn, None]] = {}
         self.open = 0
+        self.closing = False
         self._sweeper: gevent.Greenlet | None = None
         self._log = LogOnce(log)
 
@@ -172,12 +180,12 @@ class AcceptGate:
             self.conns.pop(conn.greenlet, None)
 
     def close(self) -> None:
-        """Stop the sweeper and end every connection (the listener is stopping)."""
-        if self._sweeper is not None:
-            self._sweeper.kill(block=False)
-            self._sweeper = None
+        """The listener is stopping: end every connection waiting for its peer; one being served
+        finishes its request first (an outbound call gets its decision), then ends in ``idle``."""
+        self.closing = True  # the sweeper keeps the deadlines of those, then ends
         for conn in list(self.conns.values()):
-            self._end(conn)
+            if not conn.serving:
+                self._end(conn)
 
     def _evict(self, candidates: Iterable[Conn]) -> bool:
         victim = next(iter(candidates), None)
@@ -205,12 +213,13 @@ class AcceptGate:
 
     def _sweep(self) -> None:
         every = min(0.25, self.limits.head_timeout / 4)
-        while True:
+        while not (self.closing and not self.conns):
             gevent.sleep(every)
             now = time.monotonic()
             for conn in [c for c in self.conns.values() if c.deadline <= now]:
                 self.stats["expired"] += 1
                 self._end(conn)
+        self._sweeper = None
 
 
 class GateMixin:

@@ -23,6 +23,7 @@ from eslbridge.esl.stats import IntakeStats
 from eslbridge.metrics import OTHER, IntakeSource, Metrics, MetricsServer
 from eslbridge.sim.outbound import channel_data, place_call
 from tests.directory_fixtures import PASSWORD, DirectoryProcess, auth_header
+from tests.esl_fixtures import Collector, make_client, sim  # noqa: F401
 
 HOSTILE = 1000
 INJECTION = "x\n\nbgapi system id"
@@ -117,6 +118,15 @@ def test_directory_answers_a_valid_request_fast_under_1000_hostile_connections(d
 # --- /metrics: half-sent requests are timed out and bounded; labels are bounded -----------------
 
 
+def get_metrics(port: int) -> bytes:
+    with gsocket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
+
+
 def test_metrics_half_sent_requests_are_bounded_and_timed_out():
     metrics = Metrics()
     stats = IntakeStats(node="fs1")
@@ -124,8 +134,11 @@ def test_metrics_half_sent_requests_are_bounded_and_timed_out():
     stats.events_in["CHANNEL_CREATE"] += 3
     stats.frames_ignored.update({f"x/{i}": 1 for i in range(1000)})
     metrics.add_intake(lambda: [IntakeSource("fs1", stats, 0, True, 0)])
+    gates = []
+    metrics.add_gates(lambda: gates)
     limits = ConnectionLimits(max_connections=64, max_per_address=32, head_timeout=0.5, idle_timeout=0.5)
     server = MetricsServer(("127.0.0.1", 0), metrics, lambda: (True, {}), allow=LOOPBACK, limits=limits)
+    gates.append(server.gate)
     server.start()
     port = server.address[1]
     try:
@@ -134,11 +147,7 @@ def test_metrics_half_sent_requests_are_bounded_and_timed_out():
         socks += open_sockets(port, HOSTILE // 2, "127.0.0.2", half, gsocket)
         gevent.sleep(0.1)
         assert server.gate.open <= limits.max_connections
-        with gsocket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            scrape = b""
-            while chunk := s.recv(65536):
-                scrape += chunk
+        scrape = get_metrics(port)
         assert scrape.startswith(b"HTTP/1.1 200 ")
         assert b'event="CHANNEL_CREATE"' in scrape and f'{{event="{OTHER}",node="fs1"}} 25000.0'.encode() in scrape
         assert b"EVIL_" not in scrape and b"x/1" not in scrape and len(scrape) < 50_000
@@ -146,6 +155,10 @@ def test_metrics_half_sent_requests_are_bounded_and_timed_out():
             while server.gate.open:
                 gevent.sleep(0.1)
         assert server.gate.stats["refused_address"] == HOSTILE // 2
+        scrape = get_metrics(port)
+        refused = f'eslbridge_listener_closed_total{{listener="metrics",reason="refused_address"}} {HOSTILE // 2}.0'
+        assert refused.encode() in scrape
+        assert b'eslbridge_listener_closed_total{listener="metrics",reason="expired"}' in scrape
         close_all(socks)
     finally:
         server.stop()
@@ -195,6 +208,16 @@ def test_commands_holding_line_breaks_are_refused(value):
         protocol.verb_line("xml_flush_cache", "id", value, "example.com")
     with pytest.raises(protocol.UnsafeCommand):
         protocol.sendmsg([("call-command", "hangup"), ("hangup-cause", value)])
+
+
+def test_the_inbound_link_refuses_them_and_stays_in_step(sim):  # noqa: F811
+    client = make_client(sim, Collector())
+    with pytest.raises(protocol.UnsafeCommand):
+        client.api("status" + INJECTION, 2)
+    with pytest.raises(protocol.UnsafeCommand):
+        client.bgapi("xml_flush_cache id " + INJECTION, 2)
+    assert "is ready" in client.api("status", 2)  # nothing was queued: replies still pair with commands
+    client.stop()
 
 
 def test_arguments_must_be_single_words():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
 from urllib.parse import unquote_to_bytes
@@ -125,4 +126,22 @@ def test_spill_queue_batches_keep_order_and_count_held_batch(tmp_path):
     assert [p for _, p in got] == [b"d", b"e", b"f", b"g"]
     assert got[-1][0] == 2
     assert len(queue) == 0 and stats.queue_depth == 0
+    queue.close()
+
+
+def test_spilled_events_are_sealed_on_disk_and_come_back_in_order(tmp_path):
+    stats = IntakeStats()
+    queue = SpillQueue(1, stats, str(tmp_path))
+    events = [(1, b'{"Caller-Caller-ID-Number":"+15551239999","n":%d}' % i) for i in range(2000)]
+    queue.put_many(events)
+    queue._flush()
+    on_disk = os.pread(queue._fd, 1 << 24, 0)
+    assert stats.overflows == len(events) - 1 and len(on_disk) > 2000 * 40
+    assert b"5551239999" not in on_disk and b"Caller" not in on_disk
+    for _ in range(2):  # drained, the file starts over; the next backlog is sealed too
+        got = []
+        while (batch := queue.get_batch(0)) is not None:
+            got += batch
+        assert got == events
+        queue.put_many(events)
     queue.close()

@@ -39,3 +39,21 @@ def test_authorizer_error_fails_closed():
         assert server.stats["rejected"] == 1
     finally:
         server.stop()
+
+
+def test_stopping_lets_a_call_being_authorized_get_its_decision():
+    import gevent
+
+    def slow(data):
+        gevent.sleep(0.5)
+        return True, "ok"
+
+    server = OutboundServer(("127.0.0.1", 0), slow)
+    host, port = server.start()
+    call = gevent.get_hub().threadpool.spawn(place_call, host, port, channel_data())
+    while not any(c.serving for c in server.gate.conns.values()):  # the authorizer runs
+        gevent.sleep(0.01)
+    server.stop()
+    assert call.get(timeout=10).outcome == "continue"
+    gevent.sleep(0.3)
+    assert server.gate.open == 0

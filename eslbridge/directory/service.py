@@ -96,9 +96,9 @@ class DirectoryService:
         self._basic = b"Basic " + base64.b64encode(self._credentials)
         self._counters: dict[tuple[str, str], Any] = {}  # bound metric children: labels() per request is slow
         # The gate refuses outsiders at accept; gate() checks again for the WSGI embedding.
-        self._gate = AcceptGate("directory", config.allow, config.connections,
+        self.accept_gate = AcceptGate("directory", config.allow, config.connections,
                                 on_refuse=self._refused)
-        self._server = HttpServer(config.listen, self, self._gate, max_body=MAX_BODY)
+        self._server = HttpServer(config.listen, self, self.accept_gate, max_body=MAX_BODY)
         self._refusal_log = LogOnce(log)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -239,7 +239,7 @@ class DirectoryService:
 
     def _refusal(self, client_ip: str, header: bytes | None) -> str | None:
         """Why a request gets 403 (a few fixed texts: they key the rate limit), None when it may pass."""
-        if client_ip not in self._gate.allow:
+        if client_ip not in self.accept_gate.allow:
             return "address not in directory.allow"
         if self._authorized(header):
             return None

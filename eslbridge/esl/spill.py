@@ -7,6 +7,10 @@ consumer has drained it, so order is kept. Why spill and not backpressure: FreeS
 the reader hands our backlog to FreeSWITCH, whose limit we do not control, while appending to a file
 costs a few microseconds per event (bench/intake.py --paused measures it). Every spilled item is
 counted in `stats.overflows`.
+
+Spilled events hold numbers, addresses and SDPs, so each is sealed (AES-256-GCM) under a key made
+for this queue and kept only in memory: the file is unlinked and useless after the process ends
+anyway, and nothing readable reaches the disk. The nonce is the record's write count.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import struct
 import tempfile
 from collections import deque
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gevent.event import Event
 
 from eslbridge.esl.stats import IntakeStats
@@ -42,6 +47,9 @@ class SpillQueue:
         self._stats = stats
         self._dir = spill_dir
         self._fd: int | None = None
+        self._aead: AESGCM | None = None  # made with the file
+        self._sealed = 0  # records sealed so far: the next nonce
+        self._opened = 0  # records opened so far (FIFO: the nonce each was sealed with)
         self._wbuf = bytearray()
         self._wpos = 0  # bytes flushed to the file
         self._rpos = 0  # bytes consumed from the file
@@ -93,8 +101,11 @@ class SpillQueue:
             fd, path = tempfile.mkstemp(prefix="eslbridge-spill-", dir=self._dir)
             os.unlink(path)  # nothing to clean up after a crash; the journal is what survives restarts
             self._fd = fd
-        self._wbuf += _REC.pack(tag, len(payload))
-        self._wbuf += payload
+            self._aead = AESGCM(AESGCM.generate_key(256))
+        sealed = self._aead.encrypt(self._sealed.to_bytes(12, "big"), payload, None)
+        self._sealed += 1
+        self._wbuf += _REC.pack(tag, len(sealed))
+        self._wbuf += sealed
         self._spilled += 1
         self._stats.overflows += 1
         self._stats.spilled_bytes += len(payload)
@@ -120,7 +131,8 @@ class SpillQueue:
             self._roff = 0
         tag, length = _REC.unpack_from(self._rbuf, self._roff)
         start = self._roff + _REC.size
-        payload = self._rbuf[start : start + length]
+        payload = self._aead.decrypt(self._opened.to_bytes(12, "big"), self._rbuf[start : start + length], None)
+        self._opened += 1
         self._roff = start + length
         self._spilled -= 1
         if not self._spilled:

@@ -58,101 +58,16 @@ CREATE TRIGGER erase_call_id_trigger
     WHEN (NEW.erased_at IS NOT NULL AND NEW.erased_at IS DISTINCT FROM OLD.erased_at)
     EXECUTE FUNCTION erase_call_id();
 
--- The export gives the SIP Call-ID (decrypted with the key given, else its ciphertext in hex for
--- eslbridge to open) where it gave the plaintext column; otherwise unchanged from 0007.
-CREATE OR REPLACE FUNCTION export_user_data(target_user_id uuid, encryption_key text, hashes bytea[] DEFAULT NULL)
-RETURNS jsonb LANGUAGE plpgsql AS $$
-DECLARE
-    k text := encryption_key;
-    user_data jsonb;
-    call_data jsonb;
-    cdr_data jsonb;
-    event_data jsonb;
-    audit_data jsonb;
-BEGIN
-    SELECT to_jsonb(u.*) - 'password_hash' - 'sip_ha1' INTO user_data
-      FROM users u WHERE u.id = target_user_id;
-
-    SELECT jsonb_agg(jsonb_build_object(
-               'id', c.id,
-               'call_uuid', c.call_uuid,
-               'owned', g.owned,
-               'caller_side', g.caller_side,
-               'callee_side', g.callee_side,
-               'destination_number', gdpr_field(c.destination_number_enc, k),
-               'caller_id', gdpr_field(c.caller_id_enc, k),
-               'enc_key_id', c.enc_key_id,
-               'node', c.node,
-               'status', c.status,
-               'direction', c.direction,
-               'initiated_at', c.initiated_at,
-               'answered_at', c.answered_at,
-               'ended_at', c.ended_at,
-               'duration_seconds', c.duration_seconds,
-               'cost_cents', c.cost_cents,
-               'currency', c.currency,
-               'codec', c.codec,
-               'quality_score', c.quality_score,
-               'disconnect_reason', c.disconnect_reason,
-               'erased_at', c.erased_at) ORDER BY c.initiated_at, c.call_uuid)
-      INTO call_data
-      FROM calls c JOIN gdpr_calls(target_user_id, hashes) g ON g.id = c.id AND g.initiated_at = c.initiated_at;
-
-    SELECT jsonb_agg(jsonb_build_object(
-               'id', r.id,
-               'call_uuid', r.call_uuid,
-               'call_id', gdpr_field(r.call_id_enc, k),
-               'node', r.node,
-               'caller_side', g.caller_side,
-               'callee_side', g.callee_side,
-               'caller', gdpr_field(r.caller, k),
-               'callee', gdpr_field(r.callee, k),
-               'caller_ip', gdpr_field(r.caller_ip, k),
-               'callee_ip', gdpr_field(r.callee_ip, k),
-               'caller_sdp', gdpr_field(r.caller_sdp, k),
-               'callee_sdp', gdpr_field(r.callee_sdp, k),
-               'enc_key_id', r.enc_key_id,
-               'caller_user_agent', r.caller_user_agent,
-               'callee_user_agent', r.callee_user_agent,
-               'direction', r.direction,
-               'status', r.status,
-               'start_time', r.start_time,
-               'answer_time', r.answer_time,
-               'end_time', r.end_time,
-               'setup_duration_ms', r.setup_duration_ms,
-               'call_duration_ms', r.call_duration_ms,
-               'total_duration_ms', r.total_duration_ms,
-               'disconnect_reason', r.disconnect_reason,
-               'sip_response_code', r.sip_response_code,
-               'codec', r.codec,
-               'media_info', r.media_info,
-               'erased_at', r.erased_at) ORDER BY r.start_time, r.call_uuid)
-      INTO cdr_data
-      FROM call_records r JOIN gdpr_call_records(target_user_id, hashes) g
-        ON g.id = r.id AND g.start_time = r.start_time;
-
-    SELECT jsonb_agg(jsonb_build_object(
-               'call_uuid', e.call_uuid, 'seq', e.seq, 'event_type', e.event_type,
-               'event_data', e.event_data, 'timestamp', e.timestamp)
-               ORDER BY e.timestamp, e.call_uuid, e.seq)
-      INTO event_data
-      FROM call_events e
-     WHERE e.call_uuid IN (SELECT g.call_uuid FROM gdpr_calls(target_user_id, hashes) g
-                           UNION SELECT g.call_uuid FROM gdpr_call_records(target_user_id, hashes) g);
-
-    SELECT jsonb_agg(jsonb_build_object(
-               'id', a.id, 'action', a.action, 'resource_type', a.resource_type,
-               'resource_id', a.resource_id, 'details', a.details, 'actor', a.actor,
-               'timestamp', a.timestamp) ORDER BY a.id)
-      INTO audit_data
-      FROM audit_logs a
-     WHERE a.id IN (SELECT gdpr_audit_logs(target_user_id, gdpr_identities(target_user_id)));
-
-    RETURN jsonb_build_object(
-        'user', user_data,
-        'calls', COALESCE(call_data, '[]'::jsonb),
-        'call_records', COALESCE(cdr_data, '[]'::jsonb),
-        'call_events', COALESCE(event_data, '[]'::jsonb),
-        'audit_logs', COALESCE(audit_data, '[]'::jsonb));
-END;
+-- The export gives the SIP Call-ID where it gave the plaintext column: decrypted with the key
+-- given, else its ciphertext in hex for eslbridge to open. 0007's function computes the rest.
+ALTER FUNCTION export_user_data(uuid, text, bytea[]) RENAME TO export_user_data_0007;
+CREATE FUNCTION export_user_data(target_user_id uuid, encryption_key text, hashes bytea[] DEFAULT NULL)
+RETURNS jsonb LANGUAGE sql AS $$
+    SELECT CASE WHEN jsonb_typeof(d->'call_records') IS DISTINCT FROM 'array' THEN d
+                ELSE jsonb_set(d, '{call_records}', COALESCE((
+                    SELECT jsonb_agg(r || jsonb_build_object('call_id', gdpr_field(c.call_id_enc, encryption_key))
+                                     ORDER BY e.ord)
+                      FROM jsonb_array_elements(d->'call_records') WITH ORDINALITY AS e(r, ord)
+                      LEFT JOIN call_records c ON c.id = (e.r->>'id')::uuid), '[]'::jsonb)) END
+      FROM (SELECT export_user_data_0007(target_user_id, encryption_key, hashes) AS d) x
 $$;
