@@ -21,7 +21,7 @@ from eslbridge.localpg import PgCluster
 from eslbridge.store.migrate import migrate
 
 # Fixtures other test modules share (e.g. the writer tests' `keyring`).
-pytest_plugins = ["tests.writer_fixtures", "tests.roles_fixtures"]
+pytest_plugins = ["tests.writer_fixtures", "tests.roles_fixtures", "tests.cli_fixtures"]
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURES = SHARED / "fixtures"
