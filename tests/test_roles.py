@@ -173,6 +173,8 @@ def test_every_admin_command_works_under_the_admin_role(tmp_path, db_dsn, db, lo
     cli("gdpr", "erase", "ann", "--realm", "pbx.example", "--keyring", str(keyring), "--yes")
     cli("keys", "status", "--keyring", str(keyring))
     cli("keys", "rotate", "--keyring", str(keyring))
+    cli("keys", "retire", "1", "--keyring", str(keyring))
+    cli("keys", "blind-index", "number", "--keyring", str(keyring), stdin="+15551230000\n")
     config = tmp_path / "eslbridge.yaml"
     config.write_text("retention:\n  audit_logs_days: 30\n")
     cli("retention", "run", "--dry-run", "--config", str(config))
