@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eslbridge",
         description="FreeSWITCH ESL to PostgreSQL bridge: encrypted CDRs and SIP directory.",
+        epilog="Exit codes: 0 ok, 1 runtime failure (e.g. database unreachable), 2 usage, "
+        "78 configuration or credentials wrong (systemd does not restart on 78).",
     )
     parser.add_argument(
         "--config",

@@ -20,7 +20,7 @@ from eslbridge.localpg import PgCluster
 from eslbridge.store.migrate import migrate
 
 # Fixtures other test modules share (e.g. the writer tests' `keyring`).
-pytest_plugins = ["tests.writer_fixtures", "tests.daemon_fixtures", "tests.roles_fixtures"]
+pytest_plugins = ["tests.writer_fixtures", "tests.daemon_fixtures", "tests.roles_fixtures", "tests.cli_fixtures"]
 
 TEMPLATE_DB = "eslbridge_template"
 _counter = itertools.count()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -20,19 +19,6 @@ from eslbridge.localpg import free_port
 from tests.test_config_check import FakeEventSocket, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def cli(db_dsn, monkeypatch, capsys):
-    monkeypatch.setenv("ESLBRIDGE_DATABASE_URL", db_dsn)
-
-    def run(*argv: str, stdin: str = "") -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def process(*argv: str, env: dict[str, str] | None = None, stdin: str = "", timeout: float = 60

@@ -173,6 +173,8 @@ def test_every_admin_command_works_under_the_admin_role(tmp_path, db_dsn, db, lo
     cli("gdpr", "erase", "ann", "--realm", "pbx.example", "--keyring", str(keyring), "--yes")
     cli("keys", "status", "--keyring", str(keyring))
     cli("keys", "rotate", "--keyring", str(keyring))
+    cli("keys", "retire", "1", "--keyring", str(keyring))
+    cli("keys", "blind-index", "number", "--keyring", str(keyring), stdin="+15551230000\n")
     config = tmp_path / "eslbridge.yaml"
     config.write_text("retention:\n  audit_logs_days: 30\n")
     cli("retention", "run", "--dry-run", "--config", str(config))
@@ -273,3 +275,13 @@ def test_migrate_by_an_owner_who_may_not_create_roles_says_so_and_db_grant_repai
         assert json.loads(json.dumps(proc.stdout.splitlines()))  # one action per line
     finally:
         cluster.destroy()
+
+
+def test_a_later_migration_adding_a_users_column_is_granted_to_the_daemon(db_dsn, logins: Logins):
+    from eslbridge.store.migrate import Migration, load_migrations, migrate
+
+    later = Migration("9999", "9999_nickname.sql", "ALTER TABLE users ADD COLUMN nickname text;")
+    assert migrate(db_dsn, [*load_migrations(), later]) == ["9999_nickname.sql"]
+    daemon = dsn_as(db_dsn, logins.daemon)
+    assert not refused(daemon, "SELECT nickname FROM users")
+    assert refused(daemon, "SELECT password_hash FROM users")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import subprocess
 import sys
@@ -15,7 +14,6 @@ import pytest
 
 from eslbridge import users
 from eslbridge.audit import os_user
-from eslbridge.cli import main
 from eslbridge.errors import EXIT_FAILURE, EXIT_USAGE, EslBridgeError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,19 +80,6 @@ def test_enable_disable_delete_and_roles(db):
 
 
 # --- CLI --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli(db_dsn, monkeypatch, capsys):
-    monkeypatch.setenv("ESLBRIDGE_DATABASE_URL", db_dsn)
-
-    def run(*argv: str, stdin: str = "") -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def test_cli_user_lifecycle(cli, db):

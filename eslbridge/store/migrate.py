@@ -107,11 +107,26 @@ def status(conn: psycopg.Connection, migrations: list[Migration] | None = None) 
 
 
 def _warnings_to(on_warning: Callable[[str], None]) -> Callable[[psycopg.errors.Diagnostic], None]:
+    seen: set[str] = set()  # the same warning from a migration and the re-grant after it: once
+
     def handle(diag: psycopg.errors.Diagnostic) -> None:
-        if diag.severity_nonlocalized == "WARNING" and diag.message_primary:
+        if diag.severity_nonlocalized == "WARNING" and diag.message_primary and diag.message_primary not in seen:
+            seen.add(diag.message_primary)
             on_warning(diag.message_primary)
 
     return handle
+
+
+def _regrant(conn: psycopg.Connection) -> None:
+    """Re-apply the roles' privileges after new migrations (docs/ROLES.md): columns and functions a
+    later migration adds are then covered without that migration repeating the grants."""
+    if conn.execute("SELECT to_regprocedure('eslbridge_grant_roles()') IS NOT NULL").fetchone()[0]:
+        try:
+            with conn.transaction():
+                conn.execute("SELECT eslbridge_grant_roles()")
+        except psycopg.Error as exc:
+            raise MigrationError(f"migrations applied, but granting the roles their privileges failed: {exc} "
+                                 "(run `eslbridge db grant` as a superuser)") from exc
 
 
 def migrate(conninfo: str, migrations: list[Migration] | None = None, *,
@@ -154,6 +169,8 @@ def migrate(conninfo: str, migrations: list[Migration] | None = None, *,
                     bar.advance(note=migration.name)
             if bar:
                 bar.finish()
+            if done:
+                _regrant(conn)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
     return done
