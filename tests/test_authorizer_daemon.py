@@ -10,8 +10,9 @@ import yaml
 
 from eslbridge.sim.outbound import channel_data, place_call
 from eslbridge.users import add_user
+from tests.daemon_fixtures import Env, wait_for
 from tests.test_authorizer_records import daemon_dsn  # noqa: F401  (fixture)
-from tests.test_daemon import Env, Sim, env, wait_for  # noqa: F401  (env: fixture)
+from tests.test_daemon import Sim
 
 
 def test_decisions_name_the_configured_node_link_to_the_call_and_are_audited(

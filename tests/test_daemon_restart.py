@@ -14,7 +14,8 @@ import time
 import psycopg
 
 from eslbridge.users import add_user
-from tests.test_daemon import Env, Sim, env, wait_for  # noqa: F401
+from tests.daemon_fixtures import Env, wait_for
+from tests.test_daemon import Sim
 
 CALLS = 20
 
@@ -30,7 +31,7 @@ def counts(dsn: str) -> dict[str, int]:
             " (SELECT count(*) FROM call_records WHERE reconciled)").fetchone(), strict=True))
 
 
-def test_sigkill_restart_leaves_one_final_row_per_call(env: Env, db_dsn: str) -> None:  # noqa: F811
+def test_sigkill_restart_leaves_one_final_row_per_call(env: Env, db_dsn: str) -> None:
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         add_user(conn, "1000", "127.0.0.1", "pw-1000-secret", rounds=4)
     sim = Sim(env.tmp, "--wait-subscribers", "1", "--calls", str(CALLS), "--rate", "20", "--speed", "0.5",
@@ -69,7 +70,7 @@ def test_sigkill_restart_leaves_one_final_row_per_call(env: Env, db_dsn: str) ->
     assert "stale row(s) closed" in env.log()
 
 
-def test_calls_placed_before_the_user_index_loads_are_attributed(env: Env, db_dsn: str) -> None:  # noqa: F811
+def test_calls_placed_before_the_user_index_loads_are_attributed(env: Env, db_dsn: str) -> None:
     """The users table is locked while the daemon starts, so its user index cannot load while every
     call is placed and ends: intake waits for the index, and each call still gets its `calls` row."""
     n = 5

@@ -7,10 +7,11 @@ import signal
 import psycopg
 import yaml
 
-from tests.test_daemon import Env, Sim, env, get, metrics_url, wait_for  # noqa: F401
+from tests.daemon_fixtures import Env, get, metrics_url, wait_for
+from tests.test_daemon import Sim
 
 
-def test_calls_over_the_cap_are_closed_counted_and_logged_once(env: Env, db_dsn: str) -> None:  # noqa: F811
+def test_calls_over_the_cap_are_closed_counted_and_logged_once(env: Env, db_dsn: str) -> None:
     n, cap = 30, 5
     sim = Sim(env.tmp, "--wait-subscribers", "1", "--calls", str(n), "--rate", "50", "--mix", "bridged=1")
     config = env.config(sim.port)

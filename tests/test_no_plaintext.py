@@ -18,7 +18,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from eslbridge.esl.framing import parse_stream
 from eslbridge.users import add_user
-from tests.test_daemon import Env, Sim, env, finished_records, get, metrics_url, wait_for  # noqa: F401
+from tests.daemon_fixtures import Env, get, metrics_url, wait_for
+from tests.test_daemon import Sim, finished_records
 
 CAPTURED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "captured"
 CAPTURES = ("bridge-answer", "bridge-busy", "auth-call", "register")
@@ -87,7 +88,7 @@ def found_in(haystack: str, needles: set[str]) -> list[str]:
     return sorted(n for n in needles if n in haystack)
 
 
-def test_captured_calls_with_hostile_values_leave_no_plaintext(env: Env, db_dsn: str) -> None:  # noqa: F811
+def test_captured_calls_with_hostile_values_leave_no_plaintext(env: Env, db_dsn: str) -> None:
     stream, call_ids = hostile_stream(env.tmp / "hostile.esl")
     needles = {CALLER.lstrip("+"), CALLEE.lstrip("+"), PUBLIC_IP, SWITCH_IP, "bgapi system id", *call_ids}
     assert all(n.encode() in stream for n in needles - {SWITCH_IP}) and len(call_ids) >= 4

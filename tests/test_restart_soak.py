@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from tests.test_daemon import Env, Sim, env, get, metrics_url, wait_for  # noqa: F401
+from tests.daemon_fixtures import Env, get, metrics_url, wait_for
+from tests.test_daemon import Sim
 
 RATE = 200
 KILLS = 10
@@ -169,7 +170,7 @@ def compare(ledger: list[dict], rows: list[tuple], timeline: Timeline) -> dict:
 
 
 def test_restarts_kill_9_sigterm_two_daemons_and_a_freeswitch_restart_leave_one_final_row_per_call(
-        env: Env, db_dsn: str) -> None:  # noqa: F811
+        env: Env, db_dsn: str) -> None:
     seed = int(os.environ.get("ESLBRIDGE_SOAK_SEED") or random.SystemRandom().randrange(1 << 32))
     print(f"\nsoak seed {seed} (ESLBRIDGE_SOAK_SEED={seed} replays this schedule)")
     rng = random.Random(seed)

@@ -25,10 +25,11 @@ from eslbridge.localpg import PgCluster
 from eslbridge.retention import run_retention
 from eslbridge.store.upkeep import Upkeep
 from eslbridge.users import add_user
+from tests.daemon_fixtures import ESL_PASSWORD, Env, wait_for
 from tests.roles_fixtures import Logins, dsn_as
 from tests.test_authorizer import channel
 from tests.test_config_check import FakeEventSocket, write_config
-from tests.test_daemon import ESL_PASSWORD, Env, Sim, finished_records, wait_for
+from tests.test_daemon import Sim, finished_records
 from tests.test_directory_service import form
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +106,7 @@ def test_check_config_passes_under_the_daemon_role(tmp_path, db_dsn, logins: Log
     assert "database: ok (" in out
 
 
-def test_upkeep_retention_and_refused_calls_are_audited_under_the_daemon_role(db_dsn, db, logins: Logins):
+def test_upkeep_retention_and_refused_calls_are_audited_under_the_daemon_role(db_dsn, db, logins: Logins, keyring):
     db.execute("INSERT INTO audit_logs (action, timestamp) VALUES ('old.entry', now() - interval '400 days')")
     add_user(db, "2000", "127.0.0.1", "pw-2000-secret", role="user", rounds=4)
     db.execute("UPDATE users SET enabled = false WHERE username = '2000'")
@@ -115,7 +116,7 @@ def test_upkeep_retention_and_refused_calls_are_audited_under_the_daemon_role(db
         result = Upkeep(pool, retention, retention_hook=lambda c, cfg: run_retention(c, cfg).lines()
                         ).run_once()
         ch = channel("2000")
-        allowed, reason = CallAuthorizer(pool)(ch)
+        allowed, reason = CallAuthorizer(pool, lambda: keyring, lambda channel: "fs1")(ch)
     assert result.ran and "refreshed daily_call_summary" in result.actions
     assert any(line.startswith("audit_logs") and "removed 1 rows" in line for line in result.actions)
     assert not allowed and reason != "error"

@@ -9,7 +9,6 @@ import psycopg
 from eslbridge.audit import os_user
 from eslbridge.errors import EXIT_FAILURE, EXIT_USAGE
 from tests.test_authorizer import add_user
-from tests.test_users import cli  # noqa: F401  (fixture)
 
 REALM = "pbx.example.org"
 
@@ -19,7 +18,7 @@ def limit_row(db: psycopg.Connection, user_id: str) -> tuple | None:
                       " WHERE user_id = %s AND endpoint = 'call'", (user_id,)).fetchone()
 
 
-def test_show_set_change_clear(cli, db) -> None:  # noqa: F811
+def test_show_set_change_clear(cli, db) -> None:
     user_id = add_user(db, "1000", REALM)
     code, out, _ = cli("user", "limit", "1000", "--realm", REALM)
     assert code == 0 and out.splitlines() == [f"1000@{REALM}: no limit",
@@ -49,7 +48,7 @@ def test_show_set_change_clear(cli, db) -> None:  # noqa: F811
     ]
 
 
-def test_errors_are_one_line(cli, db) -> None:  # noqa: F811
+def test_errors_are_one_line(cli, db) -> None:
     add_user(db, "1000", REALM)
     cases = [
         (("nobody", "--realm", REALM, "--max", "3"), EXIT_FAILURE, f"no user nobody@{REALM}"),
@@ -72,7 +71,7 @@ def test_errors_are_one_line(cli, db) -> None:  # noqa: F811
     assert db.execute("SELECT count(*) FROM audit_logs").fetchone() == (0,)
 
 
-def test_help_describes_the_command(cli) -> None:  # noqa: F811
+def test_help_describes_the_command(cli) -> None:
     code, out, _ = cli("user", "limit", "--help")
     assert code == 0
     for text in ("--max N", "--clear", "--window-minutes M", "--realm", "no limit"):
