@@ -38,7 +38,7 @@ Memory
     Per live call: a slots object, a dict of slots legs holding only record fields (repeated
     values interned), the set of folded sequences. Measured by tests/test_correlator_memory.py
     over 10,000 concurrent two-leg calls (created, originated, answered, bridged): about
-    3.2 KB (3,241 bytes) per active call (target <= 5 KB, DESIGN section 11).
+    3.2 KB (3,249 bytes) per active call (target <= 5 KB, DESIGN section 11).
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ class _Call:
     """State of one live call (kept small: it exists once per active call)."""
 
     __slots__ = (
+        "adopted",
         "expected",
         "hold",
         "legs",
@@ -127,6 +128,7 @@ class _Call:
         # re-pointed) on the writer's hot path. A re-adopted call takes its row's start_time.
         self.start_us = 0
         self.prior_answer = 0  # answer time of a re-adopted call's row (its root may say nothing)
+        self.adopted = False  # re-adopted from an Active row: the row holds what its events said before
 
 
 class Correlator:
@@ -246,6 +248,7 @@ class Correlator:
         adopted = self._adopted.pop(uuid, None)
         if adopted is not None:
             call.start_us, call.prior_answer = adopted
+            call.adopted = True
             call.sent = _STARTED  # its row exists: no first row to write
         self._calls[uuid] = call
         self._legs[uuid] = call
@@ -426,14 +429,17 @@ class Correlator:
             if n % size == 0:
                 yield [], []
         updates: list[RecordUpdate] = []
+        closures: list[Closure] = []
         for n, call in enumerate(list(self._calls.values()), 1):
             update = self._resync_call(call, live, at_us, basis, end_from)
-            if update is not None:
+            if isinstance(update, Closure):
+                closures.append(update)
+            elif update is not None:
                 updates.append(update)
             if n % size == 0:
-                yield updates, []
-                updates = []
-        yield updates, []
+                yield updates, closures
+                updates, closures = [], []
+        yield updates, closures
         previous, self._adopted = self._adopted, {}
         closures: list[Closure] = []
         for n, row in enumerate(active, 1):
@@ -467,8 +473,18 @@ class Correlator:
         yield updates, []
 
     def _resync_call(self, call: _Call, live: dict[str, dict[str, str]], at_us: int, basis: int,
-                     end_from: str) -> RecordUpdate | None:
+                     end_from: str) -> RecordUpdate | Closure | None:
         """One known call against the snapshot: vanished legs close, answers seen only there count."""
+        root = call.legs.get(call.root)
+        if call.adopted and (root is None or root.seq < 0) and call.root not in live:
+            # Re-adopted, and its root vanished before sending anything: the row holds the call's
+            # parties, which a record built from what is known here would overwrite with blanks.
+            latest = max((leg.latest_us for leg in call.legs.values()), default=0)
+            self._waiting.pop(call.uuid, None)
+            self._release(call)
+            self._tombstone(call.uuid)
+            return close_row(ActiveRow(call.uuid, call.start_us, call.prior_answer, latest), self.node, basis,
+                             end_from)
         if call.root not in call.legs and call.root not in live:
             call.legs[call.root] = Leg(call.root)  # a root never seen: all we know is it is gone
         for uuid, leg in call.legs.items():
