@@ -34,6 +34,15 @@ Idempotency
     (UUID -> event time, kept ``TOMBSTONE_US`` of event time, at most ``TOMBSTONE_MAX``) so a
     late duplicate never re-opens a finished call.
 
+Resync (``resync_slices``)
+    After every ESL (re)connect, against the `show channels` snapshot and this node's Active
+    database rows: legs gone from the snapshot are closed at the best end known (never before
+    their last known event), rows the correlator does not hold are re-adopted when their channels
+    are up (their key and answer kept, their later events finish them) or closed (``Closure``,
+    eslbridge.calls.reconcile), and unknown live channels open records. A call keeps the start
+    its rows were opened with as their key (``_Call.start_us``), so a snapshot's whole-second
+    created time never makes a second row. Done in slices: the caller yields between them.
+
 Memory
     Per live call: a slots object, a dict of slots legs holding only record fields (repeated
     values interned), the set of folded sequences. Measured by tests/test_correlator_memory.py
