@@ -143,3 +143,23 @@ def test_resync_without_the_database_still_reconciles_what_memory_knows():
     assert not result.complete and result.active == 0
     assert [u.stage for u in submitted] == [Stage.FINISHED] and submitted[0].record.reconciled
     assert correlator.active_calls == 0
+
+
+def test_reconcile_queries_need_only_the_daemon_role(db, db_dsn, keyring, tmp_path):  # noqa: F811
+    """Read and close as eslbridge_daemon (SELECT/UPDATE on the call tables, INSERT on call_events)."""
+    uid = create_user(db)
+    write(db_dsn, keyring, tmp_path, [call_updates(7, uid)[1]])
+    db.execute("SET ROLE eslbridge_daemon")
+    active, last_event = load_active(db, NODE)
+    _, closures = slices_of(correlator_for({}), active, last_event)
+    assert close_rows(db, NODE, closures) == 1
+    db.execute("RESET ROLE")
+    assert db.execute("SELECT status FROM calls").fetchone()[0] == "completed"
+
+
+def slices_of(correlator: Correlator, active, last_event):
+    updates, closures = [], []
+    for step, closed in correlator.resync_slices([], at(1895299200_000000), active, last_event):
+        updates += step
+        closures += closed
+    return updates, closures
