@@ -19,6 +19,7 @@ from eslbridge.localpg import free_port
 from eslbridge.resync import Resync
 from eslbridge.store.reconcile import close_rows, load_active
 from tests.correlator_fixtures import at, captured, only
+from tests.test_correlator_resync import slices
 from tests.writer_fixtures import call_updates, create_user, keyring, open_journal, write_all  # noqa: F401
 
 NODE = "fs1"
@@ -151,15 +152,7 @@ def test_reconcile_queries_need_only_the_daemon_role(db, db_dsn, keyring, tmp_pa
     write(db_dsn, keyring, tmp_path, [call_updates(7, uid)[1]])
     db.execute("SET ROLE eslbridge_daemon")
     active, last_event = load_active(db, NODE)
-    _, closures = slices_of(correlator_for({}), active, last_event)
+    _, closures = slices(correlator_for({}), [], at(1895299200_000000), active, last_event)
     assert close_rows(db, NODE, closures) == 1
     db.execute("RESET ROLE")
     assert db.execute("SELECT status FROM calls").fetchone()[0] == "completed"
-
-
-def slices_of(correlator: Correlator, active, last_event):
-    updates, closures = [], []
-    for step, closed in correlator.resync_slices([], at(1895299200_000000), active, last_event):
-        updates += step
-        closures += closed
-    return updates, closures
