@@ -226,10 +226,16 @@ class Daemon:
 
     def _await_users(self) -> None:
         """Intake waits for the user index's first load, so attribution never depends on start-up
-        timing; waiting is safe: the ESL reader keeps reading into the spilling queue meanwhile."""
+        timing (deferring the decision instead would mean re-attributing records already written).
+        Waiting loses nothing: the ESL reader keeps reading into the spilling queue meanwhile. Only
+        a stop before the index ever loaded (PostgreSQL unreachable since start) releases the
+        queued events unattributed, so their records reach the journal instead of being lost."""
+        if self.users.loaded.is_set() or self._stop.is_set():
+            return
+        log.info("ESL intake waits for the user index to load")
+        gevent.wait([self.users.loaded, self._stop], count=1)
         if not self.users.loaded.is_set():
-            log.info("ESL intake waits for the user index to load")
-            self.users.loaded.wait()
+            log.warning("stopping before the user index loaded: queued calls are recorded without local users")
 
     def _correlate(self, node: Node, step: Callable[[Any], list[RecordUpdate]], item: Any) -> int:
         """One correlator step; its updates go to the writer (never blocks). Bad input is counted."""
