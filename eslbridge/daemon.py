@@ -78,7 +78,7 @@ class Daemon:
         self.writer = Writer(self.pool, self.keyring, self.journal, metrics=self.metrics)
         self.users = UserIndex(config.database.url.reveal(), connect_timeout=config.database.connect_timeout)
         self.resync = Resync(self.pool, self.writer.submit, lambda: self.writer.replaying,
-                             config.database.connect_timeout)
+                             config.database.connect_timeout, lambda: self._stop.is_set())
         self.nodes: dict[str, Node] = {}
         for node_cfg in config.freeswitch:
             client = InboundClient(

@@ -72,11 +72,13 @@ def _no_full_collections() -> Iterator[None]:
 
 class Resync:
     def __init__(self, pool: ConnectionPool, submit: Callable[[RecordUpdate], None],
-                 replaying: Callable[[], bool], connect_timeout: float) -> None:
+                 replaying: Callable[[], bool], connect_timeout: float,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self._pool = pool
         self._submit = submit
         self._replaying = replaying
         self._timeout = connect_timeout
+        self._stopping = stopping  # a stop drains the node's queue: no waiting for the database then
 
     def run(self, correlator: Correlator, channels: list[dict[str, str]]) -> ResyncResult:
         """One resync of ``correlator``'s node against ``channels``; EventError on bad rows."""
@@ -98,8 +100,10 @@ class Resync:
     def _active_rows(self, node: str, settled: float) -> tuple[list[ActiveRow], datetime | None, bool]:
         """The node's Active rows and newest stored event; ([], None, False) when PostgreSQL is away."""
         deadline = time.monotonic() + REPLAY_WAIT
-        while self._replaying() and time.monotonic() < deadline:
+        while self._replaying() and time.monotonic() < deadline and not self._stopping():
             gevent.sleep(0.05)
+        if self._stopping():
+            return [], None, False
         gevent.sleep(max(0.0, settled - time.monotonic()))
         try:
             with self._pool.connection(timeout=self._timeout) as conn:
