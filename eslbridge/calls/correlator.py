@@ -89,9 +89,7 @@ _CALL_EVENTS = frozenset({
     "CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_UUID",
 })
 _RINGING = frozenset({"CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA"})
-_KIND = KIND
 _BRIDGING = {"CHANNEL_BRIDGE": "bridged", "CHANNEL_UNBRIDGE": "unbridged"}
-_NO_SEQ_BASE = NO_SEQ_BASE
 _by_seq = itemgetter(0)
 _STARTED, _ANSWERED, _FINISHED = Stage.STARTED, Stage.ANSWERED, Stage.FINISHED
 
@@ -559,7 +557,7 @@ def _unlinked_loopback_b(ev: dict[str, str]) -> bool:
 def _sequence(ev: dict[str, str], name: str, uuid: str, ts: int) -> int:
     raw = ev.get("Event-Sequence")
     if raw is None:
-        return _NO_SEQ_BASE + zlib.crc32(f"{name}|{uuid}|{ts}".encode())
+        return NO_SEQ_BASE + zlib.crc32(f"{name}|{uuid}|{ts}".encode())
     try:
         return int(raw)
     except ValueError:
@@ -568,7 +566,7 @@ def _sequence(ev: dict[str, str], name: str, uuid: str, ts: int) -> int:
 
 def _note(call: _Call, seq: int, kind: str, at_us: int, data: dict[str, Any]) -> None:
     """Queue the lifecycle row of a repeatable event, keyed by its Event-Sequence."""
-    call.pending.append((seq * 8 + _KIND[kind], kind, at_us, data))
+    call.pending.append((seq * 8 + KIND[kind], kind, at_us, data))
 
 
 def _note_once(call: _Call, uuid: str, kind: str, at_us: int, data: dict[str, Any]) -> None:
