@@ -67,15 +67,12 @@ from eslbridge.calls.legs import Leg, to_datetime, to_us, usec
 from eslbridge.calls.reconcile import (
     END_FROM_GAP,
     END_FROM_LAST_EVENT,
-    KIND,
-    NO_SEQ_BASE,
     RECONCILE_REASON,
     ActiveRow,
     Closure,
     close_row,
-    once_seq,
 )
-from eslbridge.calls.records import LifecycleEvent, RecordUpdate, Stage
+from eslbridge.calls.records import KIND, NO_SEQ_BASE, LifecycleEvent, RecordUpdate, Stage, once_seq
 
 ORPHAN_GRACE_US = 30_000_000
 TOMBSTONE_US = 3_600_000_000
