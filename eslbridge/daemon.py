@@ -207,6 +207,7 @@ class Daemon:
         except EventError as exc:
             node.client.stats.error("uncorrelated_event", str(exc))
             return
+        self.metrics.resync_closed.labels(node=node_name).inc(result.closed)
         log.info("%s: resync with %d live channel(s), %d Active row(s) in the database: %d record update(s),"
                  " %d stale row(s) closed", node_name, result.channels, result.active, result.updates, result.closed)
         if not result.complete and node_name not in self._resync_retries:

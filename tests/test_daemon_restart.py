@@ -19,7 +19,7 @@ from eslbridge.localpg import free_port
 from eslbridge.store.journal import Journal
 from eslbridge.store.serialize import decode_update
 from eslbridge.users import add_user
-from tests.test_daemon import Env, Sim, env, wait_for  # noqa: F401
+from tests.test_daemon import Env, Sim, env, get, metrics_url, wait_for  # noqa: F401
 
 CALLS = 20
 
@@ -55,6 +55,7 @@ def test_sigkill_restart_leaves_one_final_row_per_call(env: Env, db_dsn: str) ->
                  "no Active rows")
         time.sleep(1.0)  # the last writes in flight
         final = counts(db_dsn)
+        metrics = get(metrics_url(config, "/metrics"))[1]
         second.terminate()
         assert second.wait(15) == 0
     finally:
@@ -72,6 +73,8 @@ def test_sigkill_restart_leaves_one_final_row_per_call(env: Env, db_dsn: str) ->
     assert bad == 0 and how and {h[0] for h in how} <= {"last_event", "gap_detected"}
     assert exact >= at_kill["records"] - final["reconciled"] > 0  # re-adopted calls finished by their own events
     assert "stale row(s) closed" in env.log()
+    closed = [line for line in metrics.splitlines() if line.startswith("eslbridge_resync_closed_rows_total")]
+    assert closed and float(closed[0].split()[-1]) > 0
 
 
 def test_calls_placed_before_the_user_index_loads_are_attributed(env: Env, db_dsn: str) -> None:  # noqa: F811
