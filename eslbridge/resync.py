@@ -9,8 +9,9 @@ queue in order, the reader keeps reading), so the correlator sees nothing in bet
    a call created just before our subscription within that time, and a row read is re-adopted
    under its key, where a row not yet written would be opened a second time from the snapshot;
 2. read this node's Active rows and the newest event stored for it (``eslbridge.store.reconcile``);
-3. run the correlator's resync slice by slice, submitting updates and closing stale rows, and
-   yield to the event loop after every slice: a snapshot of 100,000 channels must never stall
+3. run the correlator's resync slice by slice, submitting updates and closing stale rows (and
+   opening unknown live channels only when the Active rows were read), and yield to the event
+   loop after every slice: a snapshot of 100,000 channels must never stall
    the directory or the ESL reader for more than 100 ms at a time.
 
 Automatic garbage collection is off while it runs, and what it built is frozen afterwards
@@ -41,7 +42,7 @@ from eslbridge.store.reconcile import close_rows, load_active
 
 log = logging.getLogger(__name__)
 
-REPLAY_WAIT = 10.0  # seconds a resync waits for the journal's replay before reading Active rows
+REPLAY_WAIT = 30.0  # seconds a resync waits for the journal's replay before reading Active rows
 SETTLE = 1.0  # seconds between the snapshot and reading the Active rows, at least
 
 
@@ -86,7 +87,8 @@ class Resync:
         active, last_event, complete = self._active_rows(correlator.node, time.monotonic() + SETTLE)
         updates = closed = 0
         with _no_full_collections():
-            for step, closures in correlator.resync_slices(channels, detected, active, last_event):
+            for step, closures in correlator.resync_slices(channels, detected, active, last_event,
+                                                           open_new=complete):
                 for update in step:
                     self._submit(update)
                 updates += len(step)

@@ -404,7 +404,8 @@ class Correlator:
 
     def resync_slices(self, channels: list[dict[str, str]], at: datetime | None = None,
                       active: Iterable[ActiveRow] = (), last_event: datetime | None = None,
-                      size: int = RESYNC_SLICE) -> Iterator[tuple[list[RecordUpdate], list[Closure]]]:
+                      size: int = RESYNC_SLICE, open_new: bool = True,
+                      ) -> Iterator[tuple[list[RecordUpdate], list[Closure]]]:
         """Reconcile with a ``show channels as json`` snapshot taken after an ESL (re)connect.
 
         A generator of (record updates, closures), one item per slice of at most ``size`` rows or
@@ -415,8 +416,11 @@ class Correlator:
         ``active``: this node's Active database rows; ``last_event``: the newest event an earlier
         run stored for the node. Known legs missing from the snapshot hung up during the gap;
         Active rows unknown here whose channels are gone are closed (``Closure``); rows whose
-        channels are up are re-adopted; live channels not known yet open records. Ends are the
-        best known (see ``eslbridge.calls.reconcile``).
+        channels are up are re-adopted; live channels not known yet open records, unless
+        ``open_new`` is false: when the Active rows could not be read, a channel may have a row
+        this correlator cannot see, and its own next event (every one carries the exact created
+        time) opens it under that row's key instead. Ends are the best known (see
+        ``eslbridge.calls.reconcile``).
         """
         at_us = to_us(at) if at is not None else self._now
         basis = max(self._now, to_us(last_event) if last_event is not None else 0)
@@ -454,6 +458,8 @@ class Correlator:
                 yield [], closures
                 closures = []
         yield [], closures
+        if not open_new:
+            return
         # Roots first (a leg's row may come before its root's), in two passes rather than a sort:
         # sorting 100,000 rows is one step too long to take without yielding.
         roots = [row for row in live.values() if row.get("call_uuid", row["uuid"]) == row["uuid"]]
