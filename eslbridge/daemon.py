@@ -248,6 +248,9 @@ class Daemon:
             return 0
         for update in updates:
             self.writer.submit(update)
+        closures = node.correlator.take_closures()
+        if closures:  # re-adopted calls closed by their last leg's hangup: off the ESL path
+            gevent.spawn(self.resync.close, node.config.name, closures)
         return len(updates)
 
     def _on_fatal(self, node_name: str, exc: Exception) -> None:

@@ -93,7 +93,7 @@ class Resync:
                     self._submit(update)
                 updates += len(step)
                 if closures:
-                    done = self._close(correlator.node, closures)
+                    done = self.close(correlator.node, closures)
                     complete = complete and done is not None
                     closed += done or 0
                 gevent.idle()
@@ -115,7 +115,9 @@ class Resync:
             return [], None, False
         return rows, last_event, True
 
-    def _close(self, node: str, closures: list[Closure]) -> int | None:
+    def close(self, node: str, closures: list[Closure]) -> int | None:
+        """Close stale Active rows; how many, or None when PostgreSQL could not be reached (the
+        rows stay Active: the next resync finds them again)."""
         try:
             with self._pool.connection(timeout=self._timeout) as conn:
                 return close_rows(conn, node, closures, _pause)
