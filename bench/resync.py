@@ -14,7 +14,8 @@ Set up like a busy node after a long ESL gap: the correlator holds ``known`` cal
 quarters still up, the rest vanished), the database ``active`` Active rows it does not hold (half
 still up: re-adopted, half gone: closed), and the remaining channels are new (opened from the
 snapshot). Record updates are collected, not written (the writer's batches are bounded by its
-own batch size). Without ``--dsn`` a throwaway PostgreSQL is started. Prints one JSON line.
+own batch size). Without ``--dsn`` a throwaway PostgreSQL is started. Prints its figures on a ``bench-result:`` line
+(the format ``bench.run`` collects).
 """
 
 from __future__ import annotations
@@ -129,15 +130,17 @@ def main() -> None:
     ap.add_argument("--active", type=int, default=20_000)
     ap.add_argument("--dsn", help="a migrated database (default: a throwaway PostgreSQL)")
     args = ap.parse_args()
-    if args.dsn:
-        print(json.dumps(measure(args.dsn, args.channels, args.known, args.active)))
-        return
-    cluster = PgCluster()
-    cluster.start()
+    cluster = None
+    dsn = args.dsn
+    if not dsn:
+        cluster = PgCluster()
+        cluster.start()
+        dsn = cluster.migrated_database("bench")
     try:
-        print(json.dumps(measure(cluster.migrated_database("bench"), args.channels, args.known, args.active)))
+        print("bench-result: " + json.dumps(measure(dsn, args.channels, args.known, args.active)))
     finally:
-        cluster.destroy()
+        if cluster is not None:
+            cluster.destroy()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def test_resync_of_100k_channels_yields_and_closes_what_it_must(db_dsn: str) -> 
     out = subprocess.run([sys.executable, "-m", "bench.resync", "--dsn", db_dsn, "--channels", "100000",
                           "--known", "40000", "--active", "20000"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
-    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    figures = json.loads(out.stdout.strip().splitlines()[-1].removeprefix("bench-result: "))
     print(f"\nresync stall: {figures}")
     # Updates: 10,000 known calls vanished (closed), 30,000 known ones answered meanwhile (the
     # snapshot says ACTIVE), 60,000 new ones opened; re-adopted rows get none.
