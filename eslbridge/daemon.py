@@ -19,19 +19,15 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import gevent
 import gevent.event
-import psycopg
-from psycopg_pool import PoolTimeout
 
 from eslbridge import systemd
 from eslbridge.authorizer import CallAuthorizer
 from eslbridge.calls.correlator import Correlator
 from eslbridge.calls.errors import EventError
-from eslbridge.calls.reconcile import ActiveRow, Closure
 from eslbridge.calls.records import RecordUpdate
 from eslbridge.config import Config, NodeConfig, load_config
 from eslbridge.directory.service import DirectoryService
@@ -42,11 +38,11 @@ from eslbridge.keyring import Keyring
 from eslbridge.logsetup import setup_logging
 from eslbridge.metrics import IntakeSource, Metrics, MetricsServer
 from eslbridge.registrations import LoginRecorder, login_from_event
+from eslbridge.resync import Resync
 from eslbridge.retention import run_retention
 from eslbridge.store.journal import Journal
 from eslbridge.store.pool import make_pool
 from eslbridge.store.quarantine import Quarantine
-from eslbridge.store.reconcile import close_rows, load_active
 from eslbridge.store.upkeep import Upkeep
 from eslbridge.store.writer import Writer
 from eslbridge.userindex import UserIndex
@@ -58,12 +54,8 @@ LOGIN_FLUSH_SECONDS = 1.0
 RETENTION_EVERY = 24 * 3600.0  # DESIGN section 3: the daemon applies retention daily
 ACTOR = "eslbridge-daemon"
 CAP_REASON = "closed by the live-call cap (freeswitch[].max_live_calls) while still up"
-RESYNC_REPLAY_WAIT = 10.0  # seconds a resync waits for the journal's replay before reading Active rows
-RESYNC_RETRY_SECONDS = 5.0  # a resync that could not read or close Active rows asks again after this
-
-
-def _pause() -> None:
-    gevent.sleep(0)
+RESYNC_RETRY_SECONDS = 5.0  # a resync that could not read or close Active rows asks again after this,
+# or once PostgreSQL is back
 
 
 @dataclass
@@ -87,6 +79,8 @@ class Daemon:
         self.quarantine = Quarantine(config.journal.dir / "quarantine", self.keyring.journal_sealer(), gevent.sleep)
         self.writer = Writer(self.pool, self.keyring, self.journal, metrics=self.metrics, quarantine=self.quarantine)
         self.users = UserIndex(config.database.url.reveal(), connect_timeout=config.database.connect_timeout)
+        self.resync = Resync(self.pool, self.writer.submit, lambda: self.writer.replaying,
+                             config.database.connect_timeout)
         self.nodes: dict[str, Node] = {}
         for node_cfg in config.freeswitch:
             client = InboundClient(
@@ -114,6 +108,7 @@ class Daemon:
         self._stop = gevent.event.Event()
         self._fatal: BaseException | None = None
         self._greenlets: list[gevent.Greenlet] = []
+        self._resync_retries: dict[str, gevent.Greenlet] = {}  # node -> greenlet asking for a resync
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -157,7 +152,7 @@ class Daemon:
         if self.outbound:
             self.outbound.stop()
         self.upkeep.stop()
-        gevent.killall(self._greenlets, timeout=0.5)
+        gevent.killall([*self._greenlets, *self._resync_retries.values()], timeout=0.5)
         self._flush_logins()
         done = self.writer.stop(timeout=max(0.5, deadline - time.monotonic() - 0.5))
         self.directory.stop()
@@ -216,55 +211,30 @@ class Daemon:
             self._cap(node)
 
     def _on_snapshot(self, node_name: str, channels: list[dict]) -> None:
-        """A resync: the snapshot against the correlator and this node's Active rows in the database.
-
-        In slices with a yield between them: a snapshot of 100,000 channels must not stall the
-        directory or the ESL reader (DESIGN section 9). This consumer greenlet holds the node's
-        later events meanwhile (they queue, in order), so the correlator sees nothing in between."""
+        """A resync (eslbridge.resync): the snapshot against the correlator and the node's Active rows."""
         node = self.nodes[node_name]
         self._await_users()
-        detected = datetime.now(UTC)
-        active, last_event, complete = self._active_rows(node)
-        updates = closed = 0
         try:
-            for step, closures in node.correlator.resync_slices(channels, detected, active, last_event):
-                for update in step:
-                    self.writer.submit(update)
-                updates += len(step)
-                if closures:
-                    done = self._close_rows(node, closures)
-                    complete = complete and done is not None
-                    closed += done or 0
-                gevent.sleep(0)
+            result = self.resync.run(node.correlator, channels)
         except EventError as exc:
             node.client.stats.error("uncorrelated_event", str(exc))
+            return
         log.info("%s: resync with %d live channel(s), %d Active row(s) in the database: %d record update(s),"
-                 " %d stale row(s) closed", node_name, len(channels), len(active), updates, closed)
-        if not complete:
-            gevent.spawn_later(RESYNC_RETRY_SECONDS, node.client.request_resync)
+                 " %d stale row(s) closed", node_name, result.channels, result.active, result.updates, result.closed)
+        if not result.complete and node_name not in self._resync_retries:
+            log.warning("%s: resync incomplete (database unreachable); asking again once it is back", node_name)
+            self._resync_retries[node_name] = gevent.spawn(self._resync_when_db_up, node)
 
-    def _active_rows(self, node: Node) -> tuple[list[ActiveRow], datetime | None, bool]:
-        """This node's Active rows and newest stored event; ([], None, False) when PostgreSQL is away."""
-        deadline = time.monotonic() + RESYNC_REPLAY_WAIT
-        while self.writer.replaying and time.monotonic() < deadline:
-            gevent.sleep(0.05)  # the journal's finished records close their rows with exact times
+    def _resync_when_db_up(self, node: Node) -> None:
+        """Ask for a new snapshot once the writer reaches PostgreSQL again (not before: every
+        resync that cannot read the Active rows holds the node's events for its timeouts)."""
         try:
-            with self.pool.connection(timeout=self.config.database.connect_timeout) as conn:
-                rows, last_event = load_active(conn, node.config.name, _pause)
-        except (psycopg.Error, PoolTimeout) as exc:
-            log.warning("%s: resync without the database's Active rows (%s); asking again in %.0f s",
-                        node.config.name, type(exc).__name__, RESYNC_RETRY_SECONDS)
-            return [], None, False
-        return rows, last_event, True
-
-    def _close_rows(self, node: Node, closures: list[Closure]) -> int | None:
-        try:
-            with self.pool.connection(timeout=self.config.database.connect_timeout) as conn:
-                return close_rows(conn, node.config.name, closures, _pause)
-        except (psycopg.Error, PoolTimeout) as exc:
-            log.warning("%s: could not close %d stale Active row(s) (%s); the next resync retries",
-                        node.config.name, len(closures), type(exc).__name__)
-            return None
+            gevent.sleep(RESYNC_RETRY_SECONDS)
+            while not self.writer.stats().db_up:
+                gevent.sleep(RESYNC_RETRY_SECONDS)
+            node.client.request_resync()
+        finally:
+            self._resync_retries.pop(node.config.name, None)
 
     def _await_users(self) -> None:
         """Intake waits for the user index's first load, so attribution never depends on start-up

@@ -16,6 +16,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import psycopg
+
+from eslbridge.store.migrate import migrate
+
 
 def find_pg_bin() -> Path:
     found = shutil.which("initdb")
@@ -86,3 +90,10 @@ class PgCluster:
 
     def dsn(self, dbname: str = "postgres") -> str:
         return f"postgresql://{self.superuser}@{self.host}:{self.port}/{dbname}"
+
+    def migrated_database(self, dbname: str) -> str:
+        """Create ``dbname`` (a plain identifier) with every migration applied; its DSN."""
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+        migrate(self.dsn(dbname))
+        return self.dsn(dbname)

@@ -182,3 +182,16 @@ def test_resync_comes_in_slices():
     steps = list(correlator.resync_slices([], at(1795299300_000000), size=100))
     assert max(len(updates) for updates, _ in steps) <= 100
     assert sum(len(updates) for updates, _ in steps) == 250 and correlator.active_calls == 0
+
+
+def test_a_readopted_call_whose_root_never_spoke_is_closed_in_the_database_not_blanked():
+    """Re-adopted, only its B-leg's hangup seen, then gone: a Closure (the row keeps its parties),
+    not a record built from a root the correlator knows nothing about."""
+    events, a, b = bridge_answer()
+    correlator = new_correlator()
+    slices(correlator, snapshot_rows(a, b), at(1795299168_000000), [ActiveRow(a, CREATED_US, 0, 0)])
+    assert correlator.feed(only(events, "CHANNEL_HANGUP_COMPLETE", b)) == []
+    updates, closures = slices(correlator, [], at(1795299175_000000), [ActiveRow(a, CREATED_US, 0, 0)])
+    assert updates == [] and [c.call_uuid for c in closures] == [a] and correlator.active_calls == 0
+    b_hangup = int(only(events, "CHANNEL_HANGUP_COMPLETE", b)["Event-Date-Timestamp"])
+    assert closures[0].end_time >= at(b_hangup) and closures[0].start_time == at(CREATED_US)

@@ -10,12 +10,16 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg_pool import ConnectionPool
 
 from eslbridge.calls.correlator import Correlator
 from eslbridge.calls.records import Stage
 from eslbridge.keyring import Keyring
+from eslbridge.localpg import free_port
+from eslbridge.resync import Resync
 from eslbridge.store.reconcile import close_rows, load_active
 from tests.correlator_fixtures import at, captured, only
+from tests.test_correlator_resync import slices
 from tests.writer_fixtures import call_updates, create_user, keyring, open_journal, write_all  # noqa: F401
 
 NODE = "fs1"
@@ -120,3 +124,35 @@ def test_rows_whose_calls_ended_during_a_restart_are_closed_once(db, db_dsn, key
                         " WHERE event_type = 'reconciled' ORDER BY call_uuid").fetchall()
     assert len(events) == 2 and all(e[1]["end_from"] == "last_event" and e[3] for e in events)
     assert {e[0] for e in events} == {started[0].record.call_uuid, started[2].record.call_uuid}
+
+
+def test_resync_without_the_database_still_reconciles_what_memory_knows():
+    """PostgreSQL unreachable: the correlator's own calls are still closed, and the result says
+    the resync is incomplete (the daemon asks for another snapshot once the database is back)."""
+    events = auth_call()[0]
+    correlator = correlator_for({})
+    for e in events[:2]:
+        correlator.feed(e)
+    submitted = []
+    pool = ConnectionPool(f"host=127.0.0.1 port={free_port()} user=nobody connect_timeout=1", min_size=1,
+                          open=False)
+    pool.open(wait=False)
+    try:
+        result = Resync(pool, submitted.append, lambda: False, 0.5).run(correlator, [])
+    finally:
+        pool.close(timeout=1)
+    assert not result.complete and result.active == 0
+    assert [u.stage for u in submitted] == [Stage.FINISHED] and submitted[0].record.reconciled
+    assert correlator.active_calls == 0
+
+
+def test_reconcile_queries_need_only_the_daemon_role(db, db_dsn, keyring, tmp_path):  # noqa: F811
+    """Read and close as eslbridge_daemon (SELECT/UPDATE on the call tables, INSERT on call_events)."""
+    uid = create_user(db)
+    write(db_dsn, keyring, tmp_path, [call_updates(7, uid)[1]])
+    db.execute("SET ROLE eslbridge_daemon")
+    active, last_event = load_active(db, NODE)
+    _, closures = slices(correlator_for({}), [], at(1895299200_000000), active, last_event)
+    assert close_rows(db, NODE, closures) == 1
+    db.execute("RESET ROLE")
+    assert db.execute("SELECT status FROM calls").fetchone()[0] == "completed"

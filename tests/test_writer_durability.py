@@ -12,7 +12,6 @@ import psycopg
 import pytest
 
 from eslbridge.localpg import PgCluster
-from eslbridge.store.migrate import migrate
 from eslbridge.store.serialize import encode_update
 from eslbridge.store.writer import Writer
 from tests.writer_fixtures import call_updates, call_uuid, count_by_uuid, open_journal, write_all
@@ -27,9 +26,7 @@ def own_cluster():
     cluster = PgCluster()
     cluster.start()
     try:
-        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE eslbridge")
-        migrate(cluster.dsn("eslbridge"))
+        cluster.migrated_database("eslbridge")
         yield cluster
     finally:
         cluster.destroy()

@@ -34,15 +34,25 @@ Idempotency
     (UUID -> event time, kept ``TOMBSTONE_US`` of event time, at most ``TOMBSTONE_MAX``) so a
     late duplicate never re-opens a finished call.
 
+Resync (``resync_slices``)
+    After every ESL (re)connect, against the `show channels` snapshot and this node's Active
+    database rows: legs gone from the snapshot are closed at the best end known (never before
+    their last known event), rows the correlator does not hold are re-adopted when their channels
+    are up (their key and answer kept, their later events finish them) or closed (``Closure``,
+    eslbridge.calls.reconcile), and unknown live channels open records. A call keeps the start
+    its rows were opened with as their key (``_Call.start_us``), so a snapshot's whole-second
+    created time never makes a second row. Done in slices: the caller yields between them.
+
 Memory
     Per live call: a slots object, a dict of slots legs holding only record fields (repeated
     values interned), the set of folded sequences. Measured by tests/test_correlator_memory.py
     over 10,000 concurrent two-leg calls (created, originated, answered, bridged): about
-    3.2 KB (3,241 bytes) per active call (target <= 5 KB, DESIGN section 11).
+    3.2 KB (3,249 bytes) per active call (target <= 5 KB, DESIGN section 11).
 """
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -70,7 +80,7 @@ from eslbridge.calls.records import LifecycleEvent, RecordUpdate, Stage
 ORPHAN_GRACE_US = 30_000_000
 TOMBSTONE_US = 3_600_000_000
 TOMBSTONE_MAX = 200_000
-RESYNC_SLICE = 2_000  # snapshot rows or calls per resync slice: the caller yields between slices
+RESYNC_SLICE = 250  # snapshot rows, calls or Active rows per resync slice: the caller yields between slices
 # `show channels` callstate values of an answered channel (switch_channel_callstate_names).
 _ANSWERED_STATES = frozenset({"ACTIVE", "HELD", "UNHELD"})
 
@@ -90,6 +100,7 @@ class _Call:
     """State of one live call (kept small: it exists once per active call)."""
 
     __slots__ = (
+        "adopted",
         "expected",
         "hold",
         "legs",
@@ -126,6 +137,7 @@ class _Call:
         # re-pointed) on the writer's hot path. A re-adopted call takes its row's start_time.
         self.start_us = 0
         self.prior_answer = 0  # answer time of a re-adopted call's row (its root may say nothing)
+        self.adopted = False  # re-adopted from an Active row: the row holds what its events said before
 
 
 class Correlator:
@@ -245,6 +257,7 @@ class Correlator:
         adopted = self._adopted.pop(uuid, None)
         if adopted is not None:
             call.start_us, call.prior_answer = adopted
+            call.adopted = True
             call.sent = _STARTED  # its row exists: no first row to write
         self._calls[uuid] = call
         self._legs[uuid] = call
@@ -448,18 +461,35 @@ class Correlator:
             if n % size == 0:
                 yield [], []
         updates: list[RecordUpdate] = []
+        closures: list[Closure] = []
         for n, call in enumerate(list(self._calls.values()), 1):
             update = self._resync_call(call, live, at_us, basis, end_from)
-            if update is not None:
+            if isinstance(update, Closure):
+                closures.append(update)
+            elif update is not None:
                 updates.append(update)
             if n % size == 0:
-                yield updates, []
-                updates = []
-        yield updates, self._sort_active(active, live, live_calls, at_us, basis, end_from)
-        rows = sorted(live.values(), key=lambda row: row.get("call_uuid", row["uuid"]) != row["uuid"])
+                yield updates, closures
+                updates, closures = [], []
+        yield updates, closures
+        previous, self._adopted = self._adopted, {}
+        closures: list[Closure] = []
+        for n, row in enumerate(active, 1):
+            closure = self._sort_active(row, previous, live, live_calls, at_us, basis, end_from)
+            if closure is not None:
+                closures.append(closure)
+            if n % size == 0:
+                yield [], closures
+                closures = []
+        yield [], closures
+        # Roots first (a leg's row may come before its root's), in two passes rather than a sort:
+        # sorting 100,000 rows is one step too long to take without yielding.
+        roots = [row for row in live.values() if row.get("call_uuid", row["uuid"]) == row["uuid"]]
+        yield [], []
+        legs = [row for row in live.values() if row.get("call_uuid", row["uuid"]) != row["uuid"]]
         updates = []
         adopted = self._adopted
-        for n, row in enumerate(rows, 1):
+        for n, row in enumerate(itertools.chain(roots, legs), 1):
             uuid = row["uuid"]
             if uuid not in self._legs and uuid not in self._done and uuid not in adopted \
                     and row.get("call_uuid", uuid) not in adopted:
@@ -475,8 +505,18 @@ class Correlator:
         yield updates, []
 
     def _resync_call(self, call: _Call, live: dict[str, dict[str, str]], at_us: int, basis: int,
-                     end_from: str) -> RecordUpdate | None:
+                     end_from: str) -> RecordUpdate | Closure | None:
         """One known call against the snapshot: vanished legs close, answers seen only there count."""
+        root = call.legs.get(call.root)
+        if call.adopted and (root is None or root.seq < 0) and call.root not in live:
+            # Re-adopted, and its root vanished before sending anything: the row holds the call's
+            # parties, which a record built from what is known here would overwrite with blanks.
+            latest = max((leg.latest_us for leg in call.legs.values()), default=0)
+            self._waiting.pop(call.uuid, None)
+            self._release(call)
+            self._tombstone(call.uuid)
+            return close_row(ActiveRow(call.uuid, call.start_us, call.prior_answer, latest), self.node, basis,
+                             end_from)
         if call.root not in call.legs and call.root not in live:
             call.legs[call.root] = Leg(call.root)  # a root never seen: all we know is it is gone
         for uuid, leg in call.legs.items():
@@ -496,24 +536,20 @@ class Correlator:
             call.hold = False
         return self._update(call)
 
-    def _sort_active(self, active: Iterable[ActiveRow], live: dict[str, dict[str, str]], live_calls: set[str],
-                     at_us: int, basis: int, end_from: str) -> list[Closure]:
-        """Active database rows this correlator does not hold: re-adopted if up, else closed."""
-        previous, self._adopted = self._adopted, {}
-        closures = []
-        for row in active:
-            uuid = row.call_uuid
-            if uuid in self._legs or uuid in self._calls or uuid in self._done:
-                continue  # known here: this run's own events (or the resync above) decide
-            answered = row.answered_us or previous.get(uuid, (0, 0))[1]
-            root = live.get(uuid)
-            if root is not None and not answered and _row_answered(root):
-                answered = max(at_us, row.start_us)
-            if uuid in live_calls:
-                self._adopted[uuid] = (row.start_us, answered)
-            else:
-                closures.append(close_row(row, self.node, basis, end_from, answered))
-        return closures
+    def _sort_active(self, row: ActiveRow, previous: dict[str, tuple[int, int]], live: dict[str, dict[str, str]],
+                     live_calls: set[str], at_us: int, basis: int, end_from: str) -> Closure | None:
+        """An Active database row this correlator may not hold: re-adopted if up, else closed."""
+        uuid = row.call_uuid
+        if uuid in self._legs or uuid in self._calls or uuid in self._done:
+            return None  # known here: this run's own events (or the resync above) decide
+        answered = row.answered_us or previous.get(uuid, (0, 0))[1]
+        root = live.get(uuid)
+        if root is not None and not answered and _row_answered(root):
+            answered = max(at_us, row.start_us)
+        if uuid in live_calls:
+            self._adopted[uuid] = (row.start_us, answered)
+            return None
+        return close_row(row, self.node, basis, end_from, answered)
 
 
 def _parent(ev: dict[str, str]) -> str | None:

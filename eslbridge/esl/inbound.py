@@ -42,6 +42,7 @@ from gevent.lock import Semaphore
 from eslbridge.errors import ConfigError, EslBridgeError
 from eslbridge.esl.events import EventParseError, event_key, parse_json_event, parse_plain_event
 from eslbridge.esl.framing import FrameParser
+from eslbridge.esl.snapshot import parse_snapshot
 from eslbridge.esl.spill import SpillQueue
 from eslbridge.esl.stats import IntakeStats
 
@@ -384,7 +385,7 @@ class InboundClient:
 
     def _deliver_snapshot(self, payload: bytes) -> None:
         try:
-            doc = parse_json_snapshot(payload)
+            doc = parse_snapshot(payload, gevent.idle)  # row by row: a big snapshot must not stall the loop
         except ValueError as exc:
             self.stats.error("bad_snapshot", str(exc))
             return
@@ -394,19 +395,3 @@ class InboundClient:
         except Exception:
             self.stats.consumer_errors += 1
             log.exception("%s: snapshot handler failed", self.node)
-
-
-def parse_json_snapshot(body: bytes) -> list[dict]:
-    """Rows of `show channels as json` ({"row_count": 0} when there are none)."""
-    import orjson
-
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ValueError(body[:80].decode("utf-8", "replace")) from None
-    if not isinstance(doc, dict):
-        raise ValueError("not an object")
-    rows = doc.get("rows", [])
-    if not isinstance(rows, list):
-        raise ValueError("rows is not a list")
-    return [row for row in rows if isinstance(row, dict)]

@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 from eslbridge.calls.legs import to_us
 from eslbridge.calls.reconcile import ActiveRow, Closure
 
-CHUNK = 5_000
+CHUNK = 1_000
 
 # The newest event stored for each Active call bounds its end from below (a reconciled row
 # never ends before its last known event). erased_at: a GDPR-erased row is never touched.
@@ -28,7 +28,10 @@ _ACTIVE = (
     " FROM call_records r WHERE r.node = %s AND r.status = 'Active' AND r.erased_at IS NULL"
 )
 # The newest event any run stored for the node: the calls that vanished were still up then.
-_LAST_EVENT = "SELECT max(timestamp) FROM call_events WHERE node = %s"
+# Only events since the oldest Active row's start can matter (none when nothing is Active), which
+# bounds the scan of the timestamp index.
+_LAST_EVENT = ("SELECT max(timestamp) FROM call_events WHERE node = %(node)s AND timestamp >= (SELECT min(start_time)"
+               " FROM call_records WHERE node = %(node)s AND status = 'Active' AND erased_at IS NULL)")
 
 _SOURCE = ("unnest(%(uuid)s::varchar[], %(start)s::timestamptz[], %(answer)s::timestamptz[], %(end)s::timestamptz[],"
            " %(status)s::varchar[], %(call_status)s::varchar[], %(setup)s::int4[], %(talk)s::int4[],"
@@ -64,7 +67,7 @@ def load_active(conn: psycopg.Connection, node: str,
     """This node's Active call_records rows, and the newest event stored for the node."""
     rows: list[ActiveRow] = []
     with conn.cursor() as cur:
-        last_event = cur.execute(_LAST_EVENT, (node,)).fetchone()[0]
+        last_event = cur.execute(_LAST_EVENT, {"node": node}).fetchone()[0]
         cur.execute(_ACTIVE, (node,))
         while chunk := cur.fetchmany(CHUNK):
             rows += [ActiveRow(uuid, _us(start), _us(answer), _us(last)) for uuid, start, answer, last in chunk]

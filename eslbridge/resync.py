@@ -1,0 +1,118 @@
+"""A node's resync after an ESL (re)connect: snapshot, correlator and database (DESIGN sections 5, 9).
+
+Runs in the node's ESL consumer greenlet, which holds the node's later events meanwhile (they
+queue in order, the reader keeps reading), so the correlator sees nothing in between. Steps:
+
+1. wait (bounded) until the writer has replayed its journal: finished records of calls that
+   ended before a restart close their rows with exact times, not with a resync's guess; and at
+   least ``SETTLE`` after the snapshot: another daemon on the same node writes the first row of
+   a call created just before our subscription within that time, and a row read is re-adopted
+   under its key, where a row not yet written would be opened a second time from the snapshot;
+2. read this node's Active rows and the newest event stored for it (``eslbridge.store.reconcile``);
+3. run the correlator's resync slice by slice, submitting updates and closing stale rows, and
+   yield to the event loop after every slice: a snapshot of 100,000 channels must never stall
+   the directory or the ESL reader for more than 100 ms at a time.
+
+Automatic garbage collection is off while it runs, and what it built is frozen afterwards
+(``gc.freeze``): a full collection walks every object of every live call (seconds with 100,000
+calls on a loaded 2-core host, measured by tests/test_resync_stall.py), and the resync creates
+objects fast enough to trigger several. Live calls hold no reference cycles, so freezing them
+costs nothing: they are still freed by reference counting when they end.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import gevent
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from eslbridge.calls.correlator import Correlator
+from eslbridge.calls.reconcile import ActiveRow, Closure
+from eslbridge.calls.records import RecordUpdate
+from eslbridge.store.reconcile import close_rows, load_active
+
+log = logging.getLogger(__name__)
+
+REPLAY_WAIT = 10.0  # seconds a resync waits for the journal's replay before reading Active rows
+SETTLE = 1.0  # seconds between the snapshot and reading the Active rows, at least
+
+
+@dataclass(frozen=True)
+class ResyncResult:
+    channels: int  # live channels in the snapshot
+    active: int  # Active rows of the node read from the database
+    updates: int  # record updates submitted
+    closed: int  # stale Active rows closed
+    complete: bool  # False: the database could not be read or written; ask for a snapshot again
+
+
+def _pause() -> None:
+    gevent.idle()
+
+
+@contextmanager
+def _no_full_collections() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
+class Resync:
+    def __init__(self, pool: ConnectionPool, submit: Callable[[RecordUpdate], None],
+                 replaying: Callable[[], bool], connect_timeout: float) -> None:
+        self._pool = pool
+        self._submit = submit
+        self._replaying = replaying
+        self._timeout = connect_timeout
+
+    def run(self, correlator: Correlator, channels: list[dict[str, str]]) -> ResyncResult:
+        """One resync of ``correlator``'s node against ``channels``; EventError on bad rows."""
+        detected = datetime.now(UTC)
+        active, last_event, complete = self._active_rows(correlator.node, time.monotonic() + SETTLE)
+        updates = closed = 0
+        with _no_full_collections():
+            for step, closures in correlator.resync_slices(channels, detected, active, last_event):
+                for update in step:
+                    self._submit(update)
+                updates += len(step)
+                if closures:
+                    done = self._close(correlator.node, closures)
+                    complete = complete and done is not None
+                    closed += done or 0
+                gevent.idle()
+        return ResyncResult(len(channels), len(active), updates, closed, complete)
+
+    def _active_rows(self, node: str, settled: float) -> tuple[list[ActiveRow], datetime | None, bool]:
+        """The node's Active rows and newest stored event; ([], None, False) when PostgreSQL is away."""
+        deadline = time.monotonic() + REPLAY_WAIT
+        while self._replaying() and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        gevent.sleep(max(0.0, settled - time.monotonic()))
+        try:
+            with self._pool.connection(timeout=self._timeout) as conn:
+                rows, last_event = load_active(conn, node, _pause)
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("%s: resync without the database's Active rows (%s)", node, type(exc).__name__)
+            return [], None, False
+        return rows, last_event, True
+
+    def _close(self, node: str, closures: list[Closure]) -> int | None:
+        try:
+            with self._pool.connection(timeout=self._timeout) as conn:
+                return close_rows(conn, node, closures, _pause)
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("%s: could not close %d stale Active row(s) (%s)", node, len(closures), type(exc).__name__)
+            return None
