@@ -80,7 +80,7 @@ class Daemon:
         self.writer = Writer(self.pool, self.keyring, self.journal, metrics=self.metrics, quarantine=self.quarantine)
         self.users = UserIndex(config.database.url.reveal(), connect_timeout=config.database.connect_timeout)
         self.resync = Resync(self.pool, self.writer.submit, lambda: self.writer.replaying,
-                             config.database.connect_timeout)
+                             config.database.connect_timeout, lambda: self._stop.is_set())
         self.nodes: dict[str, Node] = {}
         for node_cfg in config.freeswitch:
             client = InboundClient(
@@ -219,6 +219,7 @@ class Daemon:
         except EventError as exc:
             node.client.stats.error("uncorrelated_event", str(exc))
             return
+        self.metrics.resync_closed.labels(node=node_name).inc(result.closed)
         log.info("%s: resync with %d live channel(s), %d Active row(s) in the database: %d record update(s),"
                  " %d stale row(s) closed", node_name, result.channels, result.active, result.updates, result.closed)
         if not result.complete and node_name not in self._resync_retries:
@@ -238,10 +239,16 @@ class Daemon:
 
     def _await_users(self) -> None:
         """Intake waits for the user index's first load, so attribution never depends on start-up
-        timing; waiting is safe: the ESL reader keeps reading into the spilling queue meanwhile."""
+        timing (deferring the decision instead would mean re-attributing records already written).
+        Waiting loses nothing: the ESL reader keeps reading into the spilling queue meanwhile. Only
+        a stop before the index ever loaded (PostgreSQL unreachable since start) releases the
+        queued events unattributed, so their records reach the journal instead of being lost."""
+        if self.users.loaded.is_set() or self._stop.is_set():
+            return
+        log.info("ESL intake waits for the user index to load")
+        gevent.wait([self.users.loaded, self._stop], count=1)
         if not self.users.loaded.is_set():
-            log.info("ESL intake waits for the user index to load")
-            self.users.loaded.wait()
+            log.warning("stopping before the user index loaded: queued calls are recorded without local users")
 
     def _correlate(self, node: Node, step: Callable[[Any], list[RecordUpdate]], item: Any) -> int:
         """One correlator step; its updates go to the writer (never blocks). Bad input is counted."""
@@ -253,6 +260,9 @@ class Daemon:
             return 0
         for update in updates:
             self.writer.submit(update)
+        closures = node.correlator.take_closures()
+        if closures:  # re-adopted calls closed by their last leg's hangup: off the ESL path
+            gevent.spawn(self.resync.close, node.config.name, closures)
         return len(updates)
 
     def _cap(self, node: Node) -> None:

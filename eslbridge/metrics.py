@@ -84,6 +84,11 @@ class Metrics:
         self.outbound_decisions = Counter(
             "eslbridge_outbound_decisions", "Outbound-socket call authorizations", ["decision"], registry=r
         )
+        # resync after an ESL (re)connect: stale Active rows of earlier runs or links closed
+        self.resync_closed = Counter(
+            "eslbridge_resync_closed_rows", "Active rows closed at resync (their channels were gone)", ["node"],
+            registry=r,
+        )
 
     def add_intake(self, sources: Callable[[], Iterable[IntakeSource]]) -> None:
         self.registry.register(IntakeCollector(sources))

@@ -9,8 +9,9 @@ queue in order, the reader keeps reading), so the correlator sees nothing in bet
    a call created just before our subscription within that time, and a row read is re-adopted
    under its key, where a row not yet written would be opened a second time from the snapshot;
 2. read this node's Active rows and the newest event stored for it (``eslbridge.store.reconcile``);
-3. run the correlator's resync slice by slice, submitting updates and closing stale rows, and
-   yield to the event loop after every slice: a snapshot of 100,000 channels must never stall
+3. run the correlator's resync slice by slice, submitting updates and closing stale rows (and
+   opening unknown live channels only when the Active rows were read), and yield to the event
+   loop after every slice: a snapshot of 100,000 channels must never stall
    the directory or the ESL reader for more than 100 ms at a time.
 
 Automatic garbage collection is off while it runs, and what it built is frozen afterwards
@@ -41,7 +42,7 @@ from eslbridge.store.reconcile import close_rows, load_active
 
 log = logging.getLogger(__name__)
 
-REPLAY_WAIT = 10.0  # seconds a resync waits for the journal's replay before reading Active rows
+REPLAY_WAIT = 30.0  # seconds a resync waits for the journal's replay before reading Active rows
 SETTLE = 1.0  # seconds between the snapshot and reading the Active rows, at least
 
 
@@ -72,11 +73,13 @@ def _no_full_collections() -> Iterator[None]:
 
 class Resync:
     def __init__(self, pool: ConnectionPool, submit: Callable[[RecordUpdate], None],
-                 replaying: Callable[[], bool], connect_timeout: float) -> None:
+                 replaying: Callable[[], bool], connect_timeout: float,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self._pool = pool
         self._submit = submit
         self._replaying = replaying
         self._timeout = connect_timeout
+        self._stopping = stopping  # a stop drains the node's queue: no waiting for the database then
 
     def run(self, correlator: Correlator, channels: list[dict[str, str]]) -> ResyncResult:
         """One resync of ``correlator``'s node against ``channels``; EventError on bad rows."""
@@ -84,12 +87,13 @@ class Resync:
         active, last_event, complete = self._active_rows(correlator.node, time.monotonic() + SETTLE)
         updates = closed = 0
         with _no_full_collections():
-            for step, closures in correlator.resync_slices(channels, detected, active, last_event):
+            for step, closures in correlator.resync_slices(channels, detected, active, last_event,
+                                                           open_new=complete):
                 for update in step:
                     self._submit(update)
                 updates += len(step)
                 if closures:
-                    done = self._close(correlator.node, closures)
+                    done = self.close(correlator.node, closures)
                     complete = complete and done is not None
                     closed += done or 0
                 gevent.idle()
@@ -98,8 +102,10 @@ class Resync:
     def _active_rows(self, node: str, settled: float) -> tuple[list[ActiveRow], datetime | None, bool]:
         """The node's Active rows and newest stored event; ([], None, False) when PostgreSQL is away."""
         deadline = time.monotonic() + REPLAY_WAIT
-        while self._replaying() and time.monotonic() < deadline:
+        while self._replaying() and time.monotonic() < deadline and not self._stopping():
             gevent.sleep(0.05)
+        if self._stopping():
+            return [], None, False
         gevent.sleep(max(0.0, settled - time.monotonic()))
         try:
             with self._pool.connection(timeout=self._timeout) as conn:
@@ -109,7 +115,9 @@ class Resync:
             return [], None, False
         return rows, last_event, True
 
-    def _close(self, node: str, closures: list[Closure]) -> int | None:
+    def close(self, node: str, closures: list[Closure]) -> int | None:
+        """Close stale Active rows; how many, or None when PostgreSQL could not be reached (the
+        rows stay Active: the next resync finds them again)."""
         try:
             with self._pool.connection(timeout=self._timeout) as conn:
                 return close_rows(conn, node, closures, _pause)

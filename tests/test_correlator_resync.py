@@ -195,3 +195,21 @@ def test_a_readopted_call_whose_root_never_spoke_is_closed_in_the_database_not_b
     assert updates == [] and [c.call_uuid for c in closures] == [a] and correlator.active_calls == 0
     b_hangup = int(only(events, "CHANNEL_HANGUP_COMPLETE", b)["Event-Date-Timestamp"])
     assert closures[0].end_time >= at(b_hangup) and closures[0].start_time == at(CREATED_US)
+
+
+def test_a_readopted_call_whose_root_hung_up_unheard_ends_with_its_last_leg():
+    """After a restart the snapshot lists only the B-leg (the A-leg hung up during the gap): the
+    row is re-adopted, and the B-leg's own hangup closes it at that exact time (a Closure, taken
+    by the daemon after the event), with nothing left in memory."""
+    events, a, b = bridge_answer()
+    answered = int(only(events, "CHANNEL_ANSWER", a)["Caller-Channel-Answered-Time"])
+    correlator = new_correlator()
+    b_only = [row for row in snapshot_rows(a, b) if row["uuid"] == b]
+    updates, closures = slices(correlator, b_only, at(1795299168_000000), [ActiveRow(a, CREATED_US, answered, 0)])
+    assert updates == [] and closures == [] and correlator.take_closures() == []
+    b_hangup = only(events, "CHANNEL_HANGUP_COMPLETE", b)
+    assert correlator.feed(b_hangup) == []
+    closed = correlator.take_closures()
+    assert [c.call_uuid for c in closed] == [a] and correlator.active_calls == 0
+    assert closed[0].end_time == at(b_hangup["Caller-Channel-Hangup-Time"]) and closed[0].status == "Completed"
+    assert closed[0].event.data["end_from"] == "last_event" and correlator.take_closures() == []

@@ -13,8 +13,13 @@ import time
 
 import psycopg
 
+from eslbridge.calls.records import Stage
+from eslbridge.keyring import Keyring
+from eslbridge.localpg import free_port
+from eslbridge.store.journal import Journal
+from eslbridge.store.serialize import decode_update
 from eslbridge.users import add_user
-from tests.test_daemon import Env, Sim, env, wait_for  # noqa: F401
+from tests.test_daemon import Env, Sim, env, get, metrics_url, wait_for  # noqa: F401
 
 CALLS = 20
 
@@ -50,6 +55,7 @@ def test_sigkill_restart_leaves_one_final_row_per_call(env: Env, db_dsn: str) ->
                  "no Active rows")
         time.sleep(1.0)  # the last writes in flight
         final = counts(db_dsn)
+        metrics = get(metrics_url(config, "/metrics"))[1]
         second.terminate()
         assert second.wait(15) == 0
     finally:
@@ -67,6 +73,8 @@ def test_sigkill_restart_leaves_one_final_row_per_call(env: Env, db_dsn: str) ->
     assert bad == 0 and how and {h[0] for h in how} <= {"last_event", "gap_detected"}
     assert exact >= at_kill["records"] - final["reconciled"] > 0  # re-adopted calls finished by their own events
     assert "stale row(s) closed" in env.log()
+    closed = [line for line in metrics.splitlines() if line.startswith("eslbridge_resync_closed_rows_total")]
+    assert closed and float(closed[0].split()[-1]) > 0
 
 
 def test_calls_placed_before_the_user_index_loads_are_attributed(env: Env, db_dsn: str) -> None:  # noqa: F811
@@ -94,3 +102,27 @@ def test_calls_placed_before_the_user_index_loads_are_attributed(env: Env, db_ds
     with psycopg.connect(db_dsn) as conn:
         rows = conn.execute("SELECT user_id, status FROM calls").fetchall()
     assert len(rows) == n and all(r == (user_id, "completed") for r in rows)
+
+
+def test_a_stop_before_the_user_index_ever_loads_journals_the_waiting_calls(env: Env) -> None:  # noqa: F811
+    """PostgreSQL unreachable from the start: intake waits for the user index; SIGTERM releases
+    the waiting events, and their finished records reach the journal rather than being lost."""
+    n = 5
+    sim = Sim(env.tmp, "--wait-subscribers", "1", "--calls", str(n), "--rate", "50", "--speed", "8",
+              "--mix", "auth_call=1", "--seed", "4")
+    nowhere = {"url": f"postgresql://nobody@127.0.0.1:{free_port()}/none", "min_connections": 1,
+               "max_connections": 4, "connect_timeout": 1}
+    try:
+        proc = env.start(env.config(sim.port, database=nowhere))
+        sim.wait_line("played")
+        wait_for(lambda: "ESL intake waits for the user index" in env.log(), 30, "intake waiting")
+        proc.terminate()
+        proc.wait(30)
+    finally:
+        sim.stop()
+    assert "queued calls are recorded without local users" in env.log()
+    keyring = Keyring.load(env.keyring_file)
+    with Journal(env.tmp / "journal-a", 1 << 30, sealer=keyring.journal_sealer()) as journal:
+        updates = [decode_update(payload) for _, payload in journal.replay()]
+    finished = {u.record.call_uuid for u in updates if u.stage == Stage.FINISHED}
+    assert len(finished) == n

@@ -67,19 +67,17 @@ from eslbridge.calls.legs import Leg, to_datetime, to_us, usec
 from eslbridge.calls.reconcile import (
     END_FROM_GAP,
     END_FROM_LAST_EVENT,
-    KIND,
-    NO_SEQ_BASE,
     RECONCILE_REASON,
     ActiveRow,
     Closure,
     close_row,
-    once_seq,
 )
-from eslbridge.calls.records import LifecycleEvent, RecordUpdate, Stage
+from eslbridge.calls.records import KIND, NO_SEQ_BASE, LifecycleEvent, RecordUpdate, Stage, once_seq
 
 ORPHAN_GRACE_US = 30_000_000
 TOMBSTONE_US = 3_600_000_000
 TOMBSTONE_MAX = 200_000
+_ADOPTED, _ROOT_GONE = 1, 2
 RESYNC_SLICE = 250  # snapshot rows, calls or Active rows per resync slice: the caller yields between slices
 # `show channels` callstate values of an answered channel (switch_channel_callstate_names).
 _ANSWERED_STATES = frozenset({"ACTIVE", "HELD", "UNHELD"})
@@ -89,9 +87,7 @@ _CALL_EVENTS = frozenset({
     "CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_UUID",
 })
 _RINGING = frozenset({"CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA"})
-_KIND = KIND
 _BRIDGING = {"CHANNEL_BRIDGE": "bridged", "CHANNEL_UNBRIDGE": "unbridged"}
-_NO_SEQ_BASE = NO_SEQ_BASE
 _by_seq = itemgetter(0)
 _STARTED, _ANSWERED, _FINISHED = Stage.STARTED, Stage.ANSWERED, Stage.FINISHED
 
@@ -137,7 +133,9 @@ class _Call:
         # re-pointed) on the writer's hot path. A re-adopted call takes its row's start_time.
         self.start_us = 0
         self.prior_answer = 0  # answer time of a re-adopted call's row (its root may say nothing)
-        self.adopted = False  # re-adopted from an Active row: the row holds what its events said before
+        # Re-adopted from an Active row (the row holds what its events said before): _ADOPTED, or
+        # _ROOT_GONE when the snapshot no longer had its root (it hung up unheard during the gap).
+        self.adopted = 0
 
 
 class Correlator:
@@ -156,7 +154,8 @@ class Correlator:
         self._now = 0  # newest event time seen on this node (microseconds)
         # Active database rows whose channels are still up, not known otherwise (after a restart):
         # call_uuid -> (start_us, answer_us). The call's next event opens it with that state.
-        self._adopted: dict[str, tuple[int, int]] = {}
+        self._adopted: dict[str, tuple[int, int, int]] = {}
+        self._closures: list[Closure] = []  # see take_closures
 
     @property
     def active_calls(self) -> int:
@@ -256,8 +255,7 @@ class Correlator:
         call = _Call(uuid)
         adopted = self._adopted.pop(uuid, None)
         if adopted is not None:
-            call.start_us, call.prior_answer = adopted
-            call.adopted = True
+            call.start_us, call.prior_answer, call.adopted = adopted
             call.sent = _STARTED  # its row exists: no first row to write
         self._calls[uuid] = call
         self._legs[uuid] = call
@@ -304,6 +302,9 @@ class Correlator:
     def _update(self, call: _Call) -> RecordUpdate | None:
         """The update this call is due, if any (runs after every event: cheap when nothing changed)."""
         root = call.legs.get(call.root)
+        if root is None and call.adopted == _ROOT_GONE and all(leg.hungup for leg in call.legs.values()):
+            self._closures.append(self._close_adopted(call, 0, END_FROM_LAST_EVENT))
+            return None
         if root is None or call.hold or (root.seq < 0 and not call.reconciled):
             return None
         for leg in call.legs.values():
@@ -432,7 +433,8 @@ class Correlator:
 
     def resync_slices(self, channels: list[dict[str, str]], at: datetime | None = None,
                       active: Iterable[ActiveRow] = (), last_event: datetime | None = None,
-                      size: int = RESYNC_SLICE) -> Iterator[tuple[list[RecordUpdate], list[Closure]]]:
+                      size: int = RESYNC_SLICE, open_new: bool = True,
+                      ) -> Iterator[tuple[list[RecordUpdate], list[Closure]]]:
         """Reconcile with a ``show channels as json`` snapshot taken after an ESL (re)connect.
 
         A generator of (record updates, closures), one item per slice of at most ``size`` rows or
@@ -443,8 +445,11 @@ class Correlator:
         ``active``: this node's Active database rows; ``last_event``: the newest event an earlier
         run stored for the node. Known legs missing from the snapshot hung up during the gap;
         Active rows unknown here whose channels are gone are closed (``Closure``); rows whose
-        channels are up are re-adopted; live channels not known yet open records. Ends are the
-        best known (see ``eslbridge.calls.reconcile``).
+        channels are up are re-adopted; live channels not known yet open records, unless
+        ``open_new`` is false: when the Active rows could not be read, a channel may have a row
+        this correlator cannot see, and its own next event (every one carries the exact created
+        time) opens it under that row's key instead. Ends are the best known (see
+        ``eslbridge.calls.reconcile``).
         """
         at_us = to_us(at) if at is not None else self._now
         basis = max(self._now, to_us(last_event) if last_event is not None else 0)
@@ -482,6 +487,8 @@ class Correlator:
                 yield [], closures
                 closures = []
         yield [], closures
+        if not open_new:
+            return
         # Roots first (a leg's row may come before its root's), in two passes rather than a sort:
         # sorting 100,000 rows is one step too long to take without yielding.
         roots = [row for row in live.values() if row.get("call_uuid", row["uuid"]) == row["uuid"]]
@@ -509,14 +516,7 @@ class Correlator:
         """One known call against the snapshot: vanished legs close, answers seen only there count."""
         root = call.legs.get(call.root)
         if call.adopted and (root is None or root.seq < 0) and call.root not in live:
-            # Re-adopted, and its root vanished before sending anything: the row holds the call's
-            # parties, which a record built from what is known here would overwrite with blanks.
-            latest = max((leg.latest_us for leg in call.legs.values()), default=0)
-            self._waiting.pop(call.uuid, None)
-            self._release(call)
-            self._tombstone(call.uuid)
-            return close_row(ActiveRow(call.uuid, call.start_us, call.prior_answer, latest), self.node, basis,
-                             end_from)
+            return self._close_adopted(call, basis, end_from)
         if call.root not in call.legs and call.root not in live:
             call.legs[call.root] = Leg(call.root)  # a root never seen: all we know is it is gone
         for uuid, leg in call.legs.items():
@@ -536,18 +536,38 @@ class Correlator:
             call.hold = False
         return self._update(call)
 
-    def _sort_active(self, row: ActiveRow, previous: dict[str, tuple[int, int]], live: dict[str, dict[str, str]],
+    def _close_adopted(self, call: _Call, basis: int, end_from: str) -> Closure:
+        """A re-adopted call whose root vanished before sending anything: closed in the database,
+        where the row holds the call's parties (a record built from what is known here would
+        overwrite them with blanks), at the best end known: its legs' hangups, else ``basis``."""
+        latest = max((max(leg.latest_us, leg.hangup_us) for leg in call.legs.values()), default=0)
+        self._waiting.pop(call.uuid, None)
+        self._release(call)
+        self._tombstone(call.uuid)
+        return close_row(ActiveRow(call.uuid, call.start_us, call.prior_answer, latest), self.node,
+                         basis or latest, end_from)
+
+    def take_closures(self) -> list[Closure]:
+        """Closures that events (not a resync) made due, taken once: a re-adopted call whose root
+        hung up unheard during a gap ends when its last other leg hangs up."""
+        closures = self._closures
+        if closures:  # per event: no new list when there is nothing to take
+            self._closures = []
+        return closures
+
+    def _sort_active(self, row: ActiveRow, previous: dict[str, tuple[int, int, int]],
+                     live: dict[str, dict[str, str]],
                      live_calls: set[str], at_us: int, basis: int, end_from: str) -> Closure | None:
         """An Active database row this correlator may not hold: re-adopted if up, else closed."""
         uuid = row.call_uuid
         if uuid in self._legs or uuid in self._calls or uuid in self._done:
             return None  # known here: this run's own events (or the resync above) decide
-        answered = row.answered_us or previous.get(uuid, (0, 0))[1]
+        answered = row.answered_us or previous.get(uuid, (0, 0, 0))[1]
         root = live.get(uuid)
         if root is not None and not answered and _row_answered(root):
             answered = max(at_us, row.start_us)
         if uuid in live_calls:
-            self._adopted[uuid] = (row.start_us, answered)
+            self._adopted[uuid] = (row.start_us, answered, _ADOPTED if root is not None else _ROOT_GONE)
             return None
         return close_row(row, self.node, basis, end_from, answered)
 
@@ -582,7 +602,7 @@ def _unlinked_loopback_b(ev: dict[str, str]) -> bool:
 def _sequence(ev: dict[str, str], name: str, uuid: str, ts: int) -> int:
     raw = ev.get("Event-Sequence")
     if raw is None:
-        return _NO_SEQ_BASE + zlib.crc32(f"{name}|{uuid}|{ts}".encode())
+        return NO_SEQ_BASE + zlib.crc32(f"{name}|{uuid}|{ts}".encode())
     try:
         return int(raw)
     except ValueError:
@@ -591,7 +611,7 @@ def _sequence(ev: dict[str, str], name: str, uuid: str, ts: int) -> int:
 
 def _note(call: _Call, seq: int, kind: str, at_us: int, data: dict[str, Any]) -> None:
     """Queue the lifecycle row of a repeatable event, keyed by its Event-Sequence."""
-    call.pending.append((seq * 8 + _KIND[kind], kind, at_us, data))
+    call.pending.append((seq * 8 + KIND[kind], kind, at_us, data))
 
 
 def _note_once(call: _Call, uuid: str, kind: str, at_us: int, data: dict[str, Any]) -> None:

@@ -18,30 +18,17 @@ answer or last event: a reconciled row never has a negative duration.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from datetime import datetime
 
 from eslbridge.calls.build import duration_ms
 from eslbridge.calls.legs import to_datetime
-from eslbridge.calls.records import LifecycleEvent
+from eslbridge.calls.records import LifecycleEvent, once_seq
 
 RECONCILE_REASON = "channel vanished from FreeSWITCH during an ESL gap (resync snapshot)"
 STALE_REASON = "channel gone from FreeSWITCH at resync; row left Active by an earlier run or ESL link"
 END_FROM_LAST_EVENT = "last_event"
 END_FROM_GAP = "gap_detected"
-
-KIND = {
-    "created": 0, "answered": 1, "bridged": 2, "unbridged": 3, "transferred": 4, "uuid_changed": 5,
-    "hangup": 6, "reconciled": 7,
-}
-NO_SEQ_BASE = 1 << 40
-
-
-def once_seq(uuid: str, kind: str) -> int:
-    """The seq of a once-per-leg (or per-call) lifecycle row: the same whichever event revealed it."""
-    return (NO_SEQ_BASE + zlib.crc32(uuid.encode())) * 8 + KIND[kind]
-
 
 @dataclass(slots=True, frozen=True)
 class ActiveRow:

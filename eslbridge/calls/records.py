@@ -12,6 +12,7 @@ the correlator stays pure and testable on fixtures alone.
 from __future__ import annotations
 
 import enum
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,6 +32,18 @@ CALL_STATUSES = (
     "initiated", "ringing", "answered", "completed", "busy", "no_answer", "cancelled", "rejected", "failed",
 )
 DIRECTIONS = ("Inbound", "Outbound", "Internal")
+
+# Lifecycle row kinds: the low 3 bits of a row's seq (see the correlator's "Idempotency").
+KIND = {
+    "created": 0, "answered": 1, "bridged": 2, "unbridged": 3, "transferred": 4, "uuid_changed": 5,
+    "hangup": 6, "reconciled": 7,
+}
+NO_SEQ_BASE = 1 << 40
+
+
+def once_seq(uuid: str, kind: str) -> int:
+    """The seq of a once-per-leg (or per-call) lifecycle row: the same whichever event revealed it."""
+    return (NO_SEQ_BASE + zlib.crc32(uuid.encode())) * 8 + KIND[kind]
 
 
 @dataclass(slots=True)
