@@ -92,7 +92,7 @@ class NodeConfig:
     event_format: str  # "json" | "plain"
     # Calls held in memory at most; past it the oldest are closed (reconciled). 100,000 is ten times
     # the concurrent calls of a big node (FreeSWITCH's max-sessions defaults to 1,000) and bounds the
-    # correlator to ~300 MB (3.0 KB per two-leg call, tests/test_correlator_memory.py).
+    # correlator to ~325 MB (3.2 KB per two-leg call, tests/test_correlator_memory.py).
     max_live_calls: int = 100_000
 
 

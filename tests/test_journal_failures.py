@@ -137,3 +137,36 @@ def test_probe_reports_an_unusable_directory(tmp_path):
         with pytest.raises(JournalError) as caught:
             journal.probe()
         assert caught.value.errno == errno.ENOTDIR
+
+
+def test_daemon_health_turns_503_on_a_full_disk_and_back(small_fs, tmp_path, db_dsn):
+    """The daemon (a subprocess) with its journal on the small filesystem, calls flowing."""
+    import signal as _signal
+
+    from tests.test_daemon import Env, Sim, get, metrics_url, wait_for
+
+    env = Env(tmp_path, db_dsn)
+    sim = Sim(env.tmp, "--wait-subscribers", "1", "--rate", "20", "--calls", "100000", "--mix", "reject=1")
+    config = env.config(sim.port, journal={"dir": str(small_fs / "journal")})
+    health, metrics = metrics_url(config, "/healthz"), metrics_url(config, "/metrics")
+    try:
+        proc = env.start(config)
+        wait_for(lambda: get(health)[0] == 200, 60, "a healthy daemon")
+        filler = fill(small_fs)
+        wait_for(lambda: get(health)[0] == 503, 30, "/healthz 503 on a full disk")
+        assert '"journal": "enospc"' in get(health)[1]
+        text = get(metrics)[1]
+        assert "eslbridge_journal_writable 0.0" in text and 'eslbridge_journal_failures_total{kind="enospc"}' in text
+        filler.unlink()
+        wait_for(lambda: get(health)[0] == 200, 30, "/healthz 200 once space is back")
+        assert "eslbridge_journal_writable 1.0" in get(metrics)[1]
+        proc.send_signal(_signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        sim.stop()
+        env.stop_all()
+    said = [line for line in env.log().splitlines() if "cannot make records durable" in line]
+    assert len(said) == 1 and "free space on the journal's filesystem" in said[0]
+    with psycopg.connect(db_dsn) as conn:  # nothing lost meanwhile: every call played has its row
+        stuck = conn.execute("SELECT count(*) FROM call_records WHERE status = 'Active'").fetchone()[0]
+    assert stuck == 0

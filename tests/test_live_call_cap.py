@@ -39,7 +39,7 @@ def test_calls_over_the_cap_are_closed_counted_and_logged_once(env: Env, db_dsn:
     with psycopg.connect(db_dsn) as conn:
         rows = conn.execute("SELECT call_uuid, status, reconciled, end_time >= start_time FROM call_records").fetchall()
         reasons = conn.execute("SELECT count(*) FROM call_events WHERE event_type = 'reconciled'"
-                               " AND data->>'reason' LIKE 'closed by the live-call cap%'").fetchone()[0]
+                               " AND event_data->>'reason' LIKE 'closed by the live-call cap%'").fetchone()[0]
     assert len(rows) == len({r[0] for r in rows}) == n  # one row per call, the evicted ones too
     assert evicted == sum(1 for r in rows if r[2]) == reasons >= n - cap - 5  # (calls ending free room)
     assert all(r[3] for r in rows) and not any(r[1] == "Active" for r in rows)
