@@ -9,7 +9,10 @@ from __future__ import annotations
 import pytest
 
 from eslbridge.calls.outcome import cause_sip_code
-from tests.correlator_fixtures import captured, no_answer_from_busy, only
+from eslbridge.calls.records import Stage
+from tests.correlator_fixtures import at, captured, no_answer_from_busy, only, parse_plain
+from tests.paths import CAPTURED
+from tests.test_correlator_resync import new_correlator
 from tests.test_correlator_scenarios import finished, legs_of, run
 
 FREESWITCH_TABLE = [
@@ -54,3 +57,14 @@ def test_the_record_carries_the_code_freeswitch_sent(cause: str, code: int) -> N
     events = no_answer_from_busy(captured("bridge-busy", "json"), a, b)
     only(events, "CHANNEL_HANGUP_COMPLETE", a).update({"Hangup-Cause": cause, "variable_hangup_cause": cause})
     assert finished(run(events)[1]).sip_response_code == code
+
+
+def test_invite_refused_at_digest_auth_is_rejected_with_the_403_the_caller_saw() -> None:
+    """FreeSWITCH's only event for it (recorded from the real build): no channel times, no SIP code."""
+    event = parse_plain((CAPTURED / "auth-refused.plain.esl").read_text().split("\n\n", 1)[1])
+    assert "Caller-Channel-Created-Time" not in event and "variable_sip_term_status" not in event
+    updates = new_correlator().feed(event)
+    record = updates[-1].record
+    assert updates[-1].stage == Stage.FINISHED
+    assert (record.status, record.sip_response_code, record.disconnect_reason) == ("Rejected", 403, "CALL_REJECTED")
+    assert record.start_time == record.end_time == at(event["Event-Date-Timestamp"])

@@ -106,10 +106,20 @@ def decide(root: Leg, others: list[Leg]) -> Outcome:
         return Outcome("Completed", 200, decider.cause)
     code = leg_sip_code(decider)
     if code is None and decider is root and root.direction == "inbound":
-        code = cause_sip_code(root.cause) if root.cause else None
+        code = _unrecorded_code(root)
     if root.disposition == "recv_cancel" or root.cause == "ORIGINATOR_CANCEL":
         return Outcome("Cancelled", code, decider.cause)
     return Outcome(_verdict(root, decider, others), code, decider.cause)
+
+
+def _unrecorded_code(root: Leg) -> int | None:
+    """The code FreeSWITCH sent on an inbound leg that recorded none."""
+    if root.cause == "CALL_REJECTED" and not root.created_us:
+        # Refused before a caller profile existed (no Caller-Channel-Created-Time): mod_sofia answers an
+        # INVITE whose digest authentication or ACL check fails with 403 Forbidden, then hangs the
+        # channel up as CALL_REJECTED; its cause table would say 603 (tests/fixtures/captured: auth-refused).
+        return 403
+    return cause_sip_code(root.cause) if root.cause else None
 
 
 def _verdict(root: Leg, decider: Leg, others: list[Leg]) -> str:

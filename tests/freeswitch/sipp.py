@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -170,6 +171,19 @@ class Sipp:
         with open(self.screen, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=workdir, env=env)
+        if target is None:
+            self._wait_bound()  # an answering side must listen before FreeSWITCH sends it an INVITE
+
+    def _wait_bound(self, timeout: float = 10) -> None:
+        """Until sipp's UDP socket is bound (read from /proc: binding the port ourselves to probe it
+        could take it from sipp)."""
+        wanted = f"0100007F:{self.port:04X}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with open("/proc/net/udp") as table:
+                if any(line.split()[1] == wanted for line in table.readlines()[1:]):
+                    return
+            time.sleep(0.02)
 
     def wait(self, timeout: float = 60) -> Run:
         try:
