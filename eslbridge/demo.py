@@ -183,7 +183,7 @@ def _demo(report: _Report, tmp: Path, cluster: PgCluster, seconds: float, rate: 
     report.say(f"  {docs / 'docs'}/")
     report.say("      DEPLOYMENT, CONFIGURATION (every setting), SECURITY, HA, UPGRADE, MONITORING, AUDITORS")
     report.say(f"  {examples}/")
-    report.say("      eslbridge.yaml, FreeSWITCH's side, the Grafana dashboard, the Prometheus alerts")
+    report.say("      FreeSWITCH's side, the Grafana dashboard, the Prometheus alerts")
     report.say("  eslbridge --help")
     report.say("      users, roles, gdpr, keys, retention, check-config, db grant")
     report.say("(the demo's database, keys and journal were temporary and are gone)")
