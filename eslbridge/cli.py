@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Iterator
 
+from eslbridge import __version__
 from eslbridge.errors import EXIT_FAILURE, EXIT_USAGE, EslBridgeError
 from eslbridge.logsetup import setup_logging
 
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="config file (default: $ESLBRIDGE_CONFIG, then /etc/eslbridge/eslbridge.yaml)",
     )
+    parser.add_argument("--version", action="version", version=f"eslbridge {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

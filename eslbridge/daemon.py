@@ -75,6 +75,7 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.metrics = Metrics()
+        self.metrics.journal_max_bytes.set(config.journal.max_bytes)
         self.keyring = Keyring.load(config.encryption.keyring_file)
         self.pool = make_pool(config.database)
         self.journal = Journal(str(config.journal.dir), config.journal.max_bytes,
@@ -102,7 +103,7 @@ class Daemon:
         self.outbound = (OutboundServer(tuple(config.outbound.listen), authorizer, on_result=self._on_outbound_result,
                                         allow=config.outbound.allow, limits=config.outbound.connections)
                          if config.outbound.listen else None)
-        self.upkeep = Upkeep(self.pool, config.retention, retention_hook=self._retention)
+        self.upkeep = Upkeep(self.pool, config.retention, retention_hook=self._retention, metrics=self.metrics)
         self._retention_due = 0.0  # monotonic time of the next daily retention run
         self.metrics_server = (MetricsServer(config.metrics.listen, self.metrics, self.health,
                                              allow=config.metrics.allow, limits=config.metrics.connections)

@@ -40,6 +40,15 @@ DEFAULT_MIX = ("bridged=4,tone=2,auth_call=3,busy=1,no_answer=1,cancel=1,reject=
                "register=1")
 
 
+def installed_docs() -> Path:
+    """This copy's documentation: what `pip install` put under the prefix, the Debian package's,
+    else the source tree it runs from."""
+    for candidate in (Path(sys.prefix) / "share" / "doc" / "eslbridge", Path("/usr/share/doc/eslbridge")):
+        if (candidate / "README.md").is_file():
+            return candidate
+    return Path(__file__).resolve().parents[1]
+
+
 def _secret_file(path: Path, value: str) -> Path:
     path.write_text(value + "\n")
     path.chmod(0o600)
@@ -167,10 +176,16 @@ def _demo(report: _Report, tmp: Path, cluster: PgCluster, seconds: float, rate: 
     report.say(f"   directory: {lookups} sip_auth lookups served, {verified} a1-hashes match the passwords\n")
     _print_results(report, dsn, keyring)
     report.say("\nWhere to look next:")
-    report.say("  README.md                  install, configure, run under systemd")
-    report.say("  conf/eslbridge.yaml        every setting, commented; conf/freeswitch/ for FreeSWITCH's side")
-    report.say("  docs/AUDITORS.md           the SQL an auditor runs (statistics, decryption, GDPR, retention)")
-    report.say("  eslbridge --help           users, roles, gdpr, keys, retention, check-config")
+    docs = installed_docs()
+    examples = docs / "examples" if (docs / "examples").is_dir() else docs / "conf"
+    report.say(f"  {docs / 'README.md'}")
+    report.say("      install, configure, run under systemd")
+    report.say(f"  {docs / 'docs'}/")
+    report.say("      DEPLOYMENT, CONFIGURATION (every setting), SECURITY, HA, UPGRADE, MONITORING, AUDITORS")
+    report.say(f"  {examples}/")
+    report.say("      FreeSWITCH's side, the Grafana dashboard, the Prometheus alerts")
+    report.say("  eslbridge --help")
+    report.say("      users, roles, gdpr, keys, retention, check-config, db grant")
     report.say("(the demo's database, keys and journal were temporary and are gone)")
     return 0
 

@@ -112,6 +112,18 @@ class Metrics:
             "eslbridge_resync_closed_rows", "Active rows closed at resync (their channels were gone)", ["node"],
             registry=r,
         )
+        # scheduled database upkeep: partitions ahead, retention, daily_call_summary
+        self.upkeep_runs = Counter(
+            "eslbridge_upkeep_runs", "Database upkeep runs by result (ok, skipped, failed)", ["result"], registry=r
+        )
+        for result in ("ok", "skipped", "failed"):  # alerts need the series before the first failure
+            self.upkeep_runs.labels(result)
+        self.upkeep_last_success = Gauge(
+            "eslbridge_upkeep_last_success_timestamp_seconds", "Unix time the last upkeep run completed", registry=r
+        )
+        self.journal_max_bytes = Gauge(
+            "eslbridge_journal_max_bytes", "The journal's size limit (journal.max_bytes)", registry=r
+        )
 
     def add_intake(self, sources: Callable[[], Iterable[IntakeSource]]) -> None:
         self.registry.register(IntakeCollector(sources))

@@ -49,7 +49,7 @@ class Upkeep:
 
     def __init__(self, pool_or_dsn: ConnectionPool | str, retention_cfg: Any = None, *, months_ahead: int = 3,
                  interval: float = 3600.0, retention_hook: RetentionHook | None = None,
-                 lock_timeout: float = 10.0) -> None:
+                 lock_timeout: float = 10.0, metrics: Any = None) -> None:
         if months_ahead < 0 or interval <= 0:
             raise ValueError("months_ahead must be >= 0 and interval > 0")
         self._source = pool_or_dsn
@@ -61,6 +61,7 @@ class Upkeep:
         self._greenlet: gevent.Greenlet | None = None
         self.last_result: UpkeepResult | None = None
         self.failures = 0
+        self._metrics = metrics
 
     def start(self) -> None:
         if self._greenlet is None:
@@ -93,13 +94,22 @@ class Upkeep:
                 self.last_result = self.run_once()
                 if self.last_result.ran:
                     log.info("upkeep: %s", "; ".join(self.last_result.actions))
+                    self._count("ok")
                 else:
                     log.info("upkeep: another daemon is running it; skipped")
+                    self._count("skipped")
             except (psycopg.Error, PoolTimeout) as e:
                 self.failures += 1
+                self._count("failed")
                 delay = min(self._interval, RETRY_AFTER_ERROR)
                 _outage.warning("upkeep-failed", "upkeep failed, retrying in %.0f s: %s", delay, first_line(e))
             gevent.sleep(random.uniform(0.9, 1.1) * delay)
+
+    def _count(self, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.upkeep_runs.labels(result).inc()
+            if result == "ok":
+                self._metrics.upkeep_last_success.set_to_current_time()
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
