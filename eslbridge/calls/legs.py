@@ -71,6 +71,12 @@ MEDIA_FIELDS: tuple[tuple[str, str], ...] = (
 )
 
 
+_TIME_HEADERS = ("Caller-Channel-Created-Time", "Caller-Channel-Answered-Time", "Caller-Channel-Transfer-Time",
+                 "Caller-Channel-Hangup-Time")
+# Every header a leg reads: intake decodes only these (with the correlator's own, eslbridge.esl.headers),
+# so a new column is a new row in _TEXT_FIELDS and nothing else.
+HEADERS: tuple[str, ...] = (*(h for _, h in _TEXT_FIELDS), *(h for _, h in MEDIA_FIELDS), *_TIME_HEADERS)
+
 _FOLD: tuple[tuple[str, str, bool], ...] = tuple(
     (slot, header, slot not in _NOT_INTERNED) for slot, header in _TEXT_FIELDS
 )
