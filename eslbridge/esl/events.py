@@ -23,8 +23,8 @@ import json
 import re
 from binascii import a2b_qp
 from collections.abc import Callable, Iterable
-from itertools import compress, repeat
-from operator import contains, is_not
+from itertools import repeat
+from operator import contains
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -176,7 +176,7 @@ class EventDecoder:
             raise EventParseError("bad_json", "not an object") from None
         except msgspec.DecodeError:
             raise EventParseError("bad_json", body[:80].decode("utf-8", "replace")) from None
-        event = dict(compress(zip(self._names, values, strict=True), map(is_not, values, repeat(UNSET))))
+        event = {name: value for name, value in zip(self._names, values, strict=True) if value is not UNSET}
         return _checked(_flat(event))
 
     def plain(self, body: bytes, on_error: ErrorSink = _noop) -> dict[str, str]:
