@@ -30,6 +30,7 @@ event, since the simulator first renders a pool as big as the run. The last line
                            [--all] [--paused] [--repeat 1]
 
 --all subscribes to ALL (every event of the captured calls) instead of the daemon's subscription.
+--decode-sample N (3000) decodes the stream's first N events alone, every header vs READ_HEADERS.
 --every-header adds eslbridge rows decoding every header (the daemon decodes only READ_HEADERS).
 --paused keeps eslbridge's consumer blocked, so every event beyond the memory queue is spilled to disk:
 the rate printed is what the reader sustains while spilling (backpressure vs spill, spill.py).
@@ -58,6 +59,8 @@ import greenswitch
 from gevent.event import Event
 
 from eslbridge.calls.correlator import Correlator
+from eslbridge.esl.events import EventDecoder
+from eslbridge.esl.framing import FrameParser
 from eslbridge.esl.headers import READ_HEADERS
 from eslbridge.esl.inbound import SUBSCRIBED_EVENTS, InboundClient
 
@@ -231,6 +234,32 @@ def run_raw(port: int, fmt: str, n: int, events: tuple[str, ...]) -> Row:
                    size / seconds / 1e6)
 
 
+def decode_costs(port: int, fmt: str, n: int, events: tuple[str, ...]) -> tuple[float, float]:
+    """CPU microseconds per event body of the stream's first `n` events: decoding every header, and
+    only READ_HEADERS (what the daemon does); best of 5, the two interleaved."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.recv(4096)
+        sock.sendall(b"auth ClueCon\n\n")
+        sock.recv(4096)
+        sock.sendall(f"event {fmt} {' '.join(events)}\n\n".encode())
+        parser, bodies = FrameParser(), []
+        while len(bodies) < n:
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            bodies += [f.body for f in parser.feed(data) if f.content_type.startswith("text/event-")]
+    wanted = EventDecoder(READ_HEADERS)
+    full, selective = (EventDecoder().json, wanted.json) if fmt == "json" else (EventDecoder().plain, wanted.plain)
+    best = {full: float("inf"), selective: float("inf")}
+    for _ in range(5):
+        for decode in best:
+            start = time.process_time()
+            for body in bodies:
+                decode(body)
+            best[decode] = min(best[decode], (time.process_time() - start) / len(bodies) * 1e6)
+    return best[full], best[selective]
+
+
 def measure(args: argparse.Namespace, events: tuple[str, ...]) -> list[Row]:
     """One round: every reader on its own simulator, each sending the same stream."""
     n, n_stock, n_corr = args.events, args.stock_events, args.correlated_events
@@ -268,13 +297,15 @@ def main() -> int:
     p.add_argument("--paused", action="store_true", help="measure eslbridge with its consumer blocked (spill)")
     p.add_argument("--every-header", action="store_true",
                    help="also eslbridge decoding every header (as before intake read only READ_HEADERS)")
+    p.add_argument("--decode-sample", type=int, default=3000,
+                   help="events of the stream decoded alone, every header vs READ_HEADERS (0: skip)")
     p.add_argument("--repeat", type=int, default=1, help="rounds; the result line holds each round's median")
     args = p.parse_args()
     events = ("ALL",) if args.all else SUBSCRIBED_EVENTS
     print(f"subscription: {'ALL' if args.all else 'daemon (DESIGN 5)'}; mix {MIX}"
           + ("; eslbridge consumer paused (spilling)" if args.paused else "")
           + f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    rounds = []
+    rounds, result_decode = [], {}
     for _ in range(args.repeat):
         rows = measure(args, events)
         rounds.append(rows)
@@ -288,6 +319,12 @@ def main() -> int:
                   f" {_ratio(row.cpu_eps, stock):>13} {_ratio(row.cpu_eps, gen):>9}"
                   f" {_ratio(row.eps, raw[row.fmt]):>10}")
         print(f"load average now {os.getloadavg()[0]:.1f}")
+    if args.decode_sample:
+        print("decode alone, same stream, CPU us/event (best of 5): every header -> READ_HEADERS only")
+        for fmt in ("json", "plain"):
+            every, read = with_sim(args.decode_sample, POOL, decode_costs, fmt, args.decode_sample, events)
+            result_decode[fmt] = round(every / read, 2)
+            print(f"  {fmt:5} {every:7.1f} -> {read:7.1f}   {every / read:.2f}x")
     print("greenswitch and Genesis json: n/a (neither reads text/event-json); their ratios are on the plain "
           "stream, per CPU-second; x raw read per wall second")
 
@@ -304,6 +341,7 @@ def main() -> int:
                        "stock_eps": round(median("greenswitch", "plain", "eps")),
                        "stock_cpu_eps": round(median("greenswitch", "plain", "cpu_eps")),
                        "genesis_cpu_eps": round(median("genesis", "plain", "cpu_eps"))}
+    result["decode_speedup"] = result_decode
     result["correlated_eps"] = round(median("eslbridge+correlator", "json", "eps"))
     result["correlated_cpu_eps"] = round(median("eslbridge+correlator", "json", "cpu_eps"))
     print("bench-result: " + json.dumps(result))
