@@ -63,14 +63,14 @@ def parse_json_event(body: bytes, on_error: ErrorSink = _noop) -> dict[str, str]
         # orjson: measured ~2x json.loads on captured events (bench/intake.py --profile).
         event = orjson.loads(body)
     except orjson.JSONDecodeError:
-        event = _decode_damaged(body, json.loads, on_error)
+        event = _decode_damaged(body, on_error)
     if not isinstance(event, dict):
         raise EventParseError("bad_json", "not an object")
     return _checked(_flat(event))
 
 
-def _decode_damaged(body: bytes, decode: Callable[[str], Any], on_error: ErrorSink) -> Any:
-    """A body the fast decoder refused: invalid UTF-8 is replaced (and counted), anything else is bad JSON."""
+def _decode_damaged(body: bytes, on_error: ErrorSink) -> Any:
+    """A body orjson refused: invalid UTF-8 is replaced (and counted), anything else is bad JSON."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -79,7 +79,7 @@ def _decode_damaged(body: bytes, decode: Callable[[str], Any], on_error: ErrorSi
     else:
         raise EventParseError("bad_json", body[:80].decode("utf-8", "replace")) from None
     try:
-        return decode(text)
+        return json.loads(text)
     except ValueError:
         raise EventParseError("bad_json", text[:80]) from None
 
