@@ -149,10 +149,14 @@ class EventDecoder:
             self.json: Callable[[bytes, ErrorSink], dict[str, str]] = parse_json_event
             self._wanted = None
             return
-        names = tuple(sorted({*wanted, "Event-Name"}))
+        names = {*wanted, "Event-Name"}
         if "_body" in names:  # a plain body is cut at its own Content-Length
-            names = tuple(sorted({*names, "Content-Length"}))
+            names.add("Content-Length")
         self._wanted = frozenset(names)
+        # msgspec looks a key up by scanning the fields from the one after the last match, so fields in
+        # about FreeSWITCH's order (its own headers, then the channel variables) are found sooner:
+        # ~10 % of the decode (every skipped key still scans them all: the cost of each wanted header).
+        names = sorted(names, key=lambda name: (name.startswith("variable_"), name))
         # Fields f0..fN renamed to the headers (not identifiers); UNSET tells "absent" from JSON null.
         struct = msgspec.defstruct("Event", [(f"f{i}", Any, msgspec.UNSET) for i in range(len(names))],
                                    rename={f"f{i}": name for i, name in enumerate(names)}, gc=False)
