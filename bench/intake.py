@@ -1,4 +1,4 @@
-"""ESL intake benchmark: eslbridge's InboundClient vs stock greenswitch.InboundESL on the same stream.
+"""ESL intake benchmark: eslbridge's InboundClient vs stock greenswitch and Genesis on the same stream.
 
 The simulator runs in a subprocess (its own core) and sends generated real-call events at full speed
 to every client that subscribes (`--blast`: a pool of rendered calls, sent round and round). Rows:
@@ -6,10 +6,20 @@ to every client that subscribes (`--blast`: a pool of rendered calls, sent round
 * eslbridge json / plain: InboundClient with a no-op consumer (framing, queue, event decoding);
 * greenswitch plain: stock greenswitch 0.0.19 on the plain stream (its reader dies on JSON), with
   fewer events (it is slow) but reported as events/s all the same;
+* genesis plain: Genesis (PyPI `genesis`, the asyncio ESL client; `pip install .[bench]`), stock, one
+  async handler counting events, on the plain stream (it has no JSON support either);
 * eslbridge json + correlator: the DESIGN section 11 figure "intake + correlation": every event goes
   to `Correlator.feed`; its stream comes from a pool as big as the run, so every call is new (a pool
   sent round and round would give the correlator cheap repeats);
-* sim ceiling: a bare socket counting frames, what the simulator can send at all on this machine.
+* raw read: a bare socket counting frames of the same stream, what the simulator can send at all on
+  this machine: the limit of any reader.
+
+Every simulator sends the same bytes (same seed, same pool). Besides wall-clock events/s each row
+prints events per CPU-second of the reading process (the simulator runs in its own): on a shared,
+loaded host the wall rate of each row depends on the moment, the CPU cost much less, so the ratios
+against greenswitch and Genesis are of CPU rates; the ratio against the raw read is of wall rates.
+MB/s: bytes on the wire per wall second (for greenswitch and Genesis, their events times the stream's
+mean frame size).
 
 Rates run from the subscription to the last event handled (stock greenswitch hands events on after
 a delay, so its first delivery is no start mark), except for the correlated run: it runs from its first
@@ -17,9 +27,11 @@ event, since the simulator first renders a pool as big as the run. The last line
 (`bench-result: {...}`).
 
     python bench/intake.py [--events 200000] [--stock-events 30000] [--correlated-events 30000]
-                           [--all] [--paused]
+                           [--all] [--paused] [--repeat 1]
 
 --all subscribes to ALL (every event of the captured calls) instead of the daemon's subscription.
+--decode-sample N (3000) decodes the stream's first N events alone, every header vs READ_HEADERS.
+--every-header adds eslbridge rows decoding every header (the daemon decodes only READ_HEADERS).
 --paused keeps eslbridge's consumer blocked, so every event beyond the memory queue is spilled to disk:
 the rate printed is what the reader sustains while spilling (backpressure vs spill, spill.py).
 """
@@ -27,15 +39,18 @@ the rate printed is what the reader sustains while spilling (backpressure vs spi
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -44,6 +59,9 @@ import greenswitch
 from gevent.event import Event
 
 from eslbridge.calls.correlator import Correlator
+from eslbridge.esl.events import EventDecoder
+from eslbridge.esl.framing import FrameParser
+from eslbridge.esl.headers import READ_HEADERS
 from eslbridge.esl.inbound import SUBSCRIBED_EVENTS, InboundClient
 
 MIX = "bridged=5,busy=1,no_answer=1,cancel=1,reject=1,blind_transfer=1,originate=1"
@@ -71,21 +89,23 @@ def with_sim(n: int, pool: int, run: Callable[..., T], *args: object, **kwargs: 
 
 
 class Clock:
-    """Counts deliveries; `rate` is events/s from `start()` (else the first delivery) to the n-th."""
+    """Counts deliveries; `rate` is events/s from `start()` (else the first delivery) to the n-th,
+    `cpu_rate` the same per CPU-second of this process."""
 
     def __init__(self, n: int) -> None:
         self.n, self.count, self.first, self.last = n, 0, 0.0, 0.0
+        self.cpu_first = self.cpu_last = 0.0
         self.done = Event()
 
     def start(self) -> None:
-        self.first = time.perf_counter()
+        self.first, self.cpu_first = time.perf_counter(), time.process_time()
 
     def tick(self) -> None:
         self.count += 1
         if self.count == 1 and not self.first:
-            self.first = time.perf_counter()
+            self.start()
         if self.count == self.n:
-            self.last = time.perf_counter()
+            self.last, self.cpu_last = time.perf_counter(), time.process_time()
             self.done.set()
 
     @property
@@ -96,10 +116,24 @@ class Clock:
     def rate(self) -> float:
         return self.n / self.seconds
 
+    @property
+    def cpu_rate(self) -> float:
+        return self.n / max(self.cpu_last - self.cpu_first, 1e-9)
+
+
+class Row(NamedTuple):
+    reader: str
+    fmt: str
+    events: int
+    eps: float  # wall clock
+    cpu_eps: float  # per CPU-second of this process
+    mbps: float
+
 
 def run_ours(port: int, fmt: str, n: int, events: tuple[str, ...], paused: bool = False,
-             correlate: bool = False) -> tuple[float, float]:
-    """(events/s, MB/s) of InboundClient; `correlate` feeds every event to a real Correlator."""
+             correlate: bool = False, every_header: bool = False) -> Row:
+    """InboundClient with the daemon's decoder (`every_header`: a full decode, the old way); `correlate`
+    feeds every event to a real Correlator."""
     clock, gate = Clock(n), Event()
     feed = Correlator("bench", lambda user, realm: None).feed
 
@@ -120,12 +154,13 @@ def run_ours(port: int, fmt: str, n: int, events: tuple[str, ...], paused: bool 
         if not correlate:  # the clock runs from connect, as for greenswitch (see main)
             clock.start()
         client = InboundClient("127.0.0.1", port, "ClueCon", "bench", fmt, consumer, lambda node, rows: None,
-                               events=events, spill_dir=spill, queue_size=10_000, heartbeat_interval=600)
+                               events=events, headers=None if every_header else READ_HEADERS,
+                               spill_dir=spill, queue_size=10_000, heartbeat_interval=600)
         client.start()
         if paused:
             while len(client.queue) < n:  # the blocked consumer's batch still counts in the queue
                 gevent.sleep(0.001)
-            clock.last = time.perf_counter()
+            clock.last, clock.cpu_last = time.perf_counter(), time.process_time()
             clock.count = n
         else:
             clock.done.wait(900)
@@ -135,11 +170,12 @@ def run_ours(port: int, fmt: str, n: int, events: tuple[str, ...], paused: bool 
         client.stop(drain_timeout=0)
     if paused:
         print(f"  (paused consumer: {overflows} events spilled to disk)")
-    return clock.rate, size / clock.seconds / 1e6
+    name = ("eslbridge+correlator" if correlate else "eslbridge") + (" (all headers)" if every_header else "")
+    return Row(name, fmt, n, clock.rate, clock.cpu_rate, size / clock.seconds / 1e6)
 
 
-def run_stock(port: int, n: int, events: tuple[str, ...]) -> float:
-    """events/s of stock greenswitch on the plain stream."""
+def run_stock(port: int, n: int, events: tuple[str, ...]) -> Row:
+    """Stock greenswitch on the plain stream."""
     esl = greenswitch.InboundESL("127.0.0.1", port, "ClueCon")
     esl.connect()
     clock = Clock(n)
@@ -149,68 +185,165 @@ def run_stock(port: int, n: int, events: tuple[str, ...]) -> float:
     clock.done.wait(900)
     esl._run = False
     esl.sock.close()
-    return clock.rate
+    return Row("greenswitch", "plain", n, clock.rate, clock.cpu_rate, 0.0)
 
 
-def run_ceiling(port: int, fmt: str, n: int, events: tuple[str, ...]) -> float:
-    """events/s a bare blocking socket receives (counting frame headers): what the simulator can send."""
+def run_genesis(port: int, n: int, events: tuple[str, ...]) -> Row:
+    """Stock Genesis (asyncio) on the plain stream: one async handler for every event."""
+    import genesis  # bench-only dependency: pip install .[bench]
+
+    async def read() -> Clock:
+        clock = Clock(n)
+        clock.done = asyncio.Event()
+
+        async def count(event: object) -> None:
+            clock.tick()
+
+        async with genesis.Inbound("127.0.0.1", port, "ClueCon") as client:
+            client.on("*", count)
+            clock.start()
+            await client.send(f"event plain {' '.join(events)}")
+            await asyncio.wait_for(clock.done.wait(), 900)
+        return clock
+
+    clock = asyncio.run(read())
+    return Row("genesis", "plain", n, clock.rate, clock.cpu_rate, 0.0)
+
+
+def run_raw(port: int, fmt: str, n: int, events: tuple[str, ...]) -> Row:
+    """A bare blocking socket counting frame headers: what the simulator can send (the limit)."""
     marker = b"\nContent-Type: text/event-"
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.recv(4096)
         sock.sendall(b"auth ClueCon\n\n")
         sock.recv(4096)
         sock.sendall(f"event {fmt} {' '.join(events)}\n\n".encode())
-        buf, tail, count, first = bytearray(1 << 20), b"", 0, 0.0
+        buf, tail, count, size, first, cpu = bytearray(1 << 20), b"", 0, 0, 0.0, 0.0
         while count < n:
-            size = sock.recv_into(buf)
-            if not size:
+            got = sock.recv_into(buf)
+            if not got:
                 break
             if not first:
-                first = time.perf_counter()
-            chunk = tail + bytes(buf[:size])
+                first, cpu = time.perf_counter(), time.process_time()
+            size += got
+            chunk = tail + bytes(buf[:got])
             count += chunk.count(marker)
             tail = chunk[-len(marker) + 1 :]
-        return count / (time.perf_counter() - first)
+        seconds = time.perf_counter() - first
+        return Row("raw read", fmt, count, count / seconds, count / max(time.process_time() - cpu, 1e-9),
+                   size / seconds / 1e6)
+
+
+def decode_costs(port: int, fmt: str, n: int, events: tuple[str, ...]) -> tuple[float, float]:
+    """CPU microseconds per event body of the stream's first `n` events: decoding every header, and
+    only READ_HEADERS (what the daemon does); best of 5, the two interleaved."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.recv(4096)
+        sock.sendall(b"auth ClueCon\n\n")
+        sock.recv(4096)
+        sock.sendall(f"event {fmt} {' '.join(events)}\n\n".encode())
+        parser, bodies = FrameParser(), []
+        while len(bodies) < n:
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            bodies += [f.body for f in parser.feed(data) if f.content_type.startswith("text/event-")]
+    wanted = EventDecoder(READ_HEADERS)
+    full, selective = (EventDecoder().json, wanted.json) if fmt == "json" else (EventDecoder().plain, wanted.plain)
+    best = {full: float("inf"), selective: float("inf")}
+    for _ in range(5):
+        for decode in best:
+            start = time.process_time()
+            for body in bodies:
+                decode(body)
+            best[decode] = min(best[decode], (time.process_time() - start) / len(bodies) * 1e6)
+    return best[full], best[selective]
+
+
+def measure(args: argparse.Namespace, events: tuple[str, ...]) -> list[Row]:
+    """One round: every reader on its own simulator, each sending the same stream."""
+    n, n_stock, n_corr = args.events, args.stock_events, args.correlated_events
+    rows = [with_sim(n, POOL, run_raw, fmt, n, events) for fmt in ("json", "plain")]
+    for fmt in ("json", "plain"):
+        rows.append(with_sim(n, POOL, run_ours, fmt, n, events, args.paused))
+        if args.every_header:
+            rows.append(with_sim(n, POOL, run_ours, fmt, n, events, args.paused, every_header=True))
+    # Their own simulators: the stream must end with the last event counted (greenswitch's reader
+    # starves its handler greenlet while data keeps coming).
+    rows.append(with_sim(n_stock, POOL, run_stock, n_stock, events))
+    if args.genesis_events:
+        rows.append(with_sim(args.genesis_events, POOL, run_genesis, args.genesis_events, events))
+    if not args.paused and n_corr:
+        pool = n_corr // EVENTS_PER_CALL + 1
+        rows.append(with_sim(n_corr, pool, run_ours, "json", n_corr, events, correlate=True))
+        if args.every_header:
+            rows.append(with_sim(n_corr, pool, run_ours, "json", n_corr, events, correlate=True, every_header=True))
+    frame = {row.fmt: row.mbps * 1e6 / row.eps for row in rows if row.reader == "raw read"}
+    return [row._replace(mbps=row.eps * frame[row.fmt] / 1e6) if not row.mbps else row for row in rows]
+
+
+def _ratio(a: float, b: float | None) -> str:
+    return f"{a / b:.2f}" if b else "n/a"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--events", type=int, default=200_000, help="events per eslbridge run")
     p.add_argument("--stock-events", type=int, default=30_000, help="events for stock greenswitch (slow)")
+    p.add_argument("--genesis-events", type=int, default=30_000, help="events for Genesis (0: skip it)")
     p.add_argument("--correlated-events", type=int, default=30_000,
                    help="events through intake + correlator (all from distinct calls)")
     p.add_argument("--all", action="store_true", help="subscribe to ALL instead of the daemon's events")
     p.add_argument("--paused", action="store_true", help="measure eslbridge with its consumer blocked (spill)")
+    p.add_argument("--every-header", action="store_true",
+                   help="also eslbridge decoding every header (as before intake read only READ_HEADERS)")
+    p.add_argument("--decode-sample", type=int, default=3000,
+                   help="events of the stream decoded alone, every header vs READ_HEADERS (0: skip)")
+    p.add_argument("--repeat", type=int, default=1, help="rounds; the result line holds each round's median")
     args = p.parse_args()
-    n, n_stock, n_corr = args.events, args.stock_events, args.correlated_events
     events = ("ALL",) if args.all else SUBSCRIBED_EVENTS
-    rows: list[tuple[str, str, int, float, float]] = []  # reader, format, events, events/s, MB/s
-    rows.append(("sim ceiling", "json", n, with_sim(n, POOL, run_ceiling, "json", n, events), 0.0))
-    for fmt in ("json", "plain"):
-        rows.append(("eslbridge", fmt, n, *with_sim(n, POOL, run_ours, fmt, n, events, args.paused)))
-    # Its own simulator: the stream must end with the last event counted (greenswitch's reader starves
-    # its handler greenlet while data keeps coming).
-    rows.append(("greenswitch", "plain", n_stock, with_sim(n_stock, POOL, run_stock, n_stock, events), 0.0))
-    correlated = 0.0
-    if not args.paused and n_corr:
-        pool = n_corr // EVENTS_PER_CALL + 1
-        correlated = with_sim(n_corr, pool, run_ours, "json", n_corr, events, correlate=True)[0]
-        rows.append(("eslbridge+correlator", "json", n_corr, correlated, 0.0))
-    rate = {(name, fmt): (eps, mbps) for name, fmt, _, eps, mbps in rows}
-    stock = rate[("greenswitch", "plain")][0]
-    ours_json, ours_mbps = rate[("eslbridge", "json")]
     print(f"subscription: {'ALL' if args.all else 'daemon (DESIGN 5)'}; mix {MIX}"
-          + ("; eslbridge consumer paused (spilling)" if args.paused else ""))
-    print(f"{'reader':21} {'format':6} {'events':>8} {'events/s':>10} {'MB/s':>8} {'x stock plain':>14}")
-    for name, fmt, count, eps, mbps in rows:
-        mb = f"{mbps:8.1f}" if mbps else f"{'':8}"
-        print(f"{name:21} {fmt:6} {count:8d} {eps:10.0f} {mb} {eps / stock:14.2f}")
-    print("greenswitch json: n/a (its reader dies on the first text/event-json frame); ratios are against "
-          "greenswitch on the plain stream")
-    result = {"bench": "intake",
-              "json": {"ours_eps": round(ours_json), "stock_eps": round(stock), "ours_mbps": round(ours_mbps, 1)},
-              "plain": {"ours_eps": round(rate[("eslbridge", "plain")][0]), "stock_eps": round(stock)},
-              "correlated_eps": round(correlated)}
+          + ("; eslbridge consumer paused (spilling)" if args.paused else "")
+          + f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    rounds, result_decode = [], {}
+    for _ in range(args.repeat):
+        rows = measure(args, events)
+        rounds.append(rows)
+        cpu = {(row.reader, row.fmt): row.cpu_eps for row in rows}
+        raw = {row.fmt: row.eps for row in rows if row.reader == "raw read"}
+        stock, gen = cpu[("greenswitch", "plain")], cpu.get(("genesis", "plain"))
+        print(f"{'reader':35} {'format':6} {'events':>8} {'events/s':>9} {'MB/s':>6} {'events/CPU-s':>12}"
+              f" {'x greenswitch':>13} {'x genesis':>9} {'x raw read':>10}")
+        for row in rows:
+            print(f"{row.reader:35} {row.fmt:6} {row.events:8d} {row.eps:9.0f} {row.mbps:6.1f} {row.cpu_eps:12.0f}"
+                  f" {_ratio(row.cpu_eps, stock):>13} {_ratio(row.cpu_eps, gen):>9}"
+                  f" {_ratio(row.eps, raw[row.fmt]):>10}")
+        print(f"load average now {os.getloadavg()[0]:.1f}")
+    if args.decode_sample:
+        print("decode alone, same stream, CPU us/event (best of 5): every header -> READ_HEADERS only")
+        for fmt in ("json", "plain"):
+            every, read = with_sim(args.decode_sample, POOL, decode_costs, fmt, args.decode_sample, events)
+            result_decode[fmt] = round(every / read, 2)
+            print(f"  {fmt:5} {every:7.1f} -> {read:7.1f}   {every / read:.2f}x")
+    print("greenswitch and Genesis json: n/a (neither reads text/event-json); their ratios are on the plain "
+          "stream, per CPU-second; x raw read per wall second")
+
+    def median(reader: str, fmt: str, field: str) -> float:
+        values = [getattr(row, field) for rows in rounds for row in rows if (row.reader, row.fmt) == (reader, fmt)]
+        return statistics.median(values) if values else 0.0
+
+    result = {"bench": "intake", "load": round(os.getloadavg()[0], 1)}
+    for fmt in ("json", "plain"):
+        result[fmt] = {"ours_eps": round(median("eslbridge", fmt, "eps")),
+                       "ours_cpu_eps": round(median("eslbridge", fmt, "cpu_eps")),
+                       "ours_mbps": round(median("eslbridge", fmt, "mbps"), 1),
+                       "raw_eps": round(median("raw read", fmt, "eps")),
+                       "stock_eps": round(median("greenswitch", "plain", "eps")),
+                       "stock_cpu_eps": round(median("greenswitch", "plain", "cpu_eps")),
+                       "genesis_cpu_eps": round(median("genesis", "plain", "cpu_eps"))}
+    result["decode_speedup"] = result_decode
+    result["correlated_eps"] = round(median("eslbridge+correlator", "json", "eps"))
+    result["correlated_cpu_eps"] = round(median("eslbridge+correlator", "json", "cpu_eps"))
     print("bench-result: " + json.dumps(result))
     return 0
 

@@ -71,6 +71,12 @@ MEDIA_FIELDS: tuple[tuple[str, str], ...] = (
 )
 
 
+_TIME_HEADERS = ("Caller-Channel-Created-Time", "Caller-Channel-Answered-Time", "Caller-Channel-Transfer-Time",
+                 "Caller-Channel-Hangup-Time")
+# Every header a leg reads: intake decodes only these (with the correlator's own, eslbridge.esl.headers),
+# so a new column is a new row in _TEXT_FIELDS and nothing else.
+HEADERS: tuple[str, ...] = (*(h for _, h in _TEXT_FIELDS), *(h for _, h in MEDIA_FIELDS), *_TIME_HEADERS)
+
 _FOLD: tuple[tuple[str, str, bool], ...] = tuple(
     (slot, header, slot not in _NOT_INTERNED) for slot, header in _TEXT_FIELDS
 )
@@ -216,15 +222,20 @@ class Leg:
                 value = ev.get(header)
                 if value and getattr(self, slot) is None:
                     setattr(self, slot, sys.intern(value) if interned else value)
-        created = usec(ev, "Caller-Channel-Created-Time")
-        if created and (newer or not self.created_us):
-            self.created_us = created
-        answered = usec(ev, "Caller-Channel-Answered-Time")
-        # The earliest wins: a snapshot can only say "answered by now", the channel's own
-        # events say exactly when.
-        if answered and (not self.answered_us or answered < self.answered_us):
-            self.answered_us = answered
-        if usec(ev, "Caller-Channel-Transfer-Time"):
+        # FreeSWITCH writes "0" for a time not reached yet (most of these, on most events): that
+        # case skips usec's call and parse, a tenth of the correlator's time when profiled.
+        get = ev.get
+        if get("Caller-Channel-Created-Time", "0") != "0":
+            created = usec(ev, "Caller-Channel-Created-Time")
+            if created and (newer or not self.created_us):
+                self.created_us = created
+        if get("Caller-Channel-Answered-Time", "0") != "0":
+            answered = usec(ev, "Caller-Channel-Answered-Time")
+            # The earliest wins: a snapshot can only say "answered by now", the channel's own
+            # events say exactly when.
+            if answered and (not self.answered_us or answered < self.answered_us):
+                self.answered_us = answered
+        if get("Caller-Channel-Transfer-Time", "0") != "0" and usec(ev, "Caller-Channel-Transfer-Time"):
             self.transferred = True
         if "variable_rtp_audio_in_mos" in ev and (newer or self.media is None):
             self.media = media_stats(ev)

@@ -6,8 +6,8 @@ traffic are replaced. The greenswitch 0.0.19 defects fixed here (each has a test
 tests/test_esl_greenswitch_defects.py that runs stock greenswitch against the simulator):
 
 1. `ESLEvent.parse_data` URL-decodes the whole block before splitting lines, so a `%0A` in a
-   caller-controlled value forges headers -> events.parse_plain_event splits first, decodes after.
-2. No `text/event-json` support (JSON bodies are split as if they were plain) -> parse_json_event.
+   caller-controlled value forges headers -> events.EventDecoder.plain splits first, decodes after.
+2. No `text/event-json` support (JSON bodies are split as if they were plain) -> EventDecoder.json.
 3. No reconnect: the reader greenlet just ends -> `InboundClient` supervises, reconnects with jittered
    backoff (0.5 s doubling to 30 s), re-subscribes and resyncs (`api show channels as json`).
 4. Invalid UTF-8 raises inside the reader greenlet and kills it -> bytes framing; bodies decoded with
@@ -41,8 +41,9 @@ from gevent.lock import Semaphore
 
 from eslbridge.errors import ConfigError, EslBridgeError
 from eslbridge.esl import protocol
-from eslbridge.esl.events import EventParseError, event_key, parse_json_event, parse_plain_event
+from eslbridge.esl.events import EventDecoder, EventParseError, event_key
 from eslbridge.esl.framing import FrameParser
+from eslbridge.esl.headers import READ_HEADERS
 from eslbridge.esl.snapshot import parse_snapshot
 from eslbridge.esl.spill import SpillQueue
 from eslbridge.esl.stats import IntakeStats
@@ -227,6 +228,7 @@ class InboundClient:
         stats: IntakeStats | None = None,
         *,
         events: tuple[str, ...] = SUBSCRIBED_EVENTS,
+        headers: frozenset[str] | None = READ_HEADERS,
         queue_size: int = 50_000,
         spill_dir: str | None = None,
         heartbeat_interval: float = 20.0,
@@ -244,6 +246,7 @@ class InboundClient:
         self.stats = stats if stats is not None else IntakeStats()
         self.stats.node = node
         self.events = events
+        self.decoder = EventDecoder(headers)  # None: every header
         self.queue = SpillQueue(queue_size, self.stats, spill_dir)
         self.heartbeat_interval = heartbeat_interval
         self.connect_timeout, self.command_timeout = connect_timeout, command_timeout
@@ -371,6 +374,7 @@ class InboundClient:
     def _consume(self) -> None:
         stats, node, queue = self.stats, self.node, self.queue
         on_error = stats.error
+        decode = {TAG_JSON: self.decoder.json, TAG_PLAIN: self.decoder.plain}
         slice_start = monotonic()
         while True:
             batch = queue.get_batch(timeout=1.0)
@@ -383,7 +387,7 @@ class InboundClient:
                     if tag == TAG_SNAPSHOT:
                         self._deliver_snapshot(payload)
                         continue
-                    event = (parse_json_event if tag == TAG_JSON else parse_plain_event)(payload, on_error)
+                    event = decode[tag](payload, on_error)
                 except EventParseError as exc:
                     on_error(exc.kind, str(exc))
                     continue
