@@ -16,6 +16,7 @@ import random
 import time
 import uuid
 from collections import Counter
+from typing import TextIO
 
 import gevent
 from gevent import socket
@@ -126,6 +127,7 @@ class Simulator:
         self._server: StreamServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self.subscribed = Event()
+        self.ledger: TextIO | None = None  # when set, each finished call's UUID, a line as it ends
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> tuple[str, int]:
@@ -259,6 +261,9 @@ class Simulator:
             _, _, ev = heapq.heappop(self._heap)
             self._emit(ev)
             if ev.last:
+                if self.ledger is not None:  # the truth tests compare the database with
+                    self.ledger.write(f"{ev.ctx.uuid(0)}\n")
+                    self.ledger.flush()
                 self._pending -= 1
                 if self._pending <= 0:
                     self._pending = 0
