@@ -44,12 +44,13 @@ def node_config(env: Env, sims: list[LedgerSim], name: str) -> Path:
     return path
 
 
-def rows_by_node(dsn: str) -> dict[str, list[tuple[str, int]]]:
+def rows_by_node(dsn: str) -> dict[str, list[tuple]]:
+    """node -> [(call_uuid, stage, start_time, reconciled)]."""
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT node, call_uuid::text, stage FROM call_records").fetchall()
-    nodes: dict[str, list[tuple[str, int]]] = {}
-    for node, call_uuid, stage in rows:
-        nodes.setdefault(node, []).append((call_uuid, stage))
+        rows = conn.execute("SELECT node, call_uuid::text, stage, start_time, reconciled FROM call_records").fetchall()
+    nodes: dict[str, list[tuple]] = {}
+    for node, *row in rows:
+        nodes.setdefault(node, []).append(tuple(row))
     return nodes
 
 
@@ -64,10 +65,11 @@ def assert_matches_ledgers(dsn: str, sims: list[LedgerSim]) -> None:
     for sim in sims:
         sent = sim.sent()
         assert len(sent) == len(set(sent)) == sim.calls, f"{sim.name}: the simulator did not finish"
-        uuids = [u for u, _ in nodes[sim.name]]
-        assert len(uuids) == len(set(uuids)), f"{sim.name}: {len(uuids) - len(set(uuids))} calls written twice"
+        uuids = [row[0] for row in nodes[sim.name]]
+        twice = sorted(row for row in nodes[sim.name] if uuids.count(row[0]) > 1)
+        assert not twice, f"{sim.name}: calls written twice (call_uuid, stage, start_time, reconciled): {twice}"
         assert set(uuids) == set(sent), f"{sim.name}: missing {set(sent) - set(uuids)}, extra {set(uuids) - set(sent)}"
-        assert {stage for _, stage in nodes[sim.name]} == {3}, f"{sim.name}: calls left unfinished"
+        assert {row[1] for row in nodes[sim.name]} == {3}, f"{sim.name}: calls left unfinished"
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM calls").fetchone()[0] == 0  # no local users: no calls rows
         dupes = conn.execute("SELECT count(*) FROM (SELECT call_uuid, event_type, seq FROM call_events"
