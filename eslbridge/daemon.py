@@ -91,7 +91,7 @@ class Daemon:
                                           replica_max_lag=config.database.replica_max_lag)
         self.outbound = (OutboundServer(tuple(config.outbound.listen), CallAuthorizer(self.pool),
                                         on_result=self._on_outbound_result)
-                         if config.outbound else None)
+                         if config.outbound.listen else None)  # omitted: no outbound socket
         self.upkeep = Upkeep(self.pool, config.retention, retention_hook=self._retention)
         self._retention_due = 0.0  # monotonic time of the next daily retention run
         self.metrics_server = (MetricsServer(config.metrics.listen, self.metrics, self.health)

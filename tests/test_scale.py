@@ -35,9 +35,11 @@ class LedgerSim(Sim):
 
 
 def node_config(env: Env, sims: list[LedgerSim], name: str) -> Path:
-    """A daemon's config reading every simulator of ``sims`` (node names from the simulators)."""
+    """A daemon's config reading every simulator of ``sims`` (node names from the simulators), with
+    no ``outbound`` section (the socket app is off then)."""
     path = env.config(0, name=name)
     cfg = yaml.safe_load(path.read_text())
+    del cfg["outbound"]
     pw = secret(env.tmp / "esl_pw", ESL_PASSWORD)
     cfg["freeswitch"] = [{"name": s.name, "host": "127.0.0.1", "port": s.port, "password_file": pw} for s in sims]
     path.write_text(yaml.safe_dump(cfg))
