@@ -11,9 +11,9 @@ second) with the mix below, and keeps a ledger of the calls it finished sending;
 when the database holds every one of them finished, and is checked against the ledgers.
 
 Printed per shape: calls/s (finished calls / the span from the first call's start to the last
-row's update, both PostgreSQL timestamps), the CPU each daemon used over that span (% of one
-core, from /proc/PID/stat), the machine's busy and stolen share, and whether every call landed
-exactly once. The machine's other work shows in all of them: rerun on a quiet host.
+row's update, both PostgreSQL timestamps), the CPU each daemon and all simulators used while
+the calls landed (% of one core, from /proc/PID/stat), the machine's busy and stolen share, and
+whether every call landed exactly once. The machine's other work shows in all of them: rerun on a quiet host.
 """
 
 from __future__ import annotations
@@ -124,6 +124,7 @@ def run_shape(shape: Shape, cluster: PgCluster, calls: int, rate: float) -> dict
                 time.sleep(0.02)
             cpu0, ticks0, idle0, wall0 = ([cpu_seconds(p.pid) for p in daemons], cpu_ticks(), idle_ticks(),
                                           time.monotonic())
+            sim0 = sum(cpu_seconds(p.pid) for p, _ in sims)
             deadline = time.monotonic() + 60 + 3 * total / rate
             done = 0
             while time.monotonic() < deadline:
@@ -134,6 +135,7 @@ def run_shape(shape: Shape, cluster: PgCluster, calls: int, rate: float) -> dict
                 time.sleep(0.05)
             cpu1, ticks1, idle1 = [cpu_seconds(p.pid) for p in daemons], cpu_ticks(), idle_ticks()
             wall = time.monotonic() - wall0
+            sims_cpu = 100 * (sum(cpu_seconds(p.pid) for p, _ in sims) - sim0) / wall
             span = conn.execute("SELECT extract(epoch FROM max(updated_at) - min(start_time)) FROM call_records"
                                 ).fetchone()[0]
             rows = conn.execute("SELECT node, call_uuid::text FROM call_records").fetchall()
@@ -153,7 +155,7 @@ def run_shape(shape: Shape, cluster: PgCluster, calls: int, rate: float) -> dict
     busy = 100 - 100 * (idle1 - idle0) / max(1, ticks1[1] - ticks0[1])
     return {
         "shape": shape.text, "calls": done, "span": float(span), "rate": done / float(span),
-        "cpu": [100 * (b - a) / wall for a, b in zip(cpu0, cpu1, strict=True)],
+        "cpu": [100 * (b - a) / wall for a, b in zip(cpu0, cpu1, strict=True)], "sims_cpu": sims_cpu,
         "busy": busy, "steal": steal_percent(ticks0, ticks1), "exact": exact and done == total,
     }
 
@@ -186,7 +188,8 @@ def main() -> int:
             r = run_shape(Shape(text), cluster, args.calls, args.rate)
             cpu = " + ".join(f"{c:.0f}%" for c in r["cpu"])
             print(f"{r['shape']:>5}: {r['calls']} calls in {r['span']:.1f} s = {r['rate']:.0f} calls/s; "
-                  f"daemon CPU {cpu} of a core; machine busy {r['busy']:.0f}%, steal {r['steal']:.0f}%; "
+                  f"daemon CPU {cpu} of a core, simulators {r['sims_cpu']:.0f}%; "
+                  f"machine busy {r['busy']:.0f}%, steal {r['steal']:.0f}%; "
                   f"exactly once vs ledgers: {'yes' if r['exact'] else 'NO'}", flush=True)
     finally:
         cluster.destroy()
