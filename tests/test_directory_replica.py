@@ -222,7 +222,7 @@ def test_a_changed_password_is_never_answered_with_the_old_hash_after_the_notify
     try:
         with psycopg.connect(primary.dsn(DB), autocommit=True) as conn, \
                 psycopg.connect(standby.dsn(DB), autocommit=True) as on_standby:
-            for version in range(30):
+            for version in range(60):
                 ha1 = hashlib.md5(f"u0:{realm}:password {version}".encode()).hexdigest()
                 versions[ha1] = version
                 conn.execute("UPDATE users SET sip_ha1 = %s WHERE username = 'u0' AND realm = %s", (ha1, realm))
@@ -238,9 +238,9 @@ def test_a_changed_password_is_never_answered_with_the_old_hash_after_the_notify
         client.join()
     seen = metrics(service)
 
-    assert stale_on_standby > 20, "the standby was not behind: the test proves nothing"
+    assert stale_on_standby > 40, "the standby was not behind: the test proves nothing"
     late = [(sent, versions.get(ha1, -1)) for sent, ha1 in answers if sent >= notified_at[0]]
-    assert len(late) > 100
+    assert len(late) > 200
     for sent, version in late:
         newest = max(v for v, at in enumerate(notified_at) if at <= sent)
         assert version >= newest, f"answered version {version} after the NOTIFY of version {newest}"
@@ -277,8 +277,7 @@ def test_a_standby_stopped_mid_run_changes_nothing_for_freeswitch(clusters, dire
         time.sleep(1.5)
         during = metrics(service)
         asked_down = asked[0]
-        time.sleep(1.0)
-        assert asked[0] > asked_down, "lookups stopped while the standby was down"
+        wait_for(lambda: asked[0] > asked_down + 20, 15, "lookups answered while the standby is down")
         standby.start()
         reads = standby_reads(service)
         wait_for(lambda: standby_reads(service) > reads, 20, "the restarted standby to serve again")
