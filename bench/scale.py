@@ -35,6 +35,7 @@ from bench.host import cpu_ticks, steal_percent
 from eslbridge.keyring import generate_keyring
 from eslbridge.localpg import PgCluster, free_port
 from eslbridge.store.migrate import migrate
+from tests.scale_fixtures import call_rows, ledger_calls, ledger_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 MIX = "bridged=3,busy=1,reject=1,no_answer=1"
@@ -138,7 +139,6 @@ def run_shape(shape: Shape, cluster: PgCluster, calls: int, rate: float) -> dict
             sims_cpu = 100 * (sum(cpu_seconds(p.pid) for p, _ in sims) - sim0) / wall
             span = conn.execute("SELECT extract(epoch FROM max(updated_at) - min(start_time)) FROM call_records"
                                 ).fetchone()[0]
-            rows = conn.execute("SELECT node, call_uuid::text FROM call_records").fetchall()
     finally:
         for proc in daemons:
             proc.send_signal(signal.SIGTERM)
@@ -147,11 +147,8 @@ def run_shape(shape: Shape, cluster: PgCluster, calls: int, rate: float) -> dict
         for proc, _ in sims:
             proc.terminate()
             proc.wait(10)
-    ledgers = {f"fs{i + 1}": set((tmp / f"ledger-fs{i + 1}").read_text().split()) for i in range(shape.sims)}
-    written = {}
-    for node, call_uuid in rows:
-        written.setdefault(node, []).append(call_uuid)
-    exact = all(sorted(written.get(node, [])) == sorted(sent) for node, sent in ledgers.items())
+    ledgers = {f"fs{i + 1}": ledger_calls(tmp / f"ledger-fs{i + 1}") for i in range(shape.sims)}
+    exact = not ledger_problems(call_rows(dsn), ledgers)
     busy = 100 - 100 * (idle1 - idle0) / max(1, ticks1[1] - ticks0[1])
     return {
         "shape": shape.text, "calls": done, "span": float(span), "rate": done / float(span),

@@ -9,6 +9,7 @@ import sys
 import gevent
 from gevent import signal_handler
 
+from eslbridge.sim.ledger import Ledger
 from eslbridge.sim.server import Simulator
 
 
@@ -40,8 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve json or plain as each client subscribed (always the case; accepted for scripts)")
     p.add_argument("--exit-when-done", action="store_true", help="exit after the calls/replay/blast are sent")
     p.add_argument("--seed", type=int, help="random seed for the call mix")
-    p.add_argument("--ledger", metavar="FILE",
-                   help="append the UUID of every call whose last event was sent, a line each (its call_uuid)")
+    p.add_argument("--ledger", metavar="FILE", help="append one JSON line per call played (eslbridge.sim.ledger)")
     p.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
                    help="start the calls only once N clients have subscribed (tests with several daemons)")
     return p
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             password = fh.read().strip()
     sim = Simulator(password, args.listen[0], args.listen[1], heartbeat_interval=args.heartbeat, seed=args.seed)
     if args.ledger:
-        sim.ledger = open(args.ledger, "a", encoding="ascii")  # noqa: SIM115 - open while the simulator runs
+        sim.ledger = Ledger(open(args.ledger, "a", encoding="utf-8"))  # noqa: SIM115 (lives as long as the process)
     host, port = sim.start()
     print(f"listening {host}:{port}", flush=True)
     done = gevent.event.Event()

@@ -16,7 +16,6 @@ import random
 import time
 import uuid
 from collections import Counter
-from typing import TextIO
 
 import gevent
 from gevent import socket
@@ -36,6 +35,7 @@ from eslbridge.sim.fsformat import (
     read_commands,
     reply,
 )
+from eslbridge.sim.ledger import Ledger
 from eslbridge.sim.replay import replay_bytes
 from eslbridge.sim.templates import Ctx
 
@@ -127,7 +127,7 @@ class Simulator:
         self._server: StreamServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self.subscribed = Event()
-        self.ledger: TextIO | None = None  # when set, each finished call's UUID, a line as it ends
+        self.ledger: Ledger | None = None  # records every call played (tests compare it with the tables)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> tuple[str, int]:
@@ -241,7 +241,11 @@ class Simulator:
     def _start_calls(self, n: int, mix: dict, rate: float, speed: float) -> None:
         for _ in range(n):
             start = int(time.time() * 1e6)
-            for ev in calls.plan_call(calls.choose(mix, self.rng), start, self.core_uuid, self._seq, speed):
+            name = calls.choose(mix, self.rng)
+            planned = calls.plan_call(name, start, self.core_uuid, self._seq, speed)
+            if self.ledger is not None:
+                self.ledger.planned(name, planned[0].ctx)
+            for ev in planned:
                 heapq.heappush(self._heap, (ev.at_us, next(self._tie), ev))
             self._wake.set()
             if rate > 0:
@@ -261,9 +265,6 @@ class Simulator:
             _, _, ev = heapq.heappop(self._heap)
             self._emit(ev)
             if ev.last:
-                if self.ledger is not None:  # the truth tests compare the database with
-                    self.ledger.write(f"{ev.ctx.uuid(0)}\n")
-                    self.ledger.flush()
                 self._pending -= 1
                 if self._pending <= 0:
                     self._pending = 0
@@ -276,6 +277,10 @@ class Simulator:
                 if s.fmt not in rendered:
                     rendered[s.fmt] = event_frame(s.fmt, ev.render(s.fmt))
                 s.send(rendered[s.fmt])
+        if self.ledger is not None:
+            self.ledger.emitted(ev.ctx, bool(rendered))
+            if ev.last:
+                self.ledger.done(ev.ctx)
         self.sent_events[ev.name if ev.name != "CUSTOM" else "CUSTOM " + ev.subclass] += 1
         if ev.name in ("CHANNEL_CREATE", "CHANNEL_HANGUP_COMPLETE"):
             self._track(ev)
