@@ -12,8 +12,9 @@ when the database holds every one of them finished, and is checked against the l
 
 Printed per shape: calls/s (finished calls / the span from the first call's start to the last
 row's update, both PostgreSQL timestamps), the CPU each daemon and all simulators used while
-the calls landed (% of one core, from /proc/PID/stat), the machine's busy and stolen share, and
-whether every call landed exactly once. The machine's other work shows in all of them: rerun on a quiet host.
+the calls landed (% of one core, from /proc/PID/stat; and the daemons' CPU time per call, the
+figure that least depends on what else runs), the machine's busy and stolen share, and whether
+every call landed exactly once. The machine's other work shows in all of them: rerun on a quiet host.
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ def run_shape(shape: Shape, cluster: PgCluster, calls: int, rate: float) -> dict
     return {
         "shape": shape.text, "calls": done, "span": float(span), "rate": done / float(span),
         "cpu": [100 * (b - a) / wall for a, b in zip(cpu0, cpu1, strict=True)], "sims_cpu": sims_cpu,
+        "cpu_ms": 1000 * (sum(cpu1) - sum(cpu0)) / max(1, done),
         "busy": busy, "steal": steal_percent(ticks0, ticks1), "exact": exact, "total": total,
     }
 
@@ -185,7 +187,7 @@ def main() -> int:
             r = run_shape(Shape(text), cluster, args.calls, args.rate)
             cpu = " + ".join(f"{c:.0f}%" for c in r["cpu"])
             print(f"{r['shape']:>5}: {r['calls']} calls in {r['span']:.1f} s = {r['rate']:.0f} calls/s; "
-                  f"daemon CPU {cpu} of a core, simulators {r['sims_cpu']:.0f}%; "
+                  f"daemon CPU {cpu} of a core ({r['cpu_ms']:.2f} ms per call), simulators {r['sims_cpu']:.0f}%; "
                   f"machine busy {r['busy']:.0f}%, steal {r['steal']:.0f}%; "
                   + (f"exactly once vs ledgers: {'yes' if r['exact'] else 'NO'}" if r["calls"] == r["total"]
                      else f"INCOMPLETE: {r['calls']} of {r['total']} finished in time"), flush=True)

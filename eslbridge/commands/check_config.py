@@ -75,7 +75,7 @@ def check_replica(config: Config) -> str:
     timeout = max(1, int(db.connect_timeout))
     try:
         with psycopg.connect(db.replica_url.reveal(), connect_timeout=timeout) as conn:
-            standby, replayed, replayed_at, last_replay_age = conn.execute(_REPLICA_STATE).fetchone()
+            standby, replayed, replayed_bytes, last_replay_age = conn.execute(_REPLICA_STATE).fetchone()
     except psycopg.OperationalError as exc:
         message = str(exc).strip().splitlines()[0]
         if _PG_CREDENTIALS.search(message):
@@ -89,7 +89,7 @@ def check_replica(config: Config) -> str:
     except psycopg.Error:
         behind = "primary unreachable"
     else:
-        behind = f"{max(0, int(primary_at - replayed_at))} bytes behind the primary"
+        behind = f"{max(0, int(primary_at - replayed_bytes))} bytes behind the primary"
     age = "never" if last_replay_age is None else f"{float(last_replay_age):.1f} s ago"
     detail = (f"standby, replayed up to {replayed}, {behind}, last transaction replayed {age}; "
               f"lookups fall back to the primary beyond {db.replica_max_lag:g} s of lag")
