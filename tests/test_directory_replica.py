@@ -313,6 +313,21 @@ def test_a_lagging_standby_leaves_lookups_to_the_primary_until_it_catches_up(clu
     wait_for(lambda: ha1_of(service, "u1", realm) and standby_reads(service) > reads, 20, "reads on the standby")
 
 
+def test_a_replica_url_that_is_no_standby_leaves_every_lookup_to_the_primary(clusters, tmp_path):
+    primary, _ = clusters
+    realm = "nostandby.example"
+    expected = add_users(primary, realm, 2)
+    service = DirectoryProcess(primary.dsn(DB), cache_seconds=0, replica_dsn=primary.dsn(DB), metrics=True).start()
+    try:
+        def answered() -> bool:
+            assert all(ha1_of(service, user, realm) == ha1 for user, ha1 in expected.items())
+            return fallbacks(metrics(service), "not_standby") >= 2
+        wait_for(answered, 20, "lookups counted as not_standby")
+        assert standby_reads(service) == 0
+    finally:
+        service.stop()
+
+
 def test_check_config_shows_the_replica_and_its_state(clusters, tmp_path, capsys, monkeypatch):
     primary, standby = clusters
     for name in ("ESLBRIDGE_DATABASE_URL", "CREDENTIALS_DIRECTORY", "ESLBRIDGE_CONFIG"):
