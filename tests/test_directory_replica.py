@@ -25,6 +25,7 @@ from eslbridge.localpg import PgCluster, free_port
 from eslbridge.store.migrate import migrate
 from tests.directory_fixtures import DirectoryProcess
 from tests.test_config_check import FakeEventSocket, write_config
+from tests.test_daemon import wait_for
 
 DB = "eslbridge"
 
@@ -174,16 +175,6 @@ def standby_reads(directory: DirectoryProcess) -> float:
     return metrics(directory).get("eslbridge_directory_replica_reads_total", 0.0)
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def add_users(primary: PgCluster, realm: str, n: int) -> dict[str, str]:
     with psycopg.connect(primary.dsn(DB), autocommit=True) as conn:
         for i in range(n):
@@ -191,20 +182,25 @@ def add_users(primary: PgCluster, realm: str, n: int) -> dict[str, str]:
     return {f"u{i}": users.sip_ha1(f"u{i}", realm, f"password-{i}") for i in range(n)}
 
 
-def wait_standby_serves(directory: DirectoryProcess, user: str, realm: str) -> None:
+def serving(clusters, directory, realm: str, n: int) -> tuple[PgCluster, PgCluster, DirectoryProcess, dict]:
+    """``n`` users in ``realm``, once the directory reads the standby: (primary, standby, service,
+    {username: a1-hash})."""
+    primary, standby = clusters
+    service = directory[0]
+    expected = add_users(primary, realm, n)
+
     def served() -> bool:
-        ha1_of(directory, user, realm)
-        return standby_reads(directory) > 0
+        ha1_of(service, "u0", realm)
+        return standby_reads(service) > 0
     wait_for(served, 20, "lookups answered by the standby")
+    return primary, standby, service, expected
 
 
 def test_a_changed_password_is_never_answered_with_the_old_hash_after_the_notify(clusters, directory):
-    primary, standby = clusters
-    service, flush_file = directory
     realm = "fresh.example"
-    add_users(primary, realm, 2)
+    primary, standby, service, _ = serving(clusters, directory, realm, 2)
+    flush_file = directory[1]
     standby_settings(standby, recovery_min_apply_delay="300ms")  # the standby replays each commit late
-    wait_standby_serves(service, "u1", realm)
 
     answers: list[tuple[float, str | None]] = []  # (sent at, a1-hash) from a client asking all along
     stop = threading.Event()
@@ -250,11 +246,8 @@ def test_a_changed_password_is_never_answered_with_the_old_hash_after_the_notify
 
 
 def test_a_standby_stopped_mid_run_changes_nothing_for_freeswitch(clusters, directory):
-    primary, standby = clusters
-    service, _ = directory
     realm = "stop.example"
-    expected = add_users(primary, realm, 20)
-    wait_standby_serves(service, "u0", realm)
+    _, standby, service, expected = serving(clusters, directory, realm, 20)
 
     wrong: list[tuple[str, str | None]] = []
     asked = [0]
@@ -291,11 +284,8 @@ def test_a_standby_stopped_mid_run_changes_nothing_for_freeswitch(clusters, dire
 
 
 def test_a_lagging_standby_leaves_lookups_to_the_primary_until_it_catches_up(clusters, directory):
-    primary, standby = clusters
-    service, _ = directory
     realm = "lag.example"
-    expected = add_users(primary, realm, 3)
-    wait_standby_serves(service, "u0", realm)
+    primary, standby, service, expected = serving(clusters, directory, realm, 3)
     with psycopg.connect(standby.dsn(DB), autocommit=True) as on_standby:
         on_standby.execute("SELECT pg_wal_replay_pause()")
         try:
