@@ -217,8 +217,10 @@ class DirectoryService:
         if table == "users" and op == "TRUNCATE":
             self._on_listen()
         elif table == "users":
-            for user_key, realm_key in (("username", "realm"), ("old_username", "old_realm")):
-                username, realm = payload.get(user_key), payload.get(realm_key)
+            # An UPDATE names the user twice (new and old key, mostly equal): one flush each.
+            keys = dict.fromkeys((payload.get(u), payload.get(r)) for u, r in (("username", "realm"),
+                                                                                ("old_username", "old_realm")))
+            for username, realm in keys:
                 if isinstance(username, str) and isinstance(realm, str):
                     self.cache.invalidate((username, realm))
                     if self.replica is not None:
