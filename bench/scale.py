@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -149,6 +150,7 @@ def run_shape(shape: Shape, cluster: PgCluster, calls: int, rate: float) -> dict
             proc.terminate()
             proc.wait(10)
     ledgers = {f"fs{i + 1}": ledger_calls(tmp / f"ledger-fs{i + 1}") for i in range(shape.sims)}
+    shutil.rmtree(tmp)  # the keyring and the journals go with it
     exact = not ledger_problems(call_rows(dsn), ledgers)
     busy = 100 - 100 * (idle1 - idle0) / max(1, ticks1[1] - ticks0[1])
     return {
