@@ -5,6 +5,7 @@ instead is counted in /metrics. The standby is a second `postgres` made with `pg
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import threading
@@ -17,6 +18,7 @@ from urllib.parse import urlencode
 
 import psycopg
 import pytest
+import yaml
 
 from eslbridge import users
 from eslbridge.cli import main
@@ -25,7 +27,7 @@ from eslbridge.localpg import PgCluster, free_port
 from eslbridge.store.migrate import migrate
 from tests.directory_fixtures import DirectoryProcess
 from tests.test_config_check import FakeEventSocket, write_config
-from tests.test_daemon import wait_for
+from tests.test_daemon import Env, Sim, get, metrics_url, wait_for
 
 DB = "eslbridge"
 
@@ -343,3 +345,36 @@ def test_check_config_shows_the_replica_and_its_state(clusters, tmp_path, capsys
         assert "degraded: unreachable (" in check(f"postgresql://postgres@127.0.0.1:{free_port()}/{DB}")
     finally:
         esl.close()
+
+
+def test_the_daemon_reads_its_directory_from_database_replica_url(clusters, tmp_path):
+    primary, standby = clusters
+    realm = "daemon.example"
+    expected = add_users(primary, realm, 1)["u0"]
+    env = Env(tmp_path, primary.dsn(DB))
+    sim = Sim(tmp_path)
+    try:
+        path = env.config(sim.port)
+        cfg = yaml.safe_load(path.read_text())
+        cfg["database"]["replica_url"] = standby.dsn(DB)
+        cfg["directory"]["cache_seconds"] = 0
+        path.write_text(yaml.safe_dump(cfg))
+        env.start(path)
+        wait_for(lambda: get(metrics_url(path, "/healthz"))[0] == 200, 30, "the daemon up")
+        body = urlencode({"section": "directory", "tag_name": "domain", "key_name": "name", "key_value": realm,
+                          "action": "sip_auth", "user": "u0", "domain": realm}).encode()
+        auth = "Basic " + base64.b64encode(b"freeswitch:dir-secret").decode()
+
+        def answered_by_standby() -> bool:
+            request = urllib.request.Request(f"http://{cfg['directory']['listen']}/directory", data=body,
+                                             headers={"Authorization": auth})
+            with urllib.request.urlopen(request, timeout=5) as r:
+                found = ET.fromstring(r.read()).find(".//user/params/param[@name='a1-hash']")
+            assert found is not None and found.get("value") == expected
+            reads = re.search(r"^eslbridge_directory_replica_reads_total (\S+)$",
+                              get(metrics_url(path, "/metrics"))[1], re.M)
+            return reads is not None and float(reads[1]) > 0
+        wait_for(answered_by_standby, 30, "a lookup answered by the standby")
+    finally:
+        env.stop_all()
+        sim.stop()
