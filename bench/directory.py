@@ -1,6 +1,6 @@
 """Directory lookups benchmark (DESIGN section 11): requests/s and p50/p99 latency.
 
-    python -m bench.directory [--seconds 10] [--clients 50] [--users 1000]
+    python -m bench.directory [--seconds 10] [--clients 50] [--users 1000] [--standby]
 
 Starts a private PostgreSQL, creates users, then measures in one run, each server in its own
 process and the load generator in another (on 2 cores, servers on the first and wrk on the
@@ -13,7 +13,9 @@ second; PostgreSQL runs on either):
 - floor                 a constant answer without parsing or lookups, paced like the rows above: the
                         p99 this machine's loopback, gevent and wrk allow at best (with wrk only);
 - baseline              one SELECT per request, no cache, pywsgi (the FusionPBX-without-memcache
-                        pattern the targets are anchored on).
+                        pattern the targets are anchored on);
+- with --standby        also eslbridge uncached reading a streaming standby (database.replica_url,
+                        directory/replica.py), a second `postgres` made with pg_basebackup.
 
 "steal %" is the share of all CPU time the hypervisor took from this VM during the row (/proc/stat).
 
@@ -76,7 +78,7 @@ def serve_eslbridge() -> None:
     spec = json.loads(sys.stdin.readline())
     config = DirectoryConfig(ListenAddress("127.0.0.1", 0), "/directory", (ipaddress.ip_network("127.0.0.0/8"),),
                              "freeswitch", Secret(PASSWORD, "bench"), spec["cache_seconds"])
-    service = DirectoryService(config, spec["dsn"])
+    service = DirectoryService(config, spec["dsn"], replica_dsn=spec.get("replica_dsn"))
     service.start()
     port = service.address[1]
     if spec.get("pywsgi"):
@@ -274,6 +276,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--standby", action="store_true", help="also read users from a streaming standby")
     args = parser.parse_args()
 
     import psycopg
@@ -284,6 +287,7 @@ def main() -> None:
 
     cluster = PgCluster()
     cluster.start()
+    standby = None
     try:
         dsn = cluster.dsn("postgres")
         migrate(dsn)
@@ -293,6 +297,9 @@ def main() -> None:
             # What autovacuum does within a minute of a bulk load: without statistics the planner
             # probes users by realm alone (a scan of the realm per key) instead of the unique key.
             conn.execute("ANALYZE users")
+        if args.standby:
+            standby = PgCluster(standby_of=cluster)
+            standby.start()
         # (label, server role, server options, offered rate: 0 = saturation; DESIGN targets in the label)
         runs = [("eslbridge cached, saturation", "serve_eslbridge", {"cache_seconds": 300}, 0),
                 ("eslbridge cached, 5,000/s offered", "serve_eslbridge", {"cache_seconds": 300}, 5000),
@@ -303,6 +310,9 @@ def main() -> None:
                 ("baseline: SELECT per request, saturation", "serve_baseline", {}, 0),
                 ("floor: constant answer, 5,000/s offered", "serve_floor", {}, 5000),
                 ("floor: constant answer, 1,500/s offered", "serve_floor", {}, 1500)]
+        if standby is not None:
+            runs.append(("eslbridge uncached via standby, saturation", "serve_eslbridge",
+                         {"cache_seconds": 0, "replica_dsn": standby.dsn("postgres")}, 0))
         wrk = shutil.which("wrk")
         print(f"load: {'wrk' if wrk else 'python (install wrk for a lighter client and paced runs)'}; "
               f"{args.clients} concurrent keep-alive clients, {args.seconds:g} s each, {args.users} users, "
@@ -345,6 +355,8 @@ def main() -> None:
               **({"floor_p99": {rate: round(results[label]["p99"], 2) for label, _, _, rate in runs[6:]}}
                  if wrk else {})}))
     finally:
+        if standby is not None:
+            standby.destroy()
         cluster.destroy()
 
 

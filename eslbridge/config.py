@@ -126,6 +126,7 @@ class DatabaseConfig:
     idle_timeout: float
     max_lifetime: float
     replica_url: Secret | None
+    replica_max_lag: float = 5.0  # seconds; a standby further behind leaves lookups to the primary
 
 
 @dataclass(frozen=True)
@@ -645,6 +646,7 @@ def _database(s: _Section) -> DatabaseConfig:
         idle_timeout=s.take("idle_timeout", _positive_number, 600.0),
         max_lifetime=s.take("max_lifetime", _positive_number, 1800.0),
         replica_url=Secret(_with_password(replica, password), "config database.replica_url") if replica else None,
+        replica_max_lag=s.take("replica_max_lag", _positive_number, 5.0),
     )
 
 

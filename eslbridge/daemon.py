@@ -95,10 +95,12 @@ class Daemon:
                 on_fatal=self._on_fatal,
             )
             self.nodes[node_cfg.name] = Node(node_cfg, Correlator(node_cfg.name, self.users.lookup), client)
-        # Lookups use the primary: the directory LISTENs on the pool's database, and NOTIFY only
-        # happens on the primary (database.replica_url is not used yet, see README).
+        # The directory LISTENs on the primary (NOTIFY only happens there); lookups may read the
+        # standby where it has replayed every change they were told of (directory/replica.py).
+        replica = config.database.replica_url
         self.directory = DirectoryService(config.directory, self.pool, flush_hook=self._flush_user,
-                                          metrics=self.metrics)
+                                          metrics=self.metrics, replica_dsn=replica.reveal() if replica else None,
+                                          replica_max_lag=config.database.replica_max_lag)
         authorizer = CallAuthorizer(self.pool, lambda: self.keyring, self.node_map.resolve)
         self.outbound = (OutboundServer(tuple(config.outbound.listen), authorizer, on_result=self._on_outbound_result,
                                         allow=config.outbound.allow, limits=config.outbound.connections)

@@ -38,9 +38,14 @@ def free_port() -> int:
 
 
 class PgCluster:
-    """initdb'd cluster in a temporary directory; trust auth on loopback only."""
+    """initdb'd cluster in a temporary directory; trust auth on loopback only.
 
-    def __init__(self, superuser: str = "postgres", durable: bool = False) -> None:
+    With ``standby_of``, a hot standby streaming from that (running) cluster instead: a base
+    backup taken with ``pg_basebackup -R`` (initdb's default pg_hba.conf already lets loopback
+    replication connections in, and ``wal_level`` defaults to ``replica``)."""
+
+    def __init__(self, superuser: str = "postgres", durable: bool = False,
+                 standby_of: PgCluster | None = None) -> None:
         self.bin = find_pg_bin()
         self.superuser = superuser
         self.port = free_port()
@@ -53,10 +58,17 @@ class PgCluster:
             user = pwd.getpwnam("postgres")
             self._run_as = (user.pw_uid, user.pw_gid)
             os.chown(self.base, *self._run_as)
-        self._pg(
-            "initdb", "-D", str(self.datadir), "-U", superuser, "--auth=trust", "-E", "UTF8",
-            "--locale=C", "--no-sync",
-        )
+        if standby_of is None:
+            self._pg(
+                "initdb", "-D", str(self.datadir), "-U", superuser, "--auth=trust", "-E", "UTF8",
+                "--locale=C", "--no-sync",
+            )
+        else:
+            self._pg(
+                "pg_basebackup", "-D", str(self.datadir), "-h", standby_of.host, "-p", str(standby_of.port),
+                "-U", standby_of.superuser, "-R", "-X", "stream", "-c", "fast", "--no-sync",
+            )
+        # Appended settings win over the ones a base backup copied from its primary.
         with open(self.datadir / "postgresql.conf", "a") as conf:
             conf.write(
                 f"port = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.base}'\n"

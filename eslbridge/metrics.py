@@ -103,6 +103,19 @@ class Metrics:
         self.cache_lookups = Counter(
             "eslbridge_directory_cache_lookups", "Directory cache lookups", ["result"], registry=r
         )
+        # directory reads on the standby (database.replica_url): keys read there, keys read on the
+        # primary instead (by reason: changed, down, lag, catching_up, not_standby, no_listen, no_primary)
+        self.directory_replica_reads = Counter(
+            "eslbridge_directory_replica_reads", "Directory users read on the standby", registry=r
+        )
+        self.directory_replica_fallbacks = Counter(
+            "eslbridge_directory_replica_fallbacks", "Directory users read on the primary although a standby is set",
+            ["reason"], registry=r,
+        )
+        self.directory_replica_lag = Gauge(
+            "eslbridge_directory_replica_lag_seconds",
+            "Seconds since the primary reached a WAL position the standby has not replayed", registry=r,
+        )
         # outbound socket (call authorization)
         self.outbound_decisions = Counter(
             "eslbridge_outbound_decisions", "Outbound-socket call authorizations", ["decision"], registry=r

@@ -46,13 +46,22 @@ def serve_main() -> None:
         password=Secret(PASSWORD, "test"),
         cache_seconds=spec["cache_seconds"],
     )
+    metrics = None
+    if spec.get("metrics"):
+        from eslbridge.metrics import Metrics, MetricsServer
+
+        metrics = Metrics()
+        metrics_server = MetricsServer(("127.0.0.1", 0), metrics, lambda: (True, {}))
+        metrics_server.start()
     service = DirectoryService(config, spec["dsn"], flush_hook=flush if flush_file else None,
-                               deadline=spec.get("deadline", 2.0))
+                               deadline=spec.get("deadline", 2.0), metrics=metrics,
+                               replica_dsn=spec.get("replica_dsn"), replica_max_lag=spec.get("replica_max_lag", 5.0))
     service.start()
     with gevent.Timeout(10, False):
         while not service.listener.connected:
             gevent.sleep(0.01)
-    print(f"READY {service.address[1]}" if service.listener.connected else "NO-LISTEN", flush=True)
+    metrics_port = metrics_server.address[1] if metrics else 0
+    print(f"READY {service.address[1]} {metrics_port}" if service.listener.connected else "NO-LISTEN", flush=True)
     gevent.wait()
 
 
@@ -67,7 +76,11 @@ class DirectoryProcess:
     allow: tuple[str, ...] = ("127.0.0.1/32",)
     flush_file: str | None = None
     deadline: float = 2.0
+    replica_dsn: str | None = None
+    replica_max_lag: float = 5.0
+    metrics: bool = False
     port: int = 0
+    metrics_port: int = 0
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self) -> DirectoryProcess:
@@ -76,14 +89,15 @@ class DirectoryProcess:
             env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True,
         )
         spec = {"dsn": self.dsn, "cache_seconds": self.cache_seconds, "allow": list(self.allow),
-                "flush_file": self.flush_file, "deadline": self.deadline}
+                "flush_file": self.flush_file, "deadline": self.deadline, "replica_dsn": self.replica_dsn,
+                "replica_max_lag": self.replica_max_lag, "metrics": self.metrics}
         self.proc.stdin.write(json.dumps(spec) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line.startswith("READY "):
             self.stop()
             raise RuntimeError(f"directory service did not start: {line!r}")
-        self.port = int(line.split()[1])
+        self.port, self.metrics_port = map(int, line.split()[1:3])
         return self
 
     def stop(self) -> None:

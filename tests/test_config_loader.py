@@ -65,6 +65,7 @@ def test_sample_config_loads_with_its_documented_values(tmp_path: Path) -> None:
     assert db.url.reveal() == "postgresql://eslbridge@localhost/eslbridge"
     assert (db.min_connections, db.max_connections, db.connect_timeout) == (2, 10, 30.0)
     assert (db.idle_timeout, db.max_lifetime, db.replica_url) == (600.0, 1800.0, None)
+    assert db.replica_max_lag == 5.0
     d = cfg.directory
     assert d.listen == ("127.0.0.1", 8080) and d.path == "/directory" and d.username == "freeswitch"
     assert d.allow == (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
@@ -287,6 +288,11 @@ def test_database_url_override_and_password_merge(conf, tmp_path: Path) -> None:
     cfg = load_config(str(path), env={})
     assert "password=s3cret" in cfg.database.url.reveal() and "host=db.example" in cfg.database.url.reveal()
     assert "password=s3cret" in cfg.database.replica_url.reveal()
+    path.write_text(path.read_text() + "  replica_max_lag: 0.5\n")
+    assert load_config(str(path), env={}).database.replica_max_lag == 0.5
+    path.write_text(path.read_text().replace("replica_max_lag: 0.5", "replica_max_lag: 0"))
+    assert "database.replica_max_lag" in error_of(path)
+    path.write_text(path.read_text().replace("  replica_max_lag: 0\n", ""))
     env = {"ESLBRIDGE_DATABASE_URL": "postgresql://other@elsewhere/x"}
     cfg = load_config(str(path), env=env)
     assert cfg.database.url.reveal() == "postgresql://other@elsewhere/x"

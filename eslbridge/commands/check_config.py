@@ -60,6 +60,41 @@ def check_journal(config: Config) -> str:
     return "writable"
 
 
+class Degraded(Exception):
+    """Something works less well than configured, and the daemon copes: said, never fatal."""
+
+
+_REPLICA_STATE = """SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,
+                           pg_last_wal_replay_lsn() - '0/0'::pg_lsn,
+                           extract(epoch FROM now() - pg_last_xact_replay_timestamp())"""
+
+
+def check_replica(config: Config) -> str:
+    """``database.replica_url``: reachable, a standby, and how far it is behind the primary."""
+    db = config.database
+    timeout = max(1, int(db.connect_timeout))
+    try:
+        with psycopg.connect(db.replica_url.reveal(), connect_timeout=timeout) as conn:
+            standby, replayed, replayed_bytes, last_replay_age = conn.execute(_REPLICA_STATE).fetchone()
+    except psycopg.OperationalError as exc:
+        if credentials_refused(exc):
+            raise CheckFailed(f"{first_line(exc)} (url from {db.replica_url.source})", EXIT_CONFIG) from None
+        raise Degraded(f"unreachable ({first_line(exc)}): directory lookups will read the primary") from None
+    if not standby:
+        raise Degraded("reachable but not a standby: directory lookups will read the primary")
+    try:
+        with psycopg.connect(db.url.reveal(), connect_timeout=timeout) as conn:
+            primary_at = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()[0]
+    except psycopg.Error:
+        behind = "primary unreachable"
+    else:
+        behind = f"{max(0, int(primary_at - replayed_bytes))} bytes behind the primary"
+    age = "never" if last_replay_age is None else f"{float(last_replay_age):.1f} s ago"
+    detail = (f"standby, replayed up to {replayed}, {behind}, last transaction replayed {age}; "
+              f"lookups fall back to the primary beyond {db.replica_max_lag:g} s of lag")
+    return detail
+
+
 def check_esl(node: NodeConfig, timeout: float = ESL_TIMEOUT) -> str:
     """Connect, expect the ``auth/request`` banner, ``auth``, expect ``+OK accepted``, ``exit``."""
     from eslbridge.esl import protocol
@@ -100,6 +135,9 @@ def check_esl(node: NodeConfig, timeout: float = ESL_TIMEOUT) -> str:
 def _run(label: str, check: Callable[[], str]) -> int:
     try:
         detail = check()
+    except Degraded as exc:
+        print(f"{label}: degraded: {exc}")
+        return EXIT_OK
     except CheckFailed as exc:
         print(f"{label}: FAIL: {exc}")
         return exc.exit_code
@@ -122,6 +160,8 @@ def run_checks(config_path: str | None) -> int:
         _run(f"journal {config.journal.dir}", lambda: check_journal(config)),
         _run("database", lambda: check_database(config)),
     ]
+    if config.database.replica_url is not None:
+        results.append(_run("replica (database.replica_url)", lambda: check_replica(config)))
     for node in config.freeswitch:
         results.append(_run(f"esl {node.name} ({node.host}:{node.port})", lambda n=node: check_esl(n)))
     # Wrong settings outrank unreachable peers: systemd must not restart into the same mistake.

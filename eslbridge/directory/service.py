@@ -7,7 +7,7 @@ back to its static directory, whose stock users have password 1234.) Requests fr
 
 Runs inside a gevent process that called ``gevent.monkey.patch_all()`` first (psycopg then
 connects cooperatively); concurrent misses share one query (lookup.py), run on a connection of
-the lookups' own (userquery.py).
+the lookups' own (userquery.py), or split between it and a streaming standby (replica.py).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from eslbridge.directory.cache import DirectoryCache
 from eslbridge.directory.http import HttpServer
 from eslbridge.directory.listener import NotifyListener
 from eslbridge.directory.lookup import LookupFailed, UserLookups
+from eslbridge.directory.replica import Fences, ReplicaRouter
 from eslbridge.directory.request import BadRequest, Lookup, lookup_of
-from eslbridge.directory.userquery import UserQuery
+from eslbridge.directory.userquery import PRIMARY_POSITION, STANDBY_POSITION, UserQuery
 from eslbridge.directory.xml import DIAL_STRING, NOT_FOUND, user_document
 from eslbridge.logsetup import LogOnce
 from eslbridge.netgate import AcceptGate
@@ -41,6 +42,7 @@ from eslbridge.users import valid_identity
 DEADLINE = 2.0
 MAX_BODY = 64 * 1024  # real requests are 1-3 KiB; user_call adds the originate variables
 DB_RETRY_AFTER = 1.0  # after a database failure, misses answer "not found" at once for this long
+REPLICA_MAX_LAG = 5.0  # database.replica_max_lag's default
 USER_CONTEXT = "default"
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,8 @@ def render_user(lookup: Lookup, row: tuple, cacheable_ms: int | None) -> bytes:
 class DirectoryService:
     def __init__(self, config: DirectoryConfig, pool_or_dsn: ConnectionPool | str, *,
                  flush_hook: FlushHook | None = None, metrics: Any = None,
-                 deadline: float = DEADLINE) -> None:
+                 deadline: float = DEADLINE, replica_dsn: str | None = None,
+                 replica_max_lag: float = REPLICA_MAX_LAG) -> None:
         self.config = config
         self._flush_hook = flush_hook
         self._metrics = metrics
@@ -88,8 +91,14 @@ class DirectoryService:
         self.listener = NotifyListener(conninfo, self._on_notify, self._on_listen)
         # One query is in flight at a time (lookup.py), so lookups hold a connection of their own
         # (with the pool's settings) instead of a checkout per query.
-        query = UserQuery(functools.partial(own_connection, pool_or_dsn, deadline))
-        self.lookups = UserLookups(query, self.cache, DB_RETRY_AFTER)
+        primary = functools.partial(own_connection, pool_or_dsn, deadline)
+        self.replica: ReplicaRouter | None = None
+        if replica_dsn:
+            self.replica = ReplicaRouter(
+                UserQuery(primary, PRIMARY_POSITION),
+                UserQuery(functools.partial(own_connection, replica_dsn, deadline), STANDBY_POSITION),
+                Fences(replica_max_lag), lambda: self.listener.connected, metrics)
+        self.lookups = UserLookups(self.replica or UserQuery(primary), self.cache, DB_RETRY_AFTER)
         self._path = config.path.encode()
         self._credentials = f"{config.username}:{config.password.reveal()}".encode()
         # What libcurl sends, byte for byte: one comparison for the common case.
@@ -110,6 +119,8 @@ class DirectoryService:
     def start(self) -> None:
         self.listener.start()
         self.lookups.start()
+        if self.replica is not None:
+            self.replica.start()
         self._server.start()
         log.info("directory service on http://%s:%d%s", self.address[0], self.address[1], self.config.path)
 
@@ -203,6 +214,8 @@ class DirectoryService:
         """(Re)connected: what changed while we were away is unknown, so forget everything."""
         keys = self.cache.clear()
         log.debug("directory cache: LISTEN (re)connected, cleared %d entries", len(keys))
+        if self.replica is not None:
+            self.replica.fence_all()
         for username, realm in keys:
             self._flush(username, realm)
 
@@ -213,17 +226,23 @@ class DirectoryService:
         if table == "users" and op == "TRUNCATE":
             self._on_listen()
         elif table == "users":
-            for user_key, realm_key in (("username", "realm"), ("old_username", "old_realm")):
-                username, realm = payload.get(user_key), payload.get(realm_key)
+            # An UPDATE names the user twice (new and old key, mostly equal): one flush each.
+            keys = dict.fromkeys((payload.get(u), payload.get(r)) for u, r in (("username", "realm"),
+                                                                                ("old_username", "old_realm")))
+            for username, realm in keys:
                 # Validated before use: the payload is whatever a database client wrote.
                 if valid_identity(username, realm):
                     self.cache.invalidate((username, realm))
+                    if self.replica is not None:
+                        self.replica.fence((username, realm))
                     self._flush(username, realm)
         elif table == "roles":
             try:
                 role_id = uuid.UUID(str(payload.get("role_id")))
             except ValueError:
                 return
+            if self.replica is not None:  # the role reaches users the cache never saw
+                self.replica.fence_all()
             for username, realm in self.cache.invalidate_role(role_id):
                 self._flush(username, realm)
 

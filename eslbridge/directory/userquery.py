@@ -8,7 +8,8 @@ lookups/s the difference was a third of the server's core, and every microsecond
 delayed the other requests on the same event loop.
 
 The keys go in as one JSON parameter and the rows come back as one JSON value: nothing to
-quote or parse by hand, one orjson call each way.
+quote or parse by hand, one orjson call each way. Beside them comes a WAL position when asked
+for (``PRIMARY_POSITION`` or ``STANDBY_POSITION``, as a byte offset): replica.py compares them.
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ Key = tuple[str, str]  # (username, realm)
 Row = tuple[Any, ...]
 
 _STATEMENT = b"eslbridge_directory_users"
+# WAL positions, as bytes since 0/0. The insert position, not pg_current_wal_lsn(): with
+# synchronous_commit off a commit may still sit in the WAL buffers, past the written position.
+PRIMARY_POSITION = b"pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
+STANDBY_POSITION = b"pg_last_wal_replay_lsn() - '0/0'::pg_lsn"  # NULL when the server is no standby
 _SQL = b"""
-SELECT coalesce(json_agg(json_build_array(u.username, u.sip_ha1, u.display_name, u.permissions,
+SELECT (%s)::int8, coalesce(json_agg(json_build_array(u.username, u.sip_ha1, u.display_name, u.permissions,
                                           r.id, r.permissions, u.realm)), '[]')
   FROM json_to_recordset($1::json) AS k(username text, realm text)
   -- LATERAL ... LIMIT 1 keeps one probe of the unique index per key: the planner guesses 100 rows
@@ -49,10 +54,12 @@ class QueryTimeout(Exception):
 class UserQuery:
     """One connection (opened on first use, closed on any failure) and its prepared statement.
 
-    ``connect`` opens an autocommit connection (psycopg waits cooperatively under gevent)."""
+    ``connect`` opens an autocommit connection (psycopg waits cooperatively under gevent);
+    ``position`` is the SQL of the WAL position ``run_at`` returns (NULL: none)."""
 
-    def __init__(self, connect: Callable[[], psycopg.Connection]) -> None:
+    def __init__(self, connect: Callable[[], psycopg.Connection], position: bytes = b"NULL") -> None:
         self._connect = connect
+        self._sql = _SQL % position
         self._conn: psycopg.Connection | None = None
 
     def close(self) -> None:
@@ -62,6 +69,12 @@ class UserQuery:
 
     def run(self, keys: Iterable[Key], deadline: float) -> list[Row]:
         """The enabled users among ``keys``, read by ``deadline`` (``time.monotonic()``).
+        Raises as ``run_at`` does."""
+        return self.run_at(keys, deadline)[0]
+
+    def run_at(self, keys: Iterable[Key], deadline: float) -> tuple[list[Row], int | None]:
+        """The enabled users among ``keys`` and the server's WAL position, evaluated after the
+        statement's snapshot was taken (None when there is none).
 
         Raises QueryTimeout or a psycopg.Error (the SQLSTATE's class when the server sent one).
         After a failure the connection is closed (a query may still be in flight on it); the
@@ -77,13 +90,15 @@ class UserQuery:
         except BaseException:  # also a kill: the connection's state is unknown
             self.close()
             raise
-        return [_row(row) for row in orjson.loads(result.get_value(0, 0))]
+        position = result.get_value(0, 0)
+        return ([_row(row) for row in orjson.loads(result.get_value(0, 1))],
+                None if position is None else int(position))
 
     def _open(self, deadline: float) -> psycopg.Connection:
         with gevent.Timeout(_remaining(deadline), QueryTimeout):
             conn = self._connect()
         try:
-            conn.pgconn.send_prepare(_STATEMENT, _SQL)
+            conn.pgconn.send_prepare(_STATEMENT, self._sql)
             _result(conn.pgconn, deadline, pq.ExecStatus.COMMAND_OK)
         except BaseException:
             conn.close()
