@@ -40,23 +40,33 @@ def slices(correlator: Correlator, *args, **kwargs) -> tuple[list, list[Closure]
     return updates, closures
 
 
-def test_snapshot_opened_call_keeps_its_key_when_its_real_events_follow():
-    """A call first seen in a snapshot (whole-second created time) and then through its own
-    events: every update carries the key its row was opened with, so it stays one row."""
+def test_a_call_known_only_from_a_snapshot_is_keyed_by_its_own_exact_start():
+    """A call first seen in a snapshot (whole-second created time) writes no row until its root's
+    own event brings the exact created time: another daemon, or an earlier run, may already hold
+    a row under that exact key, and a whole-second key would make it a second row."""
     events, a, b = bridge_answer()
     correlator = new_correlator()
-    opened = correlator.resync(snapshot_rows(a, b), at=at(1795299166_500000))
-    assert [u.stage for u in opened] == [Stage.ANSWERED]
-    key = (opened[0].record.call_uuid, opened[0].record.start_time)
-    assert key == (a, at(CREATED_US // 1_000_000 * 1_000_000))
+    assert correlator.resync(snapshot_rows(a, b), at=at(1795299166_500000)) == []
+    assert correlator.active_calls == 1  # held, waiting for the root's own event
     later = [u for e in events for u in correlator.feed(e)]
     assert later and later[-1].stage == Stage.FINISHED and correlator.active_calls == 0
-    assert {(u.record.call_uuid, u.record.start_time) for u in later} == {key}
+    assert {(u.record.call_uuid, u.record.start_time) for u in later} == {(a, at(CREATED_US))}
     record = later[-1].record
     assert record.status == "Completed" and not record.reconciled
-    # Durations come from the exact times the events brought, not from the key's whole second.
     hangup = only(events, "CHANNEL_HANGUP_COMPLETE", a)
     assert record.total_duration_ms == (int(hangup["Caller-Channel-Hangup-Time"]) - CREATED_US) // 1000
+
+
+def test_a_snapshot_only_call_that_vanishes_is_closed_under_the_whole_second():
+    """Seen in one snapshot, gone by the next, no event ever: the whole second is all there was."""
+    _events, a, b = bridge_answer()
+    correlator = new_correlator()
+    correlator.resync(snapshot_rows(a, b), at=at(1795299166_500000))
+    closed = correlator.resync([], at=at(1795299170_000000))
+    assert [u.stage for u in closed] == [Stage.FINISHED]
+    record = closed[-1].record
+    assert record.reconciled and record.start_time == at(CREATED_US // 1_000_000 * 1_000_000)
+    assert record.total_duration_ms >= 0
 
 
 def test_an_active_row_whose_channels_are_up_is_readopted_under_its_key():
@@ -128,10 +138,10 @@ def test_a_call_seen_only_in_snapshots_takes_its_answer_from_them_and_never_ends
     row = {"uuid": "only-snap", "direction": "inbound", "created_epoch": "1795299200", "callstate": "ACTIVE",
            "call_uuid": "only-snap", "cid_num": "1000", "dest": "1001"}
     correlator.feed({"Event-Name": "HEARTBEAT", "Event-Date-Timestamp": "1795299100000000"})  # an older node clock
-    opened = correlator.resync([row], at=at(1795299207_000000))
+    assert correlator.resync([row], at=at(1795299207_000000)) == []  # held: no exact start yet
     closed = correlator.resync([], at=at(1795299300_000000))
     record = closed[0].record
-    assert opened[0].record.answer_time == at(1795299207_000000)
+    assert record.answer_time == at(1795299207_000000)
     assert record.status == "Completed" and record.reconciled
     assert record.end_time >= record.answer_time >= record.start_time
     assert record.total_duration_ms >= 0 and record.call_duration_ms >= 0
@@ -178,7 +188,7 @@ def test_resync_comes_in_slices():
     steps = list(correlator.resync_slices(rows, at(1795299201_000000), size=100))
     assert len(steps) >= 6  # the rows read, then opened, a hundred at a time
     assert max(len(updates) for updates, _ in steps) <= 100
-    assert sum(len(updates) for updates, _ in steps) == 250 and correlator.active_calls == 250
+    assert sum(len(updates) for updates, _ in steps) == 0 and correlator.active_calls == 250  # held
     steps = list(correlator.resync_slices([], at(1795299300_000000), size=100))
     assert max(len(updates) for updates, _ in steps) <= 100
     assert sum(len(updates) for updates, _ in steps) == 250 and correlator.active_calls == 0

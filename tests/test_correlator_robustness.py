@@ -120,22 +120,22 @@ def test_partial_stream_stays_active_then_resync_closes_it():
     assert closed[0].events[-1].data == {"reason": RECONCILE_REASON, "end_from": "last_event"}
 
 
-def test_resync_uses_the_given_time_and_opens_unknown_channels():
+def test_resync_uses_the_given_time_and_holds_unknown_channels():
     correlator = Correlator(NODE, lookup_factory(LOCAL_USERS))
     row = {"uuid": "8b0c6d1e-0000-4000-8000-00000000abcd", "direction": "inbound", "created_epoch": "1795299165",
            "name": "sofia/internal/1000@127.0.0.1", "state": "CS_EXECUTE", "cid_name": "Ext 1000", "cid_num": "1000",
            "ip_addr": "127.0.0.1", "dest": "1001", "application": "bridge", "read_codec": "PCMA",
            "callstate": "ACTIVE", "call_uuid": "8b0c6d1e-0000-4000-8000-00000000abcd"}
-    opened = correlator.resync([row], at=at(1795299200_000000))
-    assert [u.stage for u in opened] == [Stage.ANSWERED]
-    record = opened[0].record
+    # Held without a row: its own next event brings the exact created time the row is keyed by.
+    assert correlator.resync([row], at=at(1795299200_000000)) == [] and correlator.active_calls == 1
+    closed = correlator.resync([], at=at(1795299300_000000))
+    # Gone by the second snapshot, no event ever: closed under the whole second, the only start known,
+    # ended after the newest event seen (the first snapshot).
+    assert [u.stage for u in closed] == [Stage.FINISHED]
+    record = closed[0].record
     assert record.call_uuid == row["uuid"] and record.start_time == at(1795299165_000000)
     assert (record.caller_number, record.callee_number, record.codec) == ("1000", "1001", "PCMA")
-    record = opened[0].record
     assert record.answer_time == at(1795299200_000000)  # callstate ACTIVE: answered by the snapshot
-    closed = correlator.resync([], at=at(1795299300_000000))
-    # Gone by the second snapshot: it ended after the newest event seen (the first snapshot).
-    record = closed[0].record
     assert record.end_time == at(1795299200_000000) and record.reconciled
     assert record.status == "Completed" and record.total_duration_ms == 35_000
 

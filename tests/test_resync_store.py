@@ -57,20 +57,18 @@ def write(db_dsn: str, keyring: Keyring, tmp_path: Path, updates) -> None:  # no
     write_all(db_dsn, keyring, open_journal(tmp_path / f"j{len(list(tmp_path.iterdir()))}", keyring), updates)
 
 
-def test_snapshot_opened_row_then_its_real_events_stay_one_row(db, db_dsn, keyring, tmp_path, users):  # noqa: F811
+def test_a_snapshot_seen_call_then_its_real_events_make_one_exact_row(db, db_dsn, keyring, tmp_path, users):  # noqa: F811
     events, uuid, row = auth_call()
     correlator = correlator_for(users)
     opened = correlator.resync([row], at=at(int(events[0]["Event-Date-Timestamp"]) + 300_000))
-    assert opened  # a snapshot row does not say who authenticated: no `calls` row yet
-    write(db_dsn, keyring, tmp_path, opened)
-    assert [len(rows) for rows in rows_of(db, uuid)] == [1, 0]
+    assert opened == []  # held until the call's own event brings its exact start
     later = [u for e in events for u in correlator.feed(e)]
     assert later[-1].stage == Stage.FINISHED and later[-1].record.user_id == users[("1000", "127.0.0.1")]
     write(db_dsn, keyring, tmp_path, later)
     records, calls = rows_of(db, uuid)
     assert len(records) == 1 and len(calls) == 1
-    rounded = at(int(row["created_epoch"]) * 1_000_000)
-    assert records[0][:2] == (rounded, "Completed") and calls[0][:2] == (rounded, "completed")
+    exact_start = at(events[0]["Caller-Channel-Created-Time"])
+    assert records[0][:2] == (exact_start, "Completed") and calls[0][:2] == (exact_start, "completed")
     assert not records[0][4] and not calls[0][3]
     hangup = only(events, "CHANNEL_HANGUP_COMPLETE")
     exact = (int(hangup["Caller-Channel-Hangup-Time"]) - int(hangup["Caller-Channel-Created-Time"])) // 1000

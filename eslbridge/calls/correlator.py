@@ -39,9 +39,11 @@ Resync (``resync_slices``)
     database rows: legs gone from the snapshot are closed at the best end known (never before
     their last known event), rows the correlator does not hold are re-adopted when their channels
     are up (their key and answer kept, their later events finish them) or closed (``Closure``,
-    eslbridge.calls.reconcile), and unknown live channels open records. A call keeps the start
-    its rows were opened with as their key (``_Call.start_us``), so a snapshot's whole-second
-    created time never makes a second row. Done in slices: the caller yields between them.
+    eslbridge.calls.reconcile), and unknown live channels are held (``_Call.provisional``): they
+    write no row until their root's own event brings the exact created time, because another
+    daemon or an earlier run may hold a row under that exact key and the snapshot only has the
+    whole second. A call keeps the start its rows were opened with as their key (``_Call.start_us``).
+    Done in slices: the caller yields between them.
 
 Memory
     Per live call: a slots object, a dict of slots legs holding only record fields (repeated
@@ -103,6 +105,7 @@ class _Call:
         "lookups",
         "pending",
         "prior_answer",
+        "provisional",
         "reconciled",
         "ringing",
         "root",
@@ -133,6 +136,11 @@ class _Call:
         # re-pointed) on the writer's hot path. A re-adopted call takes its row's start_time.
         self.start_us = 0
         self.prior_answer = 0  # answer time of a re-adopted call's row (its root may say nothing)
+        # Opened from a snapshot row alone: its root's created time is only the whole second there,
+        # and another daemon (or an earlier run) may already hold a row under the exact one. No row
+        # is written until the root's own event brings the exact time (every channel event carries
+        # it), unless a resync closes the call first (then the whole second is all there ever was).
+        self.provisional = False
         # Re-adopted from an Active row (the row holds what its events said before): _ADOPTED, or
         # _ROOT_GONE when the snapshot no longer had its root (it hung up unheard during the gap).
         self.adopted = 0
@@ -156,6 +164,7 @@ class Correlator:
         # call_uuid -> (start_us, answer_us). The call's next event opens it with that state.
         self._adopted: dict[str, tuple[int, int, int]] = {}
         self._closures: list[Closure] = []  # see take_closures
+        self._snapshot_row = False  # feed() is folding a `show channels` row, not a real event
 
     @property
     def active_calls(self) -> int:
@@ -205,6 +214,10 @@ class Correlator:
         # call never emits), so the parent lookup is skipped for the rest of the call.
         if not call.sent and (call.uuid == uuid or call.root == uuid):
             call = self._link_root(call, leg, event)
+        if self._snapshot_row:
+            call.provisional = call.provisional or not call.sent
+        elif call.provisional and uuid == call.root:
+            call.provisional = False  # the root's own event: its exact created time is known now
         update = self._update(call)
         if update is not None:
             updates.append(update)
@@ -305,7 +318,7 @@ class Correlator:
         if root is None and call.adopted == _ROOT_GONE and all(leg.hungup for leg in call.legs.values()):
             self._closures.append(self._close_adopted(call, 0, END_FROM_LAST_EVENT))
             return None
-        if root is None or call.hold or (root.seq < 0 and not call.reconciled):
+        if root is None or call.hold or ((root.seq < 0 or call.provisional) and not call.reconciled):
             return None
         for leg in call.legs.values():
             if not leg.hungup:
@@ -502,7 +515,11 @@ class Correlator:
                     and row.get("call_uuid", uuid) not in adopted:
                 # Channels of a re-adopted call are left to their own events: a record built from
                 # a snapshot row would overwrite the row's parties with the little the row says.
-                updates.extend(self.feed(_row_event(row, at_us)))
+                self._snapshot_row = True
+                try:
+                    updates.extend(self.feed(_row_event(row, at_us)))
+                finally:
+                    self._snapshot_row = False
                 call = self._legs.get(uuid)
                 if call is not None and uuid in call.legs:
                     call.legs[uuid].seq = 0  # older than any real event: the leg's own events overwrite it
