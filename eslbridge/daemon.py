@@ -164,6 +164,8 @@ class Daemon:
             self.outbound.stop()
         self.upkeep.stop()
         gevent.killall([*self._greenlets, *self._resync_retries.values()], timeout=0.5)
+        for node in self.nodes.values():  # calls held since a snapshot are written, not lost with the process
+            self.resync.settle(node.correlator, timeout=1.0)
         self._flush_logins()
         done = self.writer.stop(timeout=max(0.5, deadline - time.monotonic() - 0.5))
         self.directory.stop()

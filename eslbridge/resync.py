@@ -12,7 +12,9 @@ queue in order, the reader keeps reading), so the correlator sees nothing in bet
 3. run the correlator's resync slice by slice, submitting updates and closing stale rows (and
    opening unknown live channels only when the Active rows were read), and yield to the event
    loop after every slice: a snapshot of 100,000 channels must never stall
-   the directory or the ESL reader for more than 100 ms at a time.
+   the directory or the ESL reader for more than 100 ms at a time;
+4. ``HOLD`` later, write the live channels still held because the snapshot was all that was known
+   of them (``Correlator.settle``), under the key of a row stored for them meanwhile, if any.
 
 Automatic garbage collection is off while it runs, and what it built is frozen afterwards
 (``gc.freeze``): a full collection walks every object of every live call (seconds with 100,000
@@ -38,12 +40,15 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from eslbridge.calls.correlator import Correlator
 from eslbridge.calls.reconcile import ActiveRow, Closure
 from eslbridge.calls.records import RecordUpdate
-from eslbridge.store.reconcile import close_rows, load_active
+from eslbridge.store.reconcile import close_rows, load_active, load_stored
 
 log = logging.getLogger(__name__)
 
 REPLAY_WAIT = 30.0  # seconds a resync waits for the journal's replay before reading Active rows
 SETTLE = 1.0  # seconds between the snapshot and reading the Active rows, at least
+# Seconds a call known only from the snapshot may wait for its root's own event (its exact start)
+# before it is written anyway, under a stored row's key if one appeared meanwhile.
+HOLD = 2.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,25 @@ class Resync:
                     complete = complete and done is not None
                     closed += done or 0
                 gevent.idle()
+        if correlator.provisional_calls():
+            gevent.spawn_later(HOLD, self.settle, correlator)
         return ResyncResult(len(channels), len(active), updates, closed, complete)
+
+    def settle(self, correlator: Correlator, timeout: float | None = None) -> None:
+        """Write the calls still held since the snapshot (Correlator.settle); when PostgreSQL cannot
+        be read, under the snapshot's whole second: a row that may be doubled beats a lost call."""
+        uuids = correlator.provisional_calls()
+        if not uuids:
+            return
+        stored: dict[str, tuple[int, int]] = {}
+        try:
+            with self._pool.connection(timeout=timeout or self._timeout) as conn:
+                stored = load_stored(conn, correlator.node, uuids)
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("%s: writing %d held call(s) without the stored rows (%s)", correlator.node, len(uuids),
+                        type(exc).__name__)
+        for update in correlator.settle(stored):
+            self._submit(update)
 
     def _active_rows(self, node: str, settled: float) -> tuple[list[ActiveRow], datetime | None, bool]:
         """The node's Active rows and newest stored event; ([], None, False) when PostgreSQL is away."""

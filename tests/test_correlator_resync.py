@@ -223,3 +223,19 @@ def test_a_readopted_call_whose_root_hung_up_unheard_ends_with_its_last_leg():
     assert [c.call_uuid for c in closed] == [a] and correlator.active_calls == 0
     assert closed[0].end_time == at(b_hangup["Caller-Channel-Hangup-Time"]) and closed[0].status == "Completed"
     assert closed[0].event.data["end_from"] == "last_event" and correlator.take_closures() == []
+
+
+def test_calls_still_held_are_settled_under_a_stored_key_or_the_whole_second():
+    """A held call whose root stays silent is written soon after all the same (a daemon dying
+    meanwhile would lose it): under the key of a row another daemon stored, else the whole second."""
+    _events, a, b = bridge_answer()
+    correlator = new_correlator()
+    other = {"uuid": "only-snap", "direction": "inbound", "created_epoch": "1795299200", "callstate": "RINGING",
+             "call_uuid": "only-snap"}
+    correlator.resync([*snapshot_rows(a, b), other], at=at(1795299201_000000))
+    assert sorted(correlator.provisional_calls()) == sorted([a, "only-snap"])
+    settled = correlator.settle({a: (CREATED_US, 0)})
+    assert correlator.provisional_calls() == [] and correlator.settle({}) == []
+    keys = {u.record.call_uuid: u.record.start_time for u in settled}
+    # `a` has a stored row: it takes that key (and only its answer, from the snapshot, is updated).
+    assert keys == {a: at(CREATED_US), "only-snap": at(1795299200_000000)}

@@ -42,8 +42,9 @@ Resync (``resync_slices``)
     eslbridge.calls.reconcile), and unknown live channels are held (``_Call.provisional``): they
     write no row until their root's own event brings the exact created time, because another
     daemon or an earlier run may hold a row under that exact key and the snapshot only has the
-    whole second. A call keeps the start its rows were opened with as their key (``_Call.start_us``).
-    Done in slices: the caller yields between them.
+    whole second; ``settle`` writes those still held soon after (under a stored row's key if any).
+    A call keeps the start its rows were opened with as their key (``_Call.start_us``). Done in
+    slices: the caller yields between them.
 
 Memory
     Per live call: a slots object, a dict of slots legs holding only record fields (repeated
@@ -139,7 +140,7 @@ class _Call:
         # Opened from a snapshot row alone: its root's created time is only the whole second there,
         # and another daemon (or an earlier run) may already hold a row under the exact one. No row
         # is written until the root's own event brings the exact time (every channel event carries
-        # it), unless a resync closes the call first (then the whole second is all there ever was).
+        # it), or until ``settle`` (a stored row's key, else the whole second: all there ever was).
         self.provisional = False
         # Re-adopted from an Active row (the row holds what its events said before): _ADOPTED, or
         # _ROOT_GONE when the snapshot no longer had its root (it hung up unheard during the gap).
@@ -563,6 +564,28 @@ class Correlator:
         self._tombstone(call.uuid)
         return close_row(ActiveRow(call.uuid, call.start_us, call.prior_answer, latest), self.node,
                          basis or latest, end_from)
+
+    def provisional_calls(self) -> list[str]:
+        """call_uuids of calls held since a snapshot, their root still silent (see ``settle``)."""
+        return [uuid for uuid, call in self._calls.items() if call.provisional]
+
+    def settle(self, rows: dict[str, tuple[int, int]]) -> list[RecordUpdate]:
+        """Write the calls still held since a snapshot: a call stays held only while its root is
+        silent, and a daemon that dies meanwhile would lose it. ``rows``: call_uuid -> (start_us,
+        answer_us) of a row already stored for it (by another daemon or an earlier run), whose key
+        it takes; a call without one is keyed by the snapshot's whole second, all that is known."""
+        updates: list[RecordUpdate] = []
+        for uuid in self.provisional_calls():
+            call = self._calls[uuid]
+            call.provisional = False
+            stored = rows.get(uuid)
+            if stored is not None:
+                call.start_us, call.prior_answer = stored
+                call.sent = _STARTED  # its row exists
+            update = self._update(call)
+            if update is not None:
+                updates.append(update)
+        return updates
 
     def take_closures(self) -> list[Closure]:
         """Closures that events (not a resync) made due, taken once: a re-adopted call whose root
