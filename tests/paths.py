@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 CAPTURED = FIXTURES / "captured"
 PUBLIC = FIXTURES / "public"
+RECORDED = FIXTURES / "recorded"  # recorded by the project from the real FreeSWITCH build, one scenario a file
 SEEDS = ROOT / "docs" / "seeds"
 SHARED_PUBLIC = ROOT.parent / "shared" / "fixtures" / "public"
 

@@ -11,7 +11,7 @@ import pytest
 from eslbridge.calls.outcome import cause_sip_code
 from eslbridge.calls.records import Stage
 from tests.correlator_fixtures import at, captured, no_answer_from_busy, only, parse_plain
-from tests.paths import CAPTURED
+from tests.paths import RECORDED
 from tests.test_correlator_resync import new_correlator
 from tests.test_correlator_scenarios import finished, legs_of, run
 
@@ -61,7 +61,7 @@ def test_the_record_carries_the_code_freeswitch_sent(cause: str, code: int) -> N
 
 def test_invite_refused_at_digest_auth_is_rejected_with_the_403_the_caller_saw() -> None:
     """FreeSWITCH's only event for it (recorded from the real build): no channel times, no SIP code."""
-    event = parse_plain((CAPTURED / "auth-refused.plain.esl").read_text().split("\n\n", 1)[1])
+    event = parse_plain((RECORDED / "auth-refused.plain.esl").read_text().split("\n\n", 1)[1])
     assert "Caller-Channel-Created-Time" not in event and "variable_sip_term_status" not in event
     updates = new_correlator().feed(event)
     record = updates[-1].record

@@ -117,7 +117,7 @@ def _unrecorded_code(root: Leg) -> int | None:
     if root.cause == "CALL_REJECTED" and not root.created_us:
         # Refused before a caller profile existed (no Caller-Channel-Created-Time): mod_sofia answers an
         # INVITE whose digest authentication or ACL check fails with 403 Forbidden, then hangs the
-        # channel up as CALL_REJECTED; its cause table would say 603 (tests/fixtures/captured: auth-refused).
+        # channel up as CALL_REJECTED; its cause table would say 603 (tests/fixtures/recorded/auth-refused.plain.esl).
         return 403
     return cause_sip_code(root.cause) if root.cause else None
 

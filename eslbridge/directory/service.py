@@ -226,16 +226,15 @@ class DirectoryService:
         if table == "users" and op == "TRUNCATE":
             self._on_listen()
         elif table == "users":
-            # An UPDATE names the user twice (new and old key, mostly equal): one flush each.
-            keys = dict.fromkeys((payload.get(u), payload.get(r)) for u, r in (("username", "realm"),
-                                                                                ("old_username", "old_realm")))
-            for username, realm in keys:
-                # Validated before use: the payload is whatever a database client wrote.
-                if valid_identity(username, realm):
-                    self.cache.invalidate((username, realm))
-                    if self.replica is not None:
-                        self.replica.fence((username, realm))
-                    self._flush(username, realm)
+            # Validated before use (the payload is whatever a database client wrote); an UPDATE names
+            # the user twice (new and old key, mostly equal): one flush each.
+            named = ((payload.get(u), payload.get(r))
+                     for u, r in (("username", "realm"), ("old_username", "old_realm")))
+            for username, realm in dict.fromkeys(key for key in named if valid_identity(*key)):
+                self.cache.invalidate((username, realm))
+                if self.replica is not None:
+                    self.replica.fence((username, realm))
+                self._flush(username, realm)
         elif table == "roles":
             try:
                 role_id = uuid.UUID(str(payload.get("role_id")))
