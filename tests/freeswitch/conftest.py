@@ -105,13 +105,20 @@ class FreeSwitch:
         match = re.search(r"(\d+) total", self.api("show channels count"))
         return int(match.group(1)) if match else -1
 
+    def sessions(self) -> int:
+        """Sessions, counted by `status`: also those not in `show channels`, such as the one a
+        challenged INVITE leaves in CS_NEW until FreeSWITCH abandons it (10 s later)."""
+        match = re.search(r"(\d+) session\(s\) - peak", self.api("status"))
+        return int(match.group(1)) if match else -1
+
     def wait_idle(self, timeout: float = 20) -> None:
-        """No channel left from an earlier test (its daemon would have seen them; this one must not)."""
+        """No channel or session left from an earlier test (its daemon would have seen them; this one
+        must not)."""
         deadline = time.monotonic() + timeout
-        while self.channels() != 0:
+        while self.channels() != 0 or self.sessions() != 0:
             if time.monotonic() > deadline:
                 self.api("hupall NORMAL_CLEARING")
-                wait_for(lambda: self.channels() == 0, 10, "FreeSWITCH to drop its channels")
+                wait_for(lambda: self.channels() == 0 and self.sessions() == 0, 15, "FreeSWITCH to drop its channels")
                 return
             time.sleep(0.2)
 

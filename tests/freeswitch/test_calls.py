@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from tests.daemon_fixtures import wait_for
 from tests.freeswitch.conftest import Bridge
 from tests.freeswitch.landed import describe, judge, rows
 
@@ -61,12 +62,21 @@ def test_caller_cancel_while_ringing_is_cancelled(bridge: Bridge) -> None:
 
 
 def test_call_refused_before_any_channel_leaves_no_row(bridge: Bridge) -> None:
-    """An INVITE without credentials on the internal profile is challenged: no channel, no call."""
+    """An INVITE without credentials on the internal profile is challenged: no channel, no call
+    while the challenge is pending. FreeSWITCH keeps a session (CS_NEW, not in `show channels`)
+    for the authenticated retry, and abandons it 10 s later with a lone CHANNEL_HANGUP_COMPLETE
+    (WRONG_CALL_STATE): that ended session is recorded as a failed, never answered call."""
     run = bridge.sipp("uac_refused", *CALLER, "-s", "tone", target=bridge.fs.internal).wait()
     assert run.returncode == 0 and run.call.final_code == 407, run.describe()
     assert bridge.fs.channels() == 0
     time.sleep(2)  # give a wrongly written row time to land
     assert rows(bridge.dsn) == [], f"sipp saw: {run.describe()}; landed: {describe(rows(bridge.dsn))}"
+    wait_for(lambda: bridge.fs.sessions() == 0, 20, "FreeSWITCH to abandon the challenged session")
+    wait_for(lambda: rows(bridge.dsn), 10, "the abandoned session's row")
+    found = rows(bridge.dsn)
+    told = f"sipp saw: {run.describe()}; landed: {describe(found)}"
+    assert len(found) == 1 and found[0].status == "Failed" and found[0].answer_time is None, told
+    assert found[0].disconnect_reason == "WRONG_CALL_STATE" and found[0].total_duration_ms >= 0, told
 
 
 def test_loopback_bridge_is_one_completed_call(bridge: Bridge) -> None:
