@@ -19,9 +19,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from eslbridge.esl.framing import parse_stream
 from eslbridge.users import add_user
 from tests.daemon_fixtures import Env, get, metrics_url, wait_for
+from tests.paths import CAPTURED
 from tests.test_daemon import Sim, finished_records
 
-CAPTURED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "captured"
 CAPTURES = ("bridge-answer", "bridge-busy", "auth-call", "register")
 CALLER, CALLEE = "+15551239999", "+15557654321"
 PUBLIC_IP, SWITCH_IP = "203.0.113.50", "192.0.2.2"
