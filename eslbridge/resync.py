@@ -112,7 +112,7 @@ class Resync:
         uuids = correlator.provisional_calls()
         if not uuids:
             return
-        stored: dict[str, tuple[int, int]] = {}
+        stored: dict[str, int] = {}
         try:
             with self._pool.connection(timeout=timeout or self._timeout) as conn:
                 stored = load_stored(conn, correlator.node, uuids)

@@ -234,7 +234,7 @@ def test_calls_still_held_are_settled_under_a_stored_key_or_the_whole_second():
              "call_uuid": "only-snap"}
     correlator.resync([*snapshot_rows(a, b), other], at=at(1795299201_000000))
     assert sorted(correlator.provisional_calls()) == sorted([a, "only-snap"])
-    settled = correlator.settle({a: (CREATED_US, 0)})
+    settled = correlator.settle({a: CREATED_US})
     assert correlator.provisional_calls() == [] and correlator.settle({}) == []
     keys = {u.record.call_uuid: u.record.start_time for u in settled}
     # `a` has a stored row: it takes that key (and only its answer, from the snapshot, is updated).

@@ -17,7 +17,7 @@ from eslbridge.calls.records import Stage
 from eslbridge.keyring import Keyring
 from eslbridge.localpg import free_port
 from eslbridge.resync import Resync
-from eslbridge.store.reconcile import close_rows, load_active
+from eslbridge.store.reconcile import close_rows, load_active, load_stored
 from tests.correlator_fixtures import at, captured, only
 from tests.test_correlator_resync import slices
 from tests.writer_fixtures import call_updates, create_user, keyring, open_journal, write_all  # noqa: F401
@@ -157,3 +157,19 @@ def test_reconcile_queries_need_only_the_daemon_role(db, db_dsn, keyring, tmp_pa
     assert close_rows(db, NODE, closures) == 1
     db.execute("RESET ROLE")
     assert db.execute("SELECT status FROM calls").fetchone()[0] == "completed"
+
+
+def test_a_held_call_takes_the_key_of_the_row_another_daemon_stored(db, db_dsn, keyring, tmp_path, users):  # noqa: F811
+    """Settling a call held since a snapshot: the row another daemon wrote under the exact start is
+    found by call_uuid (this node only), and the held call's updates land on that one row."""
+    events, uuid, row = auth_call()
+    other_daemon = correlator_for(users)
+    write(db_dsn, keyring, tmp_path, [u for e in events[:2] for u in other_daemon.feed(e)])
+    assert load_stored(db, "another-node", [uuid]) == {}
+    stored = load_stored(db, NODE, [uuid, "no-such-call"])
+    assert stored == {uuid: int(events[0]["Caller-Channel-Created-Time"])}
+    held = correlator_for(users)
+    assert held.resync([row], at=at(int(events[0]["Event-Date-Timestamp"]) + 300_000)) == []
+    write(db_dsn, keyring, tmp_path, held.settle(stored))
+    records, _calls = rows_of(db, uuid)
+    assert len(records) == 1 and records[0][0] == at(events[0]["Caller-Channel-Created-Time"])

@@ -569,18 +569,18 @@ class Correlator:
         """call_uuids of calls held since a snapshot, their root still silent (see ``settle``)."""
         return [uuid for uuid, call in self._calls.items() if call.provisional]
 
-    def settle(self, rows: dict[str, tuple[int, int]]) -> list[RecordUpdate]:
+    def settle(self, rows: dict[str, int]) -> list[RecordUpdate]:
         """Write the calls still held since a snapshot: a call stays held only while its root is
-        silent, and a daemon that dies meanwhile would lose it. ``rows``: call_uuid -> (start_us,
-        answer_us) of a row already stored for it (by another daemon or an earlier run), whose key
-        it takes; a call without one is keyed by the snapshot's whole second, all that is known."""
+        silent, and a daemon that dies meanwhile would lose it. ``rows``: call_uuid -> start_us of a
+        row already stored for it (by another daemon or an earlier run), whose key it takes; a call
+        without one is keyed by the snapshot's whole second, all that is known."""
         updates: list[RecordUpdate] = []
         for uuid in self.provisional_calls():
             call = self._calls[uuid]
             call.provisional = False
             stored = rows.get(uuid)
             if stored is not None:
-                call.start_us, call.prior_answer = stored
+                call.start_us = stored
                 call.sent = _STARTED  # its row exists
             update = self._update(call)
             if update is not None:

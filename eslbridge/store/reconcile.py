@@ -62,15 +62,15 @@ def _us(at: datetime | None) -> int:
     return to_us(at) if at is not None else 0
 
 
-_STORED = "SELECT call_uuid, start_time, answer_time FROM call_records WHERE node = %s AND call_uuid = ANY(%s)"
+_STORED = "SELECT call_uuid, start_time FROM call_records WHERE node = %s AND call_uuid = ANY(%s)"
 
 
-def load_stored(conn: psycopg.Connection, node: str, uuids: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """call_uuid -> (start_us, answer_us) of the rows stored for these calls of the node."""
-    rows: dict[str, tuple[int, int]] = {}
+def load_stored(conn: psycopg.Connection, node: str, uuids: Sequence[str]) -> dict[str, int]:
+    """call_uuid -> start_us (the key) of the rows stored for these calls of the node."""
+    rows: dict[str, int] = {}
     for i in range(0, len(uuids), CHUNK):
-        for uuid, start, answer in conn.execute(_STORED, (node, list(uuids[i:i + CHUNK]))):
-            rows.setdefault(uuid, (_us(start), _us(answer)))
+        for uuid, start in conn.execute(_STORED, (node, list(uuids[i:i + CHUNK]))):
+            rows.setdefault(uuid, _us(start))
     return rows
 
 
