@@ -41,8 +41,8 @@ def _child_serve() -> None:
     from eslbridge.config import LOOPBACK, ConnectionLimits
     from eslbridge.directory.http import HttpServer
     from eslbridge.esl.outbound import OutboundServer
-    from eslbridge.metrics import Metrics, MetricsServer
-    from eslbridge.netgate import AcceptGate
+    from eslbridge.ops.metrics import Metrics, MetricsServer
+    from eslbridge.ops.netgate import AcceptGate
 
     warnings = [0]
 

@@ -16,8 +16,8 @@ import shutil
 import time
 from collections.abc import Callable
 
-from eslbridge.crypto import MessageKey, s2k, s2k_count
-from eslbridge.keyring import Keyring, generate_keyring
+from eslbridge.keys.keyring import Keyring, generate_keyring
+from eslbridge.keys.openpgp import MessageKey, s2k, s2k_count
 
 NUMBER = "+4930123456"
 SDP = ("v=0\r\no=FreeSWITCH 1709300000 1709300001 IN IP4 192.0.2.10\r\ns=FreeSWITCH\r\nc=IN IP4 192.0.2.10\r\n"

@@ -281,8 +281,8 @@ def main() -> None:
 
     import psycopg
 
-    from eslbridge import users
-    from eslbridge.localpg import PgCluster
+    from eslbridge.accounts import users
+    from eslbridge.sim.localpg import PgCluster
     from eslbridge.store.migrate import migrate
 
     cluster = PgCluster()

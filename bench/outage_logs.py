@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from eslbridge.localpg import PgCluster
+from eslbridge.sim.localpg import PgCluster
 from eslbridge.store.migrate import migrate
 from tests.test_daemon import Env, Sim
 

@@ -2,7 +2,7 @@
 
     python -m bench.resync [--channels 100000] [--known 40000] [--active 20000] [--dsn DSN]
 
-The daemon's resync path (the snapshot body parsed row by row, then ``eslbridge.resync.Resync``:
+The daemon's resync path (the snapshot body parsed row by row, then ``eslbridge.store.resync.Resync``:
 Active rows read from PostgreSQL, the correlator's resync in slices, stale rows closed) runs in
 one greenlet while another wakes up every millisecond and records the gaps between its
 wake-ups: the longest gap is the longest time the directory or the ESL reader could have waited.
@@ -37,8 +37,8 @@ from psycopg_pool import ConnectionPool  # noqa: E402
 from bench.host import cpu_ticks, steal_percent  # noqa: E402
 from eslbridge.calls.correlator import Correlator  # noqa: E402
 from eslbridge.esl.snapshot import parse_snapshot  # noqa: E402
-from eslbridge.localpg import PgCluster  # noqa: E402
-from eslbridge.resync import Resync  # noqa: E402
+from eslbridge.sim.localpg import PgCluster  # noqa: E402
+from eslbridge.store.resync import Resync  # noqa: E402
 
 NODE = "bench"
 START_S = 1795299200  # the calls' created time (epoch seconds)

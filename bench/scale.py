@@ -34,8 +34,8 @@ import psycopg
 import yaml
 
 from bench.host import cpu_ticks, steal_percent
-from eslbridge.keyring import generate_keyring
-from eslbridge.localpg import PgCluster, free_port
+from eslbridge.keys.keyring import generate_keyring
+from eslbridge.sim.localpg import PgCluster, free_port
 from eslbridge.store.migrate import migrate
 from tests.scale_fixtures import call_rows, ledger_calls, ledger_problems
 

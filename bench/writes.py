@@ -71,7 +71,7 @@ import psycopg  # noqa: E402
 import eslbridge.store.writer as writer_module  # noqa: E402
 from bench.host import cpu_ticks, steal_percent  # noqa: E402
 from eslbridge.calls.records import RecordUpdate  # noqa: E402
-from eslbridge.localpg import PgCluster  # noqa: E402
+from eslbridge.sim.localpg import PgCluster  # noqa: E402
 from eslbridge.store.journal import Journal  # noqa: E402
 from eslbridge.store.migrate import migrate  # noqa: E402
 from eslbridge.store.upsert import DEFAULT_METHOD, METHODS  # noqa: E402

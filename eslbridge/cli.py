@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from eslbridge import __version__
 from eslbridge.errors import EXIT_FAILURE, EXIT_USAGE, EslBridgeError
-from eslbridge.logsetup import setup_logging
+from eslbridge.ops.logs import setup_logging
 
 # Modules that contribute subcommands, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (

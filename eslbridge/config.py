@@ -98,7 +98,7 @@ class NodeConfig:
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """A listener's accept gate (eslbridge/netgate.py); the defaults fit LimitNOFILE in the unit."""
+    """A listener's accept gate (eslbridge/ops/netgate.py); the defaults fit LimitNOFILE in the unit."""
 
     max_connections: int = 512
     max_per_address: int = 256

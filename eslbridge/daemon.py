@@ -24,8 +24,9 @@ from typing import Any
 import gevent
 import gevent.event
 
-from eslbridge import systemd
-from eslbridge.authorizer import CallAuthorizer
+from eslbridge.accounts.authorizer import CallAuthorizer
+from eslbridge.accounts.registrations import LoginRecorder, login_from_event
+from eslbridge.accounts.userindex import UserIndex
 from eslbridge.calls.correlator import Correlator
 from eslbridge.calls.errors import EventError
 from eslbridge.calls.records import RecordUpdate
@@ -33,22 +34,21 @@ from eslbridge.config import Config, NodeConfig, load_config
 from eslbridge.directory.service import DirectoryService
 from eslbridge.esl import protocol
 from eslbridge.esl.inbound import InboundClient
+from eslbridge.esl.nodemap import NodeMap
 from eslbridge.esl.outbound import OutboundServer
 from eslbridge.esl.protocol import UnsafeCommand
 from eslbridge.esl.stats import IntakeStats
-from eslbridge.keyring import Keyring
-from eslbridge.logsetup import setup_logging
-from eslbridge.metrics import IntakeSource, Metrics, MetricsServer
-from eslbridge.nodemap import NodeMap
-from eslbridge.registrations import LoginRecorder, login_from_event
-from eslbridge.resync import Resync
-from eslbridge.retention import run_retention
+from eslbridge.keys.keyring import Keyring
+from eslbridge.ops import systemd
+from eslbridge.ops.logs import setup_logging
+from eslbridge.ops.metrics import IntakeSource, Metrics, MetricsServer
+from eslbridge.privacy.retention import run_retention
 from eslbridge.store.journal import Journal
 from eslbridge.store.pool import make_pool
 from eslbridge.store.quarantine import Quarantine
+from eslbridge.store.resync import Resync
 from eslbridge.store.upkeep import Upkeep
 from eslbridge.store.writer import Writer
-from eslbridge.userindex import UserIndex
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ class Daemon:
             self._cap(node)
 
     def _on_snapshot(self, node_name: str, channels: list[dict]) -> None:
-        """A resync (eslbridge.resync): the snapshot against the correlator and the node's Active rows."""
+        """A resync (eslbridge.store.resync): the snapshot against the correlator and the node's Active rows."""
         node = self.nodes[node_name]
         self._await_users()
         try:

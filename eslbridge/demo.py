@@ -25,14 +25,14 @@ import gevent
 import psycopg
 import yaml
 
+from eslbridge.accounts.users import add_user
 from eslbridge.config import load_config
 from eslbridge.daemon import Daemon
-from eslbridge.keyring import Keyring, generate_keyring
-from eslbridge.localpg import PgCluster
-from eslbridge.logsetup import setup_logging
+from eslbridge.keys.keyring import Keyring, generate_keyring
+from eslbridge.ops.logs import setup_logging
+from eslbridge.sim.localpg import PgCluster
 from eslbridge.sim.server import Simulator
 from eslbridge.store.migrate import migrate
-from eslbridge.users import add_user
 
 DEMO_REALM = "127.0.0.1"  # the realm of the captured calls the simulator replays
 DEMO_USERS = ("1000", "1001", "1002", "1003")

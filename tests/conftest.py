@@ -1,7 +1,7 @@
 """Shared fixtures: a real PostgreSQL for every test that needs one.
 
 Without ESLBRIDGE_TEST_DSN the session starts its own throwaway cluster
-(eslbridge/localpg.py). With it, tests create their databases on that server
+(eslbridge/sim/localpg.py). With it, tests create their databases on that server
 (the role needs CREATEDB). Each test gets a fresh database cloned from a
 migrated template, which is much faster than migrating every time.
 """
@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from eslbridge.localpg import PgCluster
+from eslbridge.sim.localpg import PgCluster
 from eslbridge.store.migrate import migrate
 
 # Fixtures other test modules share (e.g. the writer tests' `keyring`).

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eslbridge.keyring import generate_keyring
-from eslbridge.localpg import free_port
+from eslbridge.keys.keyring import generate_keyring
+from eslbridge.sim.localpg import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ESL_PASSWORD = "sim-secret-Pw1"

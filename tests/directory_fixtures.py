@@ -48,7 +48,7 @@ def serve_main() -> None:
     )
     metrics = None
     if spec.get("metrics"):
-        from eslbridge.metrics import Metrics, MetricsServer
+        from eslbridge.ops.metrics import Metrics, MetricsServer
 
         metrics = Metrics()
         metrics_server = MetricsServer(("127.0.0.1", 0), metrics, lambda: (True, {}))

@@ -12,7 +12,7 @@ import pytest
 
 from eslbridge import cli
 from eslbridge.calls.records import CallRecord, LifecycleEvent, RecordUpdate, Stage
-from eslbridge.keyring import Keyring, generate_keyring
+from eslbridge.keys.keyring import Keyring, generate_keyring
 from eslbridge.store.rows import FieldEncoder, batch_rows
 from eslbridge.store.upsert import write_executemany
 
@@ -60,7 +60,7 @@ def admin_fixture(tmp_path: Path, db_dsn: str, monkeypatch: pytest.MonkeyPatch) 
 
 def add_user(conn: psycopg.Connection, username: str, realm: str = REALM, email: str | None = None,
              display_name: str | None = None) -> uuid.UUID:
-    from eslbridge.users import add_user as add
+    from eslbridge.accounts.users import add_user as add
 
     return add(conn, username, realm, "s3cret-Passw0rd!", email=email, display_name=display_name, rounds=4).id
 

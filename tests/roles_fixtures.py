@@ -13,7 +13,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from eslbridge.dbroles import ADMIN, AUDITOR, DAEMON
+from eslbridge.accounts.dbroles import ADMIN, AUDITOR, DAEMON
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,13 @@ import gevent
 import pytest
 from gevent import socket as gsocket
 
-from eslbridge import users
+from eslbridge.accounts import users
 from eslbridge.config import LOOPBACK, ConnectionLimits, DirectoryConfig, ListenAddress, Secret
 from eslbridge.directory import DirectoryService
 from eslbridge.esl import protocol
 from eslbridge.esl.outbound import OutboundServer
 from eslbridge.esl.stats import IntakeStats
-from eslbridge.metrics import OTHER, IntakeSource, Metrics, MetricsServer
+from eslbridge.ops.metrics import OTHER, IntakeSource, Metrics, MetricsServer
 from eslbridge.sim.outbound import channel_data, place_call
 from tests.directory_fixtures import PASSWORD, DirectoryProcess, auth_header
 from tests.esl_fixtures import Collector, make_client, sim  # noqa: F401

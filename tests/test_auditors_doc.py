@@ -12,9 +12,9 @@ from pathlib import Path
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from eslbridge.authorizer import CallAuthorizer
-from eslbridge.gdpr import erase_subject, find_subject
-from eslbridge.retention import run_retention
+from eslbridge.accounts.authorizer import CallAuthorizer
+from eslbridge.privacy.gdpr import erase_subject, find_subject
+from eslbridge.privacy.retention import run_retention
 from tests.gdpr_fixtures import REALM, Admin, add_user, admin_fixture, call, call_uuid, write  # noqa: F401
 from tests.test_retention_run import WINDOWS
 

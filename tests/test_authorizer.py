@@ -10,10 +10,10 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from eslbridge.authorizer import CallAuthorizer, caller_identity
-from eslbridge.keyring import Keyring
-from eslbridge.ratelimits import clear_limit, set_limit
-from eslbridge.registrations import login_from_event, record_logins
+from eslbridge.accounts.authorizer import CallAuthorizer, caller_identity
+from eslbridge.accounts.ratelimits import clear_limit, set_limit
+from eslbridge.accounts.registrations import login_from_event, record_logins
+from eslbridge.keys.keyring import Keyring
 from tests.correlator_fixtures import captured
 
 
@@ -136,7 +136,7 @@ def test_no_limit_when_max_requests_is_null(db: psycopg.Connection, pool: Connec
 
 
 def test_dead_database_fails_closed(tmp_path: Path) -> None:
-    from eslbridge.localpg import free_port
+    from eslbridge.sim.localpg import free_port
 
     dead = f"postgresql://x@127.0.0.1:{free_port()}/x?connect_timeout=1"
     with ConnectionPool(dead, min_size=0, max_size=1, timeout=1, open=True) as p:

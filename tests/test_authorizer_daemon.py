@@ -8,8 +8,8 @@ import signal
 import psycopg
 import yaml
 
+from eslbridge.accounts.users import add_user
 from eslbridge.sim.outbound import channel_data, place_call
-from eslbridge.users import add_user
 from tests.daemon_fixtures import Env, wait_for
 from tests.test_authorizer_records import daemon_dsn  # noqa: F401  (fixture)
 from tests.test_daemon import Sim

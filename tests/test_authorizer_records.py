@@ -16,11 +16,11 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
-from eslbridge.authorizer import CallAuthorizer
+from eslbridge.accounts.authorizer import CallAuthorizer
+from eslbridge.esl.nodemap import NodeMap
 from eslbridge.esl.outbound import OutboundServer
-from eslbridge.keyring import Keyring
-from eslbridge.nodemap import NodeMap
-from eslbridge.sealed import unseal
+from eslbridge.keys.keyring import Keyring
+from eslbridge.keys.sealed import unseal
 from eslbridge.sim.outbound import channel_data, place_call
 from tests.test_authorizer import add_user
 from tests.writer_fixtures import call_updates, open_journal, write_all

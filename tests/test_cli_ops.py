@@ -12,10 +12,10 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from eslbridge import users
+from eslbridge.accounts import users
 from eslbridge.cli import build_parser, main
 from eslbridge.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE
-from eslbridge.localpg import free_port
+from eslbridge.sim.localpg import free_port
 from tests.test_config_check import FakeEventSocket, write_config
 
 ROOT = Path(__file__).resolve().parents[1]

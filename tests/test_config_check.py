@@ -13,7 +13,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from eslbridge.cli import main
-from eslbridge.keyring import generate_keyring
+from eslbridge.keys.keyring import generate_keyring
 
 
 class FakeEventSocket:

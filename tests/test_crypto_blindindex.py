@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eslbridge.blindindex import blind_index, normalize_ip, normalize_number, normalize_uri
+from eslbridge.keys.blindindex import blind_index, normalize_ip, normalize_number, normalize_uri
 
 KEY = b"k" * 44
 

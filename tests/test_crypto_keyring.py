@@ -9,9 +9,9 @@ import psycopg
 import pytest
 import yaml
 
-from eslbridge.crypto import DecryptionError
 from eslbridge.errors import ConfigError
-from eslbridge.keyring import Keyring, add_key, generate_keyring, set_active
+from eslbridge.keys.keyring import Keyring, add_key, generate_keyring, set_active
+from eslbridge.keys.openpgp import DecryptionError
 
 
 @pytest.fixture

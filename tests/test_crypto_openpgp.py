@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from eslbridge.crypto import DecryptionError, MessageKey, parse_message
+from eslbridge.keys.openpgp import DecryptionError, MessageKey, parse_message
 
 PASSPHRASE = "pJ0c2Fy3k+Rb8x9V1m0nQw7s5T2aL4eK6uD8hG3iF1o="
 SDP = ("v=0\r\no=FreeSWITCH 1 2 IN IP4 192.0.2.10\r\ns=FreeSWITCH\r\nc=IN IP4 192.0.2.10\r\n"

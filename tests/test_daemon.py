@@ -11,9 +11,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from eslbridge.keyring import Keyring
-from eslbridge.localpg import free_port
-from eslbridge.users import add_user
+from eslbridge.accounts.users import add_user
+from eslbridge.keys.keyring import Keyring
+from eslbridge.sim.localpg import free_port
 from tests.daemon_fixtures import ESL_PASSWORD, ROOT, Env, NotifySocket, get, metrics_url, secret, wait_for
 
 STATUSES_BY_SCENARIO = {"bridged": "Completed", "busy": "Busy", "auth_call": "Completed"}

@@ -13,12 +13,12 @@ import time
 
 import psycopg
 
+from eslbridge.accounts.users import add_user
 from eslbridge.calls.records import Stage
-from eslbridge.keyring import Keyring
-from eslbridge.localpg import free_port
+from eslbridge.keys.keyring import Keyring
+from eslbridge.sim.localpg import free_port
 from eslbridge.store.journal import Journal
 from eslbridge.store.serialize import decode_update
-from eslbridge.users import add_user
 from tests.daemon_fixtures import Env, get, metrics_url, wait_for
 from tests.test_daemon import Sim
 

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import psycopg
 import pytest
 
-from eslbridge import users
+from eslbridge.accounts import users
 from tests.directory_fixtures import ROOT, DirectoryProcess
 from tests.test_directory_service import fs_locate_user, is_not_found, md5, param
 
@@ -39,7 +39,7 @@ def child_main() -> None:
 
     from eslbridge.config import DirectoryConfig, ListenAddress, Secret
     from eslbridge.directory import DirectoryService
-    from eslbridge.metrics import Metrics
+    from eslbridge.ops.metrics import Metrics
 
     spec = json.loads(sys.stdin.readline())
     metrics = Metrics()

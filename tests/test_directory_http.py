@@ -24,7 +24,7 @@ def child_main() -> None:
 
     from eslbridge.config import LOOPBACK, ConnectionLimits
     from eslbridge.directory.http import HttpServer
-    from eslbridge.netgate import AcceptGate
+    from eslbridge.ops.netgate import AcceptGate
 
     class Echo:
         def gate(self, client_ip, method, path, headers):

@@ -20,10 +20,10 @@ import psycopg
 import pytest
 import yaml
 
-from eslbridge import users
+from eslbridge.accounts import users
 from eslbridge.cli import main
 from eslbridge.directory.replica import ALL, Fences
-from eslbridge.localpg import PgCluster, free_port
+from eslbridge.sim.localpg import PgCluster, free_port
 from eslbridge.store.migrate import migrate
 from tests.directory_fixtures import DirectoryProcess
 from tests.test_config_check import FakeEventSocket, write_config

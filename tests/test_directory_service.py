@@ -14,9 +14,9 @@ from urllib.parse import urlencode
 import psycopg
 import pytest
 
-from eslbridge import users
+from eslbridge.accounts import users
 from eslbridge.directory.xml import DIAL_STRING
-from eslbridge.localpg import PgCluster
+from eslbridge.sim.localpg import PgCluster
 from eslbridge.store.migrate import migrate
 from tests.directory_fixtures import PASSWORD as GATEWAY_PASSWORD
 from tests.directory_fixtures import DirectoryProcess, auth_header

@@ -11,7 +11,7 @@ import gevent
 import psycopg
 import pytest
 
-from eslbridge import users
+from eslbridge.accounts import users
 from eslbridge.directory.userquery import QueryTimeout, UserQuery
 from eslbridge.store.pool import own_connection
 

@@ -14,13 +14,13 @@ from collections import Counter
 
 import pytest
 
+from eslbridge.accounts.registrations import login_from_event
 from eslbridge.calls.correlator import Correlator
 from eslbridge.calls.errors import EventError
 from eslbridge.esl.events import EventDecoder, EventParseError, event_key, parse_json_event, parse_plain_event
 from eslbridge.esl.framing import parse_stream
 from eslbridge.esl.headers import READ_HEADERS
-from eslbridge.nodemap import NodeMap
-from eslbridge.registrations import login_from_event
+from eslbridge.esl.nodemap import NodeMap
 from tests.paths import CAPTURED, PUBLIC
 
 DECODER = EventDecoder(READ_HEADERS)

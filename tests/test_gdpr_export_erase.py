@@ -10,7 +10,7 @@ from datetime import timedelta
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from eslbridge.gdpr import erase_subject, export_subject, find_subject
+from eslbridge.privacy.gdpr import erase_subject, export_subject, find_subject
 from tests.gdpr_fixtures import REALM, T0, Admin, add_user, admin_fixture, call, call_uuid, write  # noqa: F401
 
 ZOE, BOB = "4711", "4712"

@@ -12,7 +12,7 @@ from pathlib import Path
 import gevent
 import pytest
 
-from eslbridge.keyring import Keyring, add_key, generate_keyring, remove_key, set_active
+from eslbridge.keys.keyring import Keyring, add_key, generate_keyring, remove_key, set_active
 from eslbridge.store.journal import HEADER, Journal, JournalError, JournalFull, scan
 
 MB = 1 << 20

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from prometheus_client import generate_latest
 
-from eslbridge.metrics import Metrics
+from eslbridge.ops.metrics import Metrics
 from eslbridge.store.journal import Journal, JournalError
 from eslbridge.store.writer import Writer
 from tests.writer_fixtures import call_updates, call_uuid, count_by_uuid, open_journal

@@ -11,10 +11,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from eslbridge import rotation
-from eslbridge.crypto import DecryptionError
 from eslbridge.errors import EslBridgeError
-from eslbridge.keyring import Keyring
+from eslbridge.keys.keyring import Keyring
+from eslbridge.keys.openpgp import DecryptionError
+from eslbridge.privacy import rotation
 from tests.gdpr_fixtures import REALM, Admin, add_user, admin_fixture, call, write  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ def test_retire_only_unused_old_keys(admin: Admin, db: psycopg.Connection, capsy
 def test_missing_key_stops_reencryption_before_any_change(admin: Admin, db: psycopg.Connection, tmp_path) -> None:
     populate(db, admin.keyring, 2)
     stranger = tmp_path / "other" / "keyring.yaml"
-    from eslbridge.keyring import generate_keyring
+    from eslbridge.keys.keyring import generate_keyring
 
     generate_keyring(stranger)
     rotation.new_active_key(stranger)

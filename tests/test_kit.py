@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import yaml
 
-from eslbridge.users import add_user
+from eslbridge.accounts.users import add_user
 from tests.test_daemon import Env, Sim, get, metrics_url, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

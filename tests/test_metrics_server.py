@@ -1,4 +1,4 @@
-"""eslbridge.metrics: the registry and the /metrics + /healthz endpoint over real HTTP."""
+"""eslbridge.ops.metrics: the registry and the /metrics + /healthz endpoint over real HTTP."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from eslbridge.esl.stats import IntakeStats
-from eslbridge.metrics import IntakeSource, Metrics, MetricsServer
+from eslbridge.ops.metrics import IntakeSource, Metrics, MetricsServer
 
 
 def http(server: MetricsServer, path: str, method: str = "GET") -> tuple[int, str, str]:

@@ -16,8 +16,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from eslbridge.accounts.users import add_user
 from eslbridge.esl.framing import parse_stream
-from eslbridge.users import add_user
 from tests.daemon_fixtures import Env, get, metrics_url, wait_for
 from tests.paths import CAPTURED
 from tests.test_daemon import Sim, finished_records

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from eslbridge.progress import Progress
+from eslbridge.ops.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 

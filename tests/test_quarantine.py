@@ -10,7 +10,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from eslbridge.cli import main
-from eslbridge.metrics import Metrics
+from eslbridge.ops.metrics import Metrics
 from eslbridge.store.quarantine import Quarantine
 from tests.writer_fixtures import call_updates, call_uuid, count_by_uuid, open_journal, personal_values, write_all
 

@@ -14,10 +14,10 @@ from psycopg_pool import ConnectionPool
 
 from eslbridge.calls.correlator import Correlator
 from eslbridge.calls.records import Stage
-from eslbridge.keyring import Keyring
-from eslbridge.localpg import free_port
-from eslbridge.resync import Resync
+from eslbridge.keys.keyring import Keyring
+from eslbridge.sim.localpg import free_port
 from eslbridge.store.reconcile import close_rows, load_active, load_stored
+from eslbridge.store.resync import Resync
 from tests.correlator_fixtures import at, captured, only
 from tests.test_correlator_resync import slices
 from tests.writer_fixtures import call_updates, create_user, keyring, open_journal, write_all  # noqa: F401

@@ -8,7 +8,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from eslbridge.config import RetentionConfig
-from eslbridge.retention import run_retention
+from eslbridge.privacy.retention import run_retention
 from tests.gdpr_fixtures import REALM, Admin, add_user, admin_fixture, call, call_uuid, write  # noqa: F401
 
 WINDOWS = RetentionConfig(call_events_days=90, audit_logs_days=365, call_records_days=365, calls_days=365)

@@ -18,13 +18,13 @@ import yaml
 from psycopg import errors as pgerrors
 from psycopg_pool import ConnectionPool
 
-from eslbridge.authorizer import CallAuthorizer
+from eslbridge.accounts.authorizer import CallAuthorizer
+from eslbridge.accounts.users import add_user
 from eslbridge.cli import main
 from eslbridge.config import RetentionConfig
-from eslbridge.localpg import PgCluster
-from eslbridge.retention import run_retention
+from eslbridge.privacy.retention import run_retention
+from eslbridge.sim.localpg import PgCluster
 from eslbridge.store.upkeep import Upkeep
-from eslbridge.users import add_user
 from tests.daemon_fixtures import ESL_PASSWORD, Env, wait_for
 from tests.roles_fixtures import Logins, dsn_as
 from tests.test_authorizer import channel

@@ -148,7 +148,7 @@ def test_cli_migrate_and_status(empty_db_dsn: str, monkeypatch, capsys) -> None:
 
 
 def test_cli_migrate_dead_database_is_a_clear_error(monkeypatch, capsys) -> None:
-    from eslbridge.localpg import free_port
+    from eslbridge.sim.localpg import free_port
 
     monkeypatch.setenv("ESLBRIDGE_DATABASE_URL", f"postgresql://nobody:s3cret-pw@127.0.0.1:{free_port()}/x")
     assert main(["migrate"]) == 1

@@ -8,9 +8,9 @@ import uuid
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from eslbridge import rotation
-from eslbridge.authorizer import CallAuthorizer
-from eslbridge.sealed import unseal
+from eslbridge.accounts.authorizer import CallAuthorizer
+from eslbridge.keys.sealed import unseal
+from eslbridge.privacy import rotation
 from tests.gdpr_fixtures import Admin, admin_fixture  # noqa: F401  (fixture)
 
 CHANNEL = {"Channel-Name": "sofia/external/+15551239999@203.0.113.50:5060", "variable_sip_authorized": "false",

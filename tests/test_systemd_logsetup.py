@@ -1,4 +1,4 @@
-"""eslbridge.logsetup: one line per event for journald, JSON format, and LogOnce rate limiting."""
+"""eslbridge.ops.logs: one line per event for journald, JSON format, and LogOnce rate limiting."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from eslbridge.logsetup import LogOnce, RateLimitFilter, setup_logging
+from eslbridge.ops.logs import LogOnce, RateLimitFilter, setup_logging
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""eslbridge.systemd: sd_notify datagrams to a real AF_UNIX socket, and the watchdog settings."""
+"""eslbridge.ops.systemd: sd_notify datagrams to a real AF_UNIX socket, and the watchdog settings."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eslbridge import systemd
+from eslbridge.ops import systemd
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import gevent
 import psycopg
 import pytest
 
-from eslbridge.localpg import free_port
+from eslbridge.sim.localpg import free_port
 from eslbridge.store.upkeep import UPKEEP_LOCK_KEY, Upkeep
 from tests.writer_fixtures import create_user
 

@@ -6,7 +6,7 @@ import uuid
 
 import psycopg
 
-from eslbridge.audit import os_user
+from eslbridge.accounts.audit import os_user
 from eslbridge.errors import EXIT_FAILURE, EXIT_USAGE
 from tests.test_authorizer import add_user
 

@@ -1,4 +1,4 @@
-"""User and role management: the library (eslbridge/users.py) and the CLI (`eslbridge user|role`)."""
+"""User and role management: the library (eslbridge/accounts/users.py) and the CLI (`eslbridge user|role`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import bcrypt
 import psycopg
 import pytest
 
-from eslbridge import users
-from eslbridge.audit import os_user
+from eslbridge.accounts import users
+from eslbridge.accounts.audit import os_user
 from eslbridge.errors import EXIT_FAILURE, EXIT_USAGE, EslBridgeError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from eslbridge.accounts.users import REALM_RE, USERNAME_RE, valid_identity
 from eslbridge.store.migrate import MigrationError, load_migrations, migrate
-from eslbridge.users import REALM_RE, USERNAME_RE, valid_identity
 
 INJECTION = "x\n\nbgapi system id"
 

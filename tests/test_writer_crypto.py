@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from eslbridge.blindindex import normalize_number
 from eslbridge.errors import ConfigError
-from eslbridge.keyring import Keyring
+from eslbridge.keys.blindindex import normalize_number
+from eslbridge.keys.keyring import Keyring
 from tests.writer_fixtures import (
     call_updates,
     call_uuid,
@@ -144,7 +144,7 @@ def test_a_key_file_readable_by_others_is_refused(tmp_path):
 
 
 def test_consecutive_messages_of_every_length_open_in_pgcrypto(db, tmp_path):
-    # Messages share one CFB stream per key (eslbridge.crypto._Encryptor): each must still be a
+    # Messages share one CFB stream per key (eslbridge.keys.openpgp._Encryptor): each must still be a
     # standalone OpenPGP message, whatever the length of the ones before it (block realignment).
     keyring = make_keyring(tmp_path)
     texts = ["é" * (n % 7) + "x" * n for n in range(0, 70)]

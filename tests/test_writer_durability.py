@@ -11,7 +11,7 @@ import gevent
 import psycopg
 import pytest
 
-from eslbridge.localpg import PgCluster
+from eslbridge.sim.localpg import PgCluster
 from eslbridge.store.serialize import encode_update
 from eslbridge.store.writer import Writer
 from tests.writer_fixtures import call_updates, call_uuid, count_by_uuid, open_journal, write_all
@@ -178,7 +178,7 @@ def test_registrations_survive_a_postgresql_outage_and_a_restart(own_cluster, ke
     wait there (sealed), a restart of the recorder (the daemon) replays them, and they land."""
     from datetime import UTC, datetime, timedelta
 
-    from eslbridge.registrations import Login, LoginRecorder
+    from eslbridge.accounts.registrations import Login, LoginRecorder
     from tests.writer_fixtures import create_user
 
     dsn = own_cluster.dsn("eslbridge")

@@ -19,7 +19,7 @@ import sys  # noqa: E402
 import gevent  # noqa: E402
 import psycopg  # noqa: E402
 
-from eslbridge.keyring import Keyring  # noqa: E402
+from eslbridge.keys.keyring import Keyring  # noqa: E402
 from eslbridge.store.journal import Journal  # noqa: E402
 from eslbridge.store.writer import Writer  # noqa: E402
 from tests.writer_fixtures import call_updates  # noqa: E402

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from eslbridge.calls.records import CallRecord, LifecycleEvent, RecordUpdate, Stage
-from eslbridge.keyring import Keyring, generate_keyring
+from eslbridge.keys.keyring import Keyring, generate_keyring
 from eslbridge.store.journal import Journal
 from eslbridge.store.writer import Writer
 

@@ -12,7 +12,7 @@ import psycopg
 from eslbridge.commands.common import credentials_refused, journal_dir_problem
 from eslbridge.config import Config, NodeConfig, load_config
 from eslbridge.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, EslBridgeError
-from eslbridge.logsetup import first_line
+from eslbridge.ops.logs import first_line
 
 ESL_TIMEOUT = 5.0
 
@@ -25,7 +25,7 @@ class CheckFailed(Exception):
 
 
 def check_keyring(config: Config) -> str:
-    from eslbridge.keyring import Keyring  # lazily: check-config must report a broken config first
+    from eslbridge.keys.keyring import Keyring  # lazily: check-config must report a broken config first
 
     keyring = Keyring.load(config.encryption.keyring_file)
     return f"active key {keyring.active_id}, keys {', '.join(map(str, keyring.key_ids))}"

@@ -17,7 +17,7 @@ from psycopg import errors as pgerrors
 
 from eslbridge.config import load_section, resolve_database_url
 from eslbridge.errors import ConfigError, EslBridgeError, UsageError
-from eslbridge.logsetup import first_line
+from eslbridge.ops.logs import first_line
 
 # Refusals from a PostgreSQL server that did answer: the settings are wrong, retrying won't help.
 _PG_CREDENTIALS = re.compile(

@@ -6,10 +6,10 @@ import argparse
 
 from psycopg import errors as pgerrors
 
+from eslbridge.accounts.dbroles import ADMIN, AUDITOR, DAEMON, grant_roles
 from eslbridge.commands.common import admin_connection
-from eslbridge.dbroles import ADMIN, AUDITOR, DAEMON, grant_roles
 from eslbridge.errors import EslBridgeError
-from eslbridge.logsetup import first_line
+from eslbridge.ops.logs import first_line
 
 
 def _cmd_grant(args: argparse.Namespace) -> int:

@@ -8,10 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from eslbridge import gdpr
 from eslbridge.commands.common import add_keyring_option, add_yes_option, admin_connection, confirm, keyring_path
 from eslbridge.errors import EslBridgeError
-from eslbridge.keyring import Keyring
+from eslbridge.keys.keyring import Keyring
+from eslbridge.privacy import gdpr
 
 
 def _subject(args: argparse.Namespace, conn, keyring: Keyring) -> gdpr.Subject:

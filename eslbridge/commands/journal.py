@@ -14,7 +14,7 @@ import psycopg
 from eslbridge.calls.records import RecordUpdate
 from eslbridge.commands.common import add_keyring_option, admin_connection, keyring_path
 from eslbridge.config import load_section
-from eslbridge.keyring import Keyring
+from eslbridge.keys.keyring import Keyring
 from eslbridge.store.quarantine import Quarantine
 from eslbridge.store.rows import FieldEncoder, batch_rows
 from eslbridge.store.upsert import DEFAULT_METHOD, METHODS

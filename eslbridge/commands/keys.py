@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eslbridge import rotation
-from eslbridge.audit import audit
+from eslbridge.accounts.audit import audit
 from eslbridge.commands.common import add_keyring_option, admin_connection, keyring_path
 from eslbridge.errors import EslBridgeError, UsageError
-from eslbridge.keyring import Keyring, generate_keyring
-from eslbridge.progress import Progress
+from eslbridge.keys.keyring import Keyring, generate_keyring
+from eslbridge.ops.progress import Progress
+from eslbridge.privacy import rotation
 
 
 def _generate(args: argparse.Namespace) -> int:

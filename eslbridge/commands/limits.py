@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from eslbridge import ratelimits
+from eslbridge.accounts import ratelimits
 from eslbridge.commands.common import admin_connection
 from eslbridge.errors import UsageError
 

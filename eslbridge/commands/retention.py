@@ -6,8 +6,8 @@ import argparse
 
 from eslbridge.commands.common import admin_connection
 from eslbridge.config import load_section
-from eslbridge.progress import Progress
-from eslbridge.retention import RETENTION_TABLES, run_retention
+from eslbridge.ops.progress import Progress
+from eslbridge.privacy.retention import RETENTION_TABLES, run_retention
 
 
 def _run(args: argparse.Namespace) -> int:

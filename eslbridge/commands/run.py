@@ -10,7 +10,7 @@ import psycopg
 from eslbridge.commands.common import credentials_refused, db_error, journal_dir_problem
 from eslbridge.config import Config, load_config
 from eslbridge.errors import ConfigError
-from eslbridge.logsetup import first_line, setup_logging
+from eslbridge.ops.logs import first_line, setup_logging
 
 log = logging.getLogger("eslbridge.daemon")
 

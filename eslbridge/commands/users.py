@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from eslbridge import users
+from eslbridge.accounts import users
 from eslbridge.commands import limits
 from eslbridge.commands.common import add_yes_option, admin_connection, confirm
 from eslbridge.errors import UsageError

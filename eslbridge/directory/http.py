@@ -8,7 +8,7 @@ connection, ``Content-Length`` bodies (no chunked uploads), ``Expect: 100-contin
 keep-alive. Everything else is refused with 400 and the connection closed.
 
 Limits: request head 16 KiB / 100 lines, body ``max_body``. Connections pass an AcceptGate
-(eslbridge/netgate.py): allow list at accept, connection bounds, and the deadlines: a started
+(eslbridge/ops/netgate.py): allow list at accept, connection bounds, and the deadlines: a started
 request that does not arrive in time gets 400 and the connection closes; an idle keep-alive
 connection is closed silently.
 """
@@ -25,7 +25,7 @@ from typing import Protocol
 import gevent
 from gevent import get_hub
 
-from eslbridge.netgate import AcceptGate, Conn, Expired, GatedServer
+from eslbridge.ops.netgate import AcceptGate, Conn, Expired, GatedServer
 
 MAX_HEAD = 16 * 1024
 MAX_HEADER_LINES = 100

@@ -27,7 +27,7 @@ from gevent.event import Event
 
 from eslbridge.directory.cache import DirectoryCache
 from eslbridge.directory.userquery import Key, QueryTimeout, Row, UserQuery
-from eslbridge.logsetup import LogOnce
+from eslbridge.ops.logs import LogOnce
 
 log = logging.getLogger(__name__)
 _outage = LogOnce(log)  # one line a minute while the database is down

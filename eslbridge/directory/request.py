@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 from urllib.parse import unquote_plus
 
-from eslbridge.users import REALM_RE, USERNAME_RE
+from eslbridge.accounts.users import REALM_RE, USERNAME_RE
 
 SERVED_ACTIONS = frozenset({"sip_auth", "user_call", ""})
 # The only fields the decision needs, found in one C-level scan of "&" + body (a real body has

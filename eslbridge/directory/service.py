@@ -23,19 +23,19 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
+from eslbridge.accounts.users import valid_identity
 from eslbridge.config import DirectoryConfig
 from eslbridge.directory.cache import DirectoryCache
 from eslbridge.directory.http import HttpServer
-from eslbridge.directory.listener import NotifyListener
 from eslbridge.directory.lookup import LookupFailed, UserLookups
 from eslbridge.directory.replica import Fences, ReplicaRouter
 from eslbridge.directory.request import BadRequest, Lookup, lookup_of
 from eslbridge.directory.userquery import PRIMARY_POSITION, STANDBY_POSITION, UserQuery
 from eslbridge.directory.xml import DIAL_STRING, NOT_FOUND, user_document
-from eslbridge.logsetup import LogOnce
-from eslbridge.netgate import AcceptGate
+from eslbridge.ops.logs import LogOnce
+from eslbridge.ops.netgate import AcceptGate
+from eslbridge.store.notify import NotifyListener
 from eslbridge.store.pool import own_connection
-from eslbridge.users import valid_identity
 
 # mod_xml_curl's `timeout` in conf/freeswitch/xml_curl.conf.xml must stay above this (e.g. 5 s):
 # we answer "not found" ourselves before FreeSWITCH gives up and falls back to static files.

@@ -16,9 +16,9 @@ READ_HEADERS: frozenset[str] = frozenset((
     "Unique-ID", "Old-Unique-ID", "Other-Leg-Unique-ID", "Other-Type",
     "variable_originator", "variable_originating_leg_uuid", "variable_loopback_leg",
     "variable_other_loopback_leg_uuid",
-    # Which FreeSWITCH process sent it (eslbridge.nodemap).
+    # Which FreeSWITCH process sent it (eslbridge.esl.nodemap).
     "Core-UUID", "FreeSWITCH-Hostname",
-    # sofia::register logins (eslbridge.registrations).
+    # sofia::register logins (eslbridge.accounts.registrations).
     "username", "user_name", "realm", "domain_name", "expires",
     # Every record field: declared once, beside its slot, in eslbridge.calls.legs.
     *LEG_HEADERS,

@@ -8,7 +8,7 @@ carries the channel data as URL-encoded headers. The authorizer decides:
 * refuse: `sendmsg` with `call-command: hangup` and `hangup-cause: CALL_REJECTED`, then `exit`.
 
 An authorizer that raises or a peer that times out is a refusal (fail closed). Peers pass an
-AcceptGate (eslbridge/netgate.py): only addresses in ``allow`` (default loopback), bounded in number,
+AcceptGate (eslbridge/ops/netgate.py): only addresses in ``allow`` (default loopback), bounded in number,
 each reply due within ``limits.head_timeout``. gevent's StreamServer is used instead of
 greenswitch's OutboundESLServer, whose accept loop sleeps 100 ms whenever no connection is
 waiting (so every call setup could wait up to 100 ms) and whose session `connect()` has no timeout.
@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable
 from eslbridge.config import LOOPBACK, ConnectionLimits, IPNetwork, OutboundConfig
 from eslbridge.esl import protocol
 from eslbridge.esl.framing import Frame, FrameParser
-from eslbridge.logsetup import LogOnce
-from eslbridge.netgate import AcceptGate, Conn, GatedServer
+from eslbridge.ops.logs import LogOnce
+from eslbridge.ops.netgate import AcceptGate, Conn, GatedServer
 
 log = logging.getLogger(__name__)
 

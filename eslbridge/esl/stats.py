@@ -6,7 +6,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from eslbridge.logsetup import LogOnce
+from eslbridge.ops.logs import LogOnce
 
 log = logging.getLogger(__name__)
 

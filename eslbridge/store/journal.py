@@ -54,8 +54,8 @@ import gevent
 import gevent.event
 import gevent.lock
 
-from eslbridge.crypto import DecryptionError
 from eslbridge.errors import EslBridgeError
+from eslbridge.keys.openpgp import DecryptionError
 
 log = logging.getLogger(__name__)
 

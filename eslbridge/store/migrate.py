@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 
 from eslbridge.errors import EslBridgeError
-from eslbridge.progress import Progress
+from eslbridge.ops.progress import Progress
 
 # pg_advisory_lock key: any fixed 64-bit number no other tool uses ("eslbridg" in ASCII).
 ADVISORY_LOCK_KEY = 0x65736C6272696467

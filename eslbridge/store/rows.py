@@ -23,7 +23,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from eslbridge.calls.records import CallRecord, RecordUpdate
-from eslbridge.keyring import Keyring
+from eslbridge.keys.keyring import Keyring
 
 
 @dataclass(frozen=True, slots=True)

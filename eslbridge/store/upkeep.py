@@ -21,7 +21,7 @@ import gevent
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from eslbridge.logsetup import LogOnce, first_line
+from eslbridge.ops.logs import LogOnce, first_line
 
 log = logging.getLogger(__name__)
 _outage = LogOnce(log)  # one line a minute while the database is down

@@ -70,7 +70,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from eslbridge.calls.records import RecordUpdate, Stage
-from eslbridge.keyring import Keyring
+from eslbridge.keys.keyring import Keyring
 from eslbridge.store.journal import Journal, JournalError
 from eslbridge.store.pool import own_connection
 from eslbridge.store.quarantine import Quarantine

@@ -24,8 +24,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from eslbridge.localpg import free_port
-from eslbridge.users import add_user
+from eslbridge.accounts.users import add_user
+from eslbridge.sim.localpg import free_port
 from tests.daemon_fixtures import ESL_PASSWORD, ROOT, Env, get, metrics_url, secret, wait_for
 from tests.freeswitch.sipp import SIPP, Sipp
 

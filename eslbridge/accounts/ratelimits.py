@@ -17,9 +17,9 @@ from datetime import datetime
 
 import psycopg
 
-from eslbridge.audit import audit
+from eslbridge.accounts.audit import audit
+from eslbridge.accounts.users import check_realm, check_username, get_user
 from eslbridge.errors import UsageError
-from eslbridge.users import check_realm, check_username, get_user
 
 ENDPOINT = "call"
 DEFAULT_WINDOW_MINUTES = 60  # the column's default

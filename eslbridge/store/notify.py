@@ -21,7 +21,7 @@ import psycopg
 from gevent import monkey
 from gevent.socket import wait_read
 
-from eslbridge.logsetup import LogOnce, first_line
+from eslbridge.ops.logs import LogOnce, first_line
 
 CHANNEL = "eslbridge_directory"
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0

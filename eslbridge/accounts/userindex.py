@@ -18,8 +18,8 @@ from typing import Any
 import gevent.event
 import psycopg
 
-from eslbridge.directory.listener import NotifyListener
-from eslbridge.logsetup import LogOnce
+from eslbridge.ops.logs import LogOnce
+from eslbridge.store.notify import NotifyListener
 
 log = logging.getLogger(__name__)
 _outage = LogOnce(log)  # one line a minute while the database is down

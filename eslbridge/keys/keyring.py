@@ -27,10 +27,10 @@ from pathlib import Path
 
 import yaml
 
-from eslbridge import blindindex
 from eslbridge.config import read_private_file
-from eslbridge.crypto import DecryptionError, MessageKey, Sealer
 from eslbridge.errors import ConfigError
+from eslbridge.keys import blindindex
+from eslbridge.keys.openpgp import DecryptionError, MessageKey, Sealer
 
 KEYRING_FIELDS = {"active", "keys", "blind_index_key_file"}
 
@@ -145,7 +145,7 @@ class Keyring:
         return Sealer(self._passphrases, self.active_id)
 
     def blind_index(self, kind: str, value: str) -> bytes:
-        """HMAC-SHA256 of the normalised value (kinds and rules: ``eslbridge.blindindex``)."""
+        """HMAC-SHA256 of the normalised value (kinds and rules: ``eslbridge.keys.blindindex``)."""
         return blindindex.blind_index(self._blind_key, kind, value)
 
     def _key(self, key_id: int) -> MessageKey:

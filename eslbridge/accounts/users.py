@@ -29,7 +29,7 @@ import bcrypt
 import psycopg
 from psycopg import errors as pgerrors
 
-from eslbridge.audit import audit
+from eslbridge.accounts.audit import audit
 from eslbridge.errors import EslBridgeError, UsageError
 
 BCRYPT_ROUNDS = 12

@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from eslbridge.config import LOOPBACK, ConnectionLimits, IPNetwork, MetricsConfig
 from eslbridge.esl.inbound import SUBSCRIBED_EVENTS
 from eslbridge.esl.stats import KNOWN_CONTENT_TYPES, IntakeStats
-from eslbridge.netgate import AcceptGate, GateMixin
+from eslbridge.ops.netgate import AcceptGate, GateMixin
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class IntakeCollector:
 
 
 class GateCollector:
-    """Each listener's accept gate (eslbridge/netgate.py), read at scrape time."""
+    """Each listener's accept gate (eslbridge/ops/netgate.py), read at scrape time."""
 
     REASONS = ("refused_address", "refused_full", "evicted", "expired")
 

@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from eslbridge.keyring import Keyring
+from eslbridge.keys.keyring import Keyring
 
 FIELD = "personal"
 KEY_FIELD = "enc_key_id"

@@ -12,7 +12,7 @@ by a later batch), so it cannot deadlock with the daemon, and the daemon waits a
 The passphrases never go to the database.
 
 Which columns are encrypted comes from ``eslbridge.store.rows`` (the writer's column specs); the
-values sealed inside ``call_events.event_data`` (``eslbridge.sealed``) are re-sealed the same way,
+values sealed inside ``call_events.event_data`` (``eslbridge.keys.sealed``) are re-sealed the same way,
 so no key is retired while a sealed value still needs it.
 """
 
@@ -25,10 +25,10 @@ from pathlib import Path
 import psycopg
 from psycopg.types.json import Jsonb
 
-from eslbridge.crypto import DecryptionError
 from eslbridge.errors import ConfigError, EslBridgeError
-from eslbridge.keyring import Keyring, add_key, remove_key, set_active
-from eslbridge.sealed import FIELD, KEY_FIELD, seal, unseal
+from eslbridge.keys.keyring import Keyring, add_key, remove_key, set_active
+from eslbridge.keys.openpgp import DecryptionError
+from eslbridge.keys.sealed import FIELD, KEY_FIELD, seal, unseal
 from eslbridge.store.rows import CALL_RECORDS, CALLS, TableSpec
 
 ENCRYPTED_TABLES: tuple[TableSpec, ...] = (CALL_RECORDS, CALLS)

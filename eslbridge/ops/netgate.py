@@ -31,7 +31,7 @@ import gevent
 from gevent.server import StreamServer
 
 from eslbridge.config import ConnectionLimits, IPNetwork
-from eslbridge.logsetup import LogOnce
+from eslbridge.ops.logs import LogOnce
 
 log = logging.getLogger(__name__)
 

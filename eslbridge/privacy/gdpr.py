@@ -23,12 +23,12 @@ from typing import Any
 
 import psycopg
 
-from eslbridge.audit import audit
-from eslbridge.crypto import DecryptionError
+from eslbridge.accounts.audit import audit
+from eslbridge.accounts.users import check_realm, check_username
 from eslbridge.errors import ConfigError, EslBridgeError
-from eslbridge.keyring import Keyring
+from eslbridge.keys.keyring import Keyring
+from eslbridge.keys.openpgp import DecryptionError
 from eslbridge.store.rows import CALL_RECORDS, CALLS, TableSpec
-from eslbridge.users import check_realm, check_username
 
 EXPORT_FORMAT = "eslbridge-gdpr-export/1"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from eslbridge.audit import audit
+from eslbridge.accounts.audit import audit
 from eslbridge.errors import EslBridgeError
 
 DAEMON, ADMIN, AUDITOR = "eslbridge_daemon", "eslbridge_admin", "eslbridge_auditor"

@@ -2,7 +2,7 @@
 
 The caller must be a SIP-authenticated, enabled user whose role grants `call:create`, whose
 `permissions.can_call` is not false, and who is under their `rate_limits` window for the `call`
-endpoint (NULL `max_requests`: no limit; see ``eslbridge.ratelimits``). Every decision is written to
+endpoint (NULL `max_requests`: no limit; see ``eslbridge.accounts.ratelimits``). Every decision is written to
 call_events; refusals also to audit_logs. Anything that goes wrong while deciding refuses the call: a
 broken database must not become free calls, nor an unaudited one.
 
@@ -11,7 +11,7 @@ app runs in the caller's dialplan), carrying the configured node name, and linke
 `calls` row when it exists already (else the writer links it when it writes that row). What an
 auditor needs to follow a refusal up (the channel name, the claimed identity, the caller ID and
 dialled number, the caller's address) is personal data, so it is kept only sealed
-(``eslbridge.sealed``); what stays readable is the verdict, the user's id and the SIP profile.
+(``eslbridge.keys.sealed``); what stays readable is the verdict, the user's id and the SIP profile.
 
 Every statement needs only what the `eslbridge_daemon` role grants: audit_logs and call_events are
 appended without RETURNING (that would need SELECT on audit_logs).
@@ -27,10 +27,10 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from eslbridge.audit import audit
-from eslbridge.keyring import Keyring
-from eslbridge.ratelimits import count_attempt
-from eslbridge.sealed import seal
+from eslbridge.accounts.audit import audit
+from eslbridge.accounts.ratelimits import count_attempt
+from eslbridge.keys.keyring import Keyring
+from eslbridge.keys.sealed import seal
 
 log = logging.getLogger(__name__)
 

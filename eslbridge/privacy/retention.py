@@ -24,11 +24,11 @@ from datetime import datetime
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from eslbridge.audit import audit
+from eslbridge.accounts.audit import audit
 from eslbridge.config import RetentionConfig
 from eslbridge.store.rows import CALL_RECORDS, CALLS, TableSpec
 
-LOCK_KEY = "eslbridge.retention"
+LOCK_KEY = "eslbridge.privacy.retention"
 
 
 @dataclass
