@@ -21,7 +21,7 @@ from eslbridge.ops.logs import setup_logging
 # Modules that contribute subcommands, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "eslbridge.commands.run",
-    "eslbridge.store.migrate",
+    "eslbridge.commands.migrate",
     "eslbridge.commands.check_config",
     "eslbridge.commands.users",
     "eslbridge.commands.gdpr",

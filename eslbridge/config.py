@@ -37,12 +37,12 @@ import yaml
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from eslbridge.errors import ConfigError
+from eslbridge.ops.netgate import LOOPBACK, ConnectionLimits, IPNetwork
 
 DEFAULT_CONFIG_PATH = "/etc/eslbridge/eslbridge.yaml"
 MAX_SECRET_BYTES = 64 * 1024
 NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Secret:
@@ -94,20 +94,6 @@ class NodeConfig:
     # the concurrent calls of a big node (FreeSWITCH's max-sessions defaults to 1,000) and bounds the
     # correlator to ~325 MB (3.2 KB per two-leg call, tests/test_correlator_memory.py).
     max_live_calls: int = 100_000
-
-
-@dataclass(frozen=True)
-class ConnectionLimits:
-    """A listener's accept gate (eslbridge/ops/netgate.py); the defaults fit LimitNOFILE in the unit."""
-
-    max_connections: int = 512
-    max_per_address: int = 256
-    head_timeout: float = 2.0  # seconds from accept (or a request's first byte) to a whole request
-    idle_timeout: float = 30.0  # seconds a keep-alive connection may wait for its next request
-    busy_timeout: float = 10.0  # seconds to serve one request (a peer that does not read its answer)
-
-
-LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
 
 
 @dataclass(frozen=True)

@@ -25,15 +25,31 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
 from gevent.server import StreamServer
 
-from eslbridge.config import ConnectionLimits, IPNetwork
 from eslbridge.ops.logs import LogOnce
 
 log = logging.getLogger(__name__)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """A listener's accept gate (eslbridge/ops/netgate.py); the defaults fit LimitNOFILE in the unit."""
+
+    max_connections: int = 512
+    max_per_address: int = 256
+    head_timeout: float = 2.0  # seconds from accept (or a request's first byte) to a whole request
+    idle_timeout: float = 30.0  # seconds a keep-alive connection may wait for its next request
+    busy_timeout: float = 10.0  # seconds to serve one request (a peer that does not read its answer)
+
+
 
 
 class AllowList:
