@@ -36,7 +36,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.host import cpu_ticks, steal_percent
 
@@ -82,11 +84,38 @@ def serve_eslbridge() -> None:
     service.start()
     port = service.address[1]
     if spec.get("pywsgi"):
-        server = WSGIServer(("127.0.0.1", 0), service.wsgi_app, log=None)
+        server = WSGIServer(("127.0.0.1", 0), wsgi_app(service), log=None)
         server.start()
         port = server.address[1]
     print(f"READY {port}", flush=True)
     gevent.wait()
+
+
+def wsgi_app(service: Any) -> Callable:
+    """The directory endpoint as a WSGI application, to compare gevent.pywsgi with the built-in server."""
+    from eslbridge.directory.service import MAX_BODY
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        headers = {k[5:].replace("_", "-").lower().encode(): v.encode("latin-1")
+                   for k, v in environ.items() if k.startswith("HTTP_")}
+        refusal = service.gate(environ.get("REMOTE_ADDR", ""), environ["REQUEST_METHOD"].encode(),
+                               environ.get("PATH_INFO", "").encode("latin-1"), headers)
+        if refusal is None:
+            try:
+                length = int(environ.get("CONTENT_LENGTH") or "")
+            except ValueError:
+                refusal = 411, b""
+            else:
+                if length > MAX_BODY:
+                    refusal = service.oversized()
+                else:
+                    refusal = 200, service.answer(environ["wsgi.input"].read(length))
+        status, body = refusal
+        start_response(f"{status} {'OK' if status == 200 else 'Refused'}",
+                       [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
 
 
 def serve_baseline() -> None:

@@ -177,9 +177,6 @@ class Daemon:
         self.pool.close(timeout=0.5)
         log.info("stopped: %s", "all records committed" if done else "remaining records kept in the journal")
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     def reload(self) -> None:
         """SIGHUP: new log level/format and keyring; ESL links and listeners stay up."""
         systemd.reloading()

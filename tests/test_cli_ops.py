@@ -17,6 +17,7 @@ from eslbridge.cli import build_parser, main
 from eslbridge.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE
 from eslbridge.sim.localpg import free_port
 from tests.test_config_check import FakeEventSocket, write_config
+from tests.user_rows import user_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,7 +88,7 @@ def test_destructive_commands_ask_and_refuse_without_a_terminal(cli, db) -> None
     assert cli("user", "add", "bob", "--realm", "x.org", "--password-stdin", stdin="bob-password\n")[0] == 0
     code, _, err = cli("user", "delete", "bob", "--realm", "x.org")
     assert code == EXIT_USAGE and "pass --yes" in err and "user bob@x.org" in err
-    assert users.lookup_user_id(db, "bob", "x.org") is not None
+    assert user_id(db, "bob", "x.org") is not None
     assert cli("role", "add", "night", "--permission", "call:create")[0] == 0
     assert cli("user", "set", "bob", "--realm", "x.org", "--role", "night")[0] == 0
     code, _, err = cli("role", "delete", "night")
@@ -98,7 +99,7 @@ def test_destructive_commands_ask_and_refuse_without_a_terminal(cli, db) -> None
     code, _, err = cli("role", "delete", "administrator", "--yes")
     assert code == EXIT_FAILURE and "system role" in err
     assert cli("user", "delete", "bob", "--realm", "x.org", "--yes")[0] == 0
-    assert users.lookup_user_id(db, "bob", "x.org") is None
+    assert user_id(db, "bob", "x.org") is None
 
 
 def test_a_typed_answer_other_than_yes_cancels(db_dsn, db) -> None:
@@ -111,7 +112,7 @@ def test_a_typed_answer_other_than_yes_cancels(db_dsn, db) -> None:
                           env=env, cwd=ROOT, timeout=60)
     assert proc.returncode == EXIT_FAILURE, proc.stdout
     assert "Proceed? [y/N]" in proc.stdout and "cancelled: nothing was changed" in proc.stdout
-    assert users.lookup_user_id(db, "carl", "x.org") is not None
+    assert user_id(db, "carl", "x.org") is not None
 
 
 def test_gdpr_erase_dry_run_only_counts(cli, db, tmp_path) -> None:
@@ -121,12 +122,12 @@ def test_gdpr_erase_dry_run_only_counts(cli, db, tmp_path) -> None:
     code, out, _ = cli("gdpr", "erase", "dora", "--realm", "x.org", "--keyring", str(keyring), "--dry-run")
     assert code == 0 and out.startswith("dry run: erasing dora@x.org would remove:")
     assert "users_deleted" in out and " 1" in out.split("users_deleted")[1].splitlines()[0]
-    assert users.lookup_user_id(db, "dora", "x.org") is not None
+    assert user_id(db, "dora", "x.org") is not None
     assert db.execute("SELECT count(*) FROM audit_logs WHERE action = 'gdpr.erase'").fetchone()[0] == 0
     code, _, err = cli("gdpr", "erase", "dora", "--realm", "x.org", "--keyring", str(keyring))
     assert code == EXIT_USAGE and "pass --yes" in err
     assert cli("gdpr", "erase", "dora", "--realm", "x.org", "--keyring", str(keyring), "--yes")[0] == 0
-    assert users.lookup_user_id(db, "dora", "x.org") is None
+    assert user_id(db, "dora", "x.org") is None
 
 
 @pytest.mark.parametrize("url", ["postgresql://localhost:abc/eslbridge", "postgresql://localhost:99999/eslbridge",

@@ -1,4 +1,4 @@
-"""The whole daemon as a subprocess against the simulator and the real PostgreSQL (issue 7)."""
+"""The whole daemon as a subprocess against the simulator and the real PostgreSQL."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from eslbridge.store.migrate import migrate
 from tests.directory_fixtures import PASSWORD as GATEWAY_PASSWORD
 from tests.directory_fixtures import DirectoryProcess, auth_header
 from tests.paths import PUBLIC, shared_public
+from tests.user_rows import user_id
 
 PASSWORD = "correct horse battery"
 FAST = 4  # bcrypt rounds for setup; users tests cover cost 12
@@ -153,7 +154,7 @@ def test_real_sip_auth_requests_get_the_users_a1_hash(directory, admin, body, us
 def test_gateways_and_message_count_requests_are_not_found(directory, admin, name):
     fields = read_dump(name)
     if fields.get("user"):
-        users.lookup_user_id(admin, fields["user"], fields["domain"]) or add(admin, fields["user"], fields["domain"])
+        user_id(admin, fields["user"], fields["domain"]) or add(admin, fields["user"], fields["domain"])
     status, answer = directory.post(urlencode(fields))
     assert status == 200 and is_not_found(answer)
 
@@ -244,7 +245,7 @@ def test_lookup_without_action_is_served_and_other_keys_are_not(directory, admin
          "reverse-auth", "group_call", "other-section", "network-list"],
 )
 def test_fail_closed_answers(directory, admin, fields):
-    if users.lookup_user_id(admin, "on", "closed.example") is None:
+    if user_id(admin, "on", "closed.example") is None:
         add(admin, "on", "closed.example")
         add(admin, "off", "closed.example")
         users.set_enabled(admin, "off", "closed.example", False)
@@ -326,7 +327,7 @@ def test_bad_http_is_refused_and_the_connection_closed(directory):
 
 
 def test_keep_alive_and_expect_continue(directory, admin):
-    users.lookup_user_id(admin, "on", "closed.example") or add(admin, "on", "closed.example")
+    user_id(admin, "on", "closed.example") or add(admin, "on", "closed.example")
     body = form(action="sip_auth", user="on", domain="closed.example").encode()
     head = (b"POST /directory HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth_header().encode()
             + b"\r\nContent-Length: %d\r\n" % len(body))

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from eslbridge.esl.events import EventParseError, event_key, parse_event, parse_json_event, parse_plain_event
+from eslbridge.esl.events import EventParseError, event_key, parse_json_event, parse_plain_event
 from eslbridge.esl.framing import MAX_BODY, FrameParser, parse_stream
 from tests.esl_fixtures import summary_counts
 from tests.paths import CAPTURED, PUBLIC, shared_public
@@ -22,7 +22,8 @@ def events_of(data: bytes, errors: Counter | None = None) -> list[dict]:
     for frame in parse_stream(data, sink):
         if frame.content_type.startswith("text/event-"):
             try:
-                out.append(parse_event(frame.content_type, frame.body, sink))
+                parse = parse_json_event if frame.content_type == "text/event-json" else parse_plain_event
+                out.append(parse(frame.body, sink))
             except EventParseError as exc:
                 errors[exc.kind] += 1
     return out

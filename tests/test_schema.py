@@ -1,4 +1,4 @@
-"""The merged schema of both seeds (issue 2): migrations, tables, functions, roles."""
+"""The merged schema of both seeds: migrations, tables, functions, roles."""
 
 from __future__ import annotations
 

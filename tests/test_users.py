@@ -15,6 +15,7 @@ import pytest
 from eslbridge.accounts import users
 from eslbridge.accounts.audit import os_user
 from eslbridge.errors import EXIT_FAILURE, EXIT_USAGE, EslBridgeError, UsageError
+from tests.user_rows import user_id
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = 4
@@ -74,7 +75,7 @@ def test_enable_disable_delete_and_roles(db):
     assert users.grant(db, "night-shift", ["call:create", "call:read"]).permissions == ("call:create", "call:read")
     assert users.revoke(db, "night-shift", ["call:read"]).permissions == ("call:create",)
     users.delete_user(db, "dora", "x.org")
-    assert users.lookup_user_id(db, "dora", "x.org") is None
+    assert user_id(db, "dora", "x.org") is None
     assert [r[0] for r in audit_rows(db)] == [
         "user.create", "user.disable", "role.create", "role.grant", "role.revoke", "user.delete"]
 

@@ -152,13 +152,6 @@ def _user(row: tuple) -> User:
     return User(*row)
 
 
-def lookup_user_id(conn: psycopg.Connection, username: str, realm: str) -> uuid.UUID | None:
-    row = conn.execute(
-        "SELECT id FROM users WHERE username = %s AND realm = %s", (username, realm.lower())
-    ).fetchone()
-    return row[0] if row else None
-
-
 def get_user(conn: psycopg.Connection, username: str, realm: str) -> User:
     row = conn.execute(
         f"SELECT {_USER_COLUMNS} FROM users u LEFT JOIN roles r ON r.id = u.role_id"

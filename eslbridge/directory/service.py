@@ -159,27 +159,6 @@ class DirectoryService:
             self._metrics.directory_seconds.observe(time.perf_counter() - started)
         return xml
 
-    def wsgi_app(self, environ: dict, start_response: Callable) -> list[bytes]:
-        """The same endpoint as a WSGI application (for embedding; the built-in server is faster)."""
-        headers = {k[5:].replace("_", "-").lower().encode(): v.encode("latin-1")
-                   for k, v in environ.items() if k.startswith("HTTP_")}
-        refusal = self.gate(environ.get("REMOTE_ADDR", ""), environ["REQUEST_METHOD"].encode(),
-                            environ.get("PATH_INFO", "").encode("latin-1"), headers)
-        if refusal is None:
-            try:
-                length = int(environ.get("CONTENT_LENGTH") or "")
-            except ValueError:
-                refusal = 411, b""
-            else:
-                if length > MAX_BODY:
-                    refusal = self.oversized()
-                else:
-                    refusal = 200, self.answer(environ["wsgi.input"].read(length))
-        status, body = refusal
-        start_response(f"{status} {'OK' if status == 200 else 'Refused'}",
-                       [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))])
-        return [body]
-
     # --- lookups -----------------------------------------------------------------------------
 
     def _answer(self, body: bytes) -> tuple[str, bytes]:

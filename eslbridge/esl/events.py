@@ -235,13 +235,6 @@ def _unquote(value: str, on_error: ErrorSink) -> str:
         return raw.decode("utf-8", "replace")
 
 
-def parse_event(content_type: str, body: bytes, on_error: ErrorSink = _noop) -> dict[str, str]:
-    """Dispatch on the frame's Content-Type (text/event-json or text/event-plain)."""
-    if content_type == "text/event-json":
-        return parse_json_event(body, on_error)
-    return parse_plain_event(body, on_error)
-
-
 def event_key(event: dict[str, str]) -> str:
     """The metrics label of an event: its Event-Name, or "CUSTOM <subclass>"."""
     name = event.get("Event-Name", "")

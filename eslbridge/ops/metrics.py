@@ -66,9 +66,6 @@ class Metrics:
             "eslbridge_record_queue_overflows", "Records spilled to the journal because the queue was full", registry=r
         )
         self.journal_bytes = Gauge("eslbridge_journal_bytes", "Bytes in the on-disk journal", registry=r)
-        self.journal_corrupt_records = Counter(
-            "eslbridge_journal_corrupt_records", "Journal records skipped as corrupt during replay", registry=r
-        )
         self.journal_writable = Gauge(
             "eslbridge_journal_writable", "1 while the journal can make finished records durable", registry=r
         )
@@ -144,11 +141,6 @@ class Metrics:
     def add_gates(self, gates: Callable[[], Iterable[AcceptGate]]) -> None:
         self.registry.register(GateCollector(gates))
 
-    def cache_hit(self) -> None:
-        self.cache_lookups.labels(result="hit").inc()
-
-    def cache_miss(self) -> None:
-        self.cache_lookups.labels(result="miss").inc()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Scheduled database upkeep inside the daemon (DESIGN sections 7 and 9): a greenlet that, on a
 timer, creates the call tables' monthly partitions ahead (``maintain_partitions``), runs the
-retention hook (issue 8 plugs in there) and refreshes ``daily_call_summary``.
+retention hook (the daemon passes privacy.retention's) and refreshes ``daily_call_summary``.
 
 Safe with two daemons on one database: each run takes ``pg_try_advisory_xact_lock``; the
 daemon that does not get it skips that run (the other is doing the same work), and the lock
@@ -43,8 +43,8 @@ class Upkeep:
     """``Upkeep(pool_or_dsn, retention_cfg).start()``; ``run_once()`` for one run now.
 
     ``retention_hook(conn, retention_cfg) -> [action, ...]`` runs inside the run's transaction,
-    after partitions are created and before the summary refresh; it is issue 8's slot for
-    retention (dropping expired partitions, deleting old rows). Without it nothing is deleted.
+    after partitions are created and before the summary refresh: retention (dropping expired
+    partitions, deleting old rows) belongs there. Without it nothing is deleted.
     """
 
     def __init__(self, pool_or_dsn: ConnectionPool | str, retention_cfg: Any = None, *, months_ahead: int = 3,
