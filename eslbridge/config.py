@@ -21,56 +21,39 @@ choice, and the keyring's rule, DESIGN section 8): chmod 600. Secrets must be a 
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import logging
 import os
 import re
-import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import psycopg
-import yaml
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from eslbridge.errors import ConfigError
 from eslbridge.ops.netgate import LOOPBACK, ConnectionLimits, IPNetwork
+from eslbridge.ops.settings import (
+    Context,
+    Field,
+    Secret,
+    Section,
+    choice,
+    file_path,
+    integer,
+    kind_of,
+    nonempty_text,
+    optional,
+    parse_yaml,
+    positive_number,
+    read_secret,
+)
 
 DEFAULT_CONFIG_PATH = "/etc/eslbridge/eslbridge.yaml"
-MAX_SECRET_BYTES = 64 * 1024
 NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-
-
-class Secret:
-    """A secret string whose repr/str never show the value; ``reveal()`` returns it."""
-
-    __slots__ = ("_value", "source")
-
-    def __init__(self, value: str, source: str) -> None:
-        self._value = value
-        self.source = source  # where it came from, e.g. "credential esl_password.fs1": safe to log
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"Secret(<hidden>, source={self.source!r})"
-
-    def __str__(self) -> str:
-        return "<hidden>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __reduce__(self) -> Any:  # never pickle a secret into a file or a queue by accident
-        raise TypeError("Secret cannot be pickled")
 
 
 class ListenAddress(NamedTuple):
@@ -172,7 +155,7 @@ class Config:
     logging: LoggingConfig
 
 
-def config_path(path: str | None = None, env: Mapping[str, str] | None = None) -> Path:
+def configfile_path(path: str | None = None, env: Mapping[str, str] | None = None) -> Path:
     """The config file to use: the argument, else ``$ESLBRIDGE_CONFIG``, else the default."""
     env = os.environ if env is None else env
     return Path(path or env.get("ESLBRIDGE_CONFIG") or DEFAULT_CONFIG_PATH)
@@ -181,8 +164,8 @@ def config_path(path: str | None = None, env: Mapping[str, str] | None = None) -
 def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Read, validate and resolve the whole config, secrets included."""
     env = os.environ if env is None else env
-    file = config_path(path, env)
-    root = _Section(_Context(file, env), "", _read_yaml(file))
+    file = configfile_path(path, env)
+    root = Section(Context(file, env), "", _read_yaml(file))
     nodes = root.take("freeswitch", _nodes)
     config = Config(
         path=file,
@@ -207,8 +190,8 @@ def load_section(name: str, path: str | None = None, env: Mapping[str, str] | No
     systemd host exist only as the service's credentials. ``check-config`` validates the whole file.
     """
     env = os.environ if env is None else env
-    file = config_path(path, env)
-    root = _Section(_Context(file, env), "", _read_yaml(file))
+    file = configfile_path(path, env)
+    root = Section(Context(file, env), "", _read_yaml(file))
     return root.section(name, _SECTIONS[name])
 
 
@@ -230,26 +213,6 @@ def resolve_database_url(config_path_: str | None = None, env: Mapping[str, str]
 # --- reading ---------------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping
-)
-
-
 def _read_yaml(file: Path) -> dict:
     try:
         text = file.read_text(encoding="utf-8")
@@ -257,142 +220,7 @@ def _read_yaml(file: Path) -> dict:
         raise ConfigError(f"{file}: cannot read config: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{file}: not valid UTF-8") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
-    except yaml.YAMLError as exc:
-        # Only the problem and position: the snippet YAML would quote could be anything.
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise ConfigError(f"{file}: {where}invalid YAML: {problem}") from None
-    if data is None:
-        raise ConfigError(f"{file}: the config is empty")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{file}: expected a mapping at the top level, got {_kind(data)}")
-    return data
-
-
-@dataclass(frozen=True)
-class _Context:
-    file: Path
-    env: Mapping[str, str]
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.file}: {key}: {message}" if key else f"{self.file}: {message}")
-
-    def path(self, value: str) -> Path:
-        return (self.file.parent / value) if not os.path.isabs(value) else Path(value)
-
-
-_REQUIRED = object()
-
-
-class _Section:
-    """One mapping of the config: hands out its keys, then rejects any key nobody took."""
-
-    def __init__(self, ctx: _Context, prefix: str, data: dict) -> None:
-        self.ctx = ctx
-        self.prefix = prefix
-        self.data = data
-        self.known: list[str] = []
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def error(self, name: str, message: str) -> ConfigError:
-        return self.ctx.error(self.key(name), message)
-
-    def take(self, name: str, conv: Callable[[_Field, Any], Any], default: Any = _REQUIRED) -> Any:
-        """The converted value of ``name``; ``conv(section, value)`` raises via ``section.error``."""
-        self.known.append(name)
-        if name not in self.data:
-            if default is _REQUIRED:
-                raise self.error(name, "missing required key")
-            return default
-        return conv(_Field(self, name), self.data[name])
-
-    def section(self, name: str, build: Callable[[_Section], Any]) -> Any:
-        """A nested mapping, built by ``build``; an absent section gets every default."""
-        self.known.append(name)
-        value = self.data.get(name)
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            raise self.error(name, f"expected a mapping, got {_kind(value)}")
-        sub = _Section(self.ctx, self.key(name), value)
-        result = build(sub)
-        sub.finish()
-        return result
-
-    def finish(self) -> None:
-        for key in self.data:
-            if not isinstance(key, str):
-                raise self.ctx.error(self.prefix, f"keys must be strings, got {key!r}")
-            if key not in self.known:
-                hint = difflib.get_close_matches(key, self.known, n=1, cutoff=0.6)
-                suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise self.error(key, f"unknown key{suffix}")
-
-
-class _Field:
-    """What a converter gets: the section (for secrets, paths) and the field's dotted key."""
-
-    def __init__(self, section: _Section, name: str) -> None:
-        self.section = section
-        self.ctx = section.ctx
-        self.name = name
-
-    def error(self, message: str) -> ConfigError:
-        return self.section.error(self.name, message)
-
-
-# --- converters: (field, value) -> typed value ------------------------------------------------
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, (dict, list)):
-        return "a mapping" if isinstance(value, dict) else "a list"
-    return repr(value)
-
-
-def _int(lo: int, hi: int | None = None) -> Callable[[_Field, Any], int]:
-    span = f"{lo}-{hi}" if hi is not None else f">= {lo}"
-
-    def conv(f: _Field, v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-            raise f.error(f"expected an integer {span}, got {_kind(v)}")
-        return v
-
-    return conv
-
-
-def _positive_number(f: _Field, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-        raise f.error(f"expected a number > 0 (seconds), got {_kind(v)}")
-    return float(v)
-
-
-def _text(f: _Field, v: Any) -> str:
-    if not isinstance(v, str) or not v:
-        raise f.error(f"expected a non-empty string, got {_kind(v)}")
-    return v
-
-
-def _choice(*options: str) -> Callable[[_Field, Any], str]:
-    def conv(f: _Field, v: Any) -> str:
-        if v not in options:
-            raise f.error(f"expected one of {', '.join(options)}, got {_kind(v)}")
-        return v
-
-    return conv
-
-
-def _path(f: _Field, v: Any) -> Path:
-    return f.ctx.path(_text(f, v))
-
-
-def _optional(conv: Callable[[_Field, Any], Any]) -> Callable[[_Field, Any], Any]:
-    return lambda f, v: None if v is None else conv(f, v)
+    return parse_yaml(file, text, "config")
 
 
 def parse_listen(text: str) -> ListenAddress:
@@ -409,18 +237,18 @@ def parse_listen(text: str) -> ListenAddress:
     return ListenAddress(host, port)
 
 
-def _listen(f: _Field, v: Any) -> ListenAddress:
+def _listen(f: Field, v: Any) -> ListenAddress:
     if not isinstance(v, str):
-        raise f.error(f"expected host:port or [ipv6]:port, got {_kind(v)}")
+        raise f.error(f"expected host:port or [ipv6]:port, got {kind_of(v)}")
     try:
         return parse_listen(v)
     except ValueError as exc:
         raise f.error(f"{exc}, got {v!r}") from None
 
 
-def _networks(f: _Field, v: Any) -> tuple[IPNetwork, ...]:
+def _networks(f: Field, v: Any) -> tuple[IPNetwork, ...]:
     if not isinstance(v, list) or not v:
-        raise f.error(f"expected a non-empty list of networks (CIDR), got {_kind(v)}")
+        raise f.error(f"expected a non-empty list of networks (CIDR), got {kind_of(v)}")
     networks = []
     for i, item in enumerate(v):
         try:
@@ -443,8 +271,8 @@ def conninfo_problem(text: str) -> str | None:
     return None
 
 
-def _url(f: _Field, v: Any) -> str:
-    text = _text(f, v)
+def _url(f: Field, v: Any) -> str:
+    text = nonempty_text(f, v)
     problem = conninfo_problem(text)
     if problem:
         raise f.error(problem)
@@ -454,49 +282,26 @@ def _url(f: _Field, v: Any) -> str:
 # --- secrets ----------------------------------------------------------------------------------
 
 
-def read_private_file(path: Path) -> bytes:
-    """A secret file's bytes, refused (ConfigError naming the path, never the content) unless it is
-    a regular file that group and others cannot access, of at most MAX_SECRET_BYTES. The config and
-    the keyring both read their secrets through this one check."""
+def _secret_file(path: Path, key: str, ctx: Context, source: str) -> Secret:
+    """A config secret: the private-file checks, then UTF-8 and one line (only the final line break is
+    cut: a password may begin or end with a space)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        mode = os.fstat(fh.fileno()).st_mode  # of the file we opened: no check-then-open race
-        if not stat.S_ISREG(mode):
-            raise ConfigError(f"secret file {path} is not a regular file")
-        if mode & 0o077:
-            perms = f"{stat.S_IMODE(mode):04o}"
-            raise ConfigError(f"secret file {path} grants access to group or others (mode {perms}); chmod 600 it")
-        data = fh.read(MAX_SECRET_BYTES + 1)
-    if len(data) > MAX_SECRET_BYTES:
-        raise ConfigError(f"secret file {path} is larger than {MAX_SECRET_BYTES} bytes")
-    return data
-
-
-def read_secret_file(path: Path, key: str, ctx: _Context, source: str) -> Secret:
-    """A config secret: read_private_file's checks, then UTF-8, one line, not empty."""
-    try:
-        data = read_private_file(path)
+        data = read_secret(path, trim=lambda b: b.rstrip(b"\r\n"))
     except ConfigError as exc:
         raise ctx.error(key, str(exc)) from None
     try:
-        value = data.decode("utf-8").rstrip("\r\n")
+        return Secret(data.decode("utf-8"), source)
     except UnicodeDecodeError:
         raise ctx.error(key, f"secret file {path} is not valid UTF-8") from None
-    if not value:
-        raise ctx.error(key, f"secret file {path} is empty")
-    return Secret(value, source)
 
 
 def _find_secret(
-    section: _Section, file_key: str, env_names: tuple[str, ...], credentials: tuple[str, ...], required: bool = True
+    section: Section, file_key: str, env_names: tuple[str, ...], credentials: tuple[str, ...], required: bool = True
 ) -> Secret | None:
     """Environment, then systemd credentials, then the ``*_file`` key (see the module docstring)."""
     ctx = section.ctx
     key = section.key(file_key)
-    file = section.take(file_key, _optional(_path), None)  # always taken: validated even when unused
+    file = section.take(file_key, optional(file_path), None)  # always taken: validated even when unused
     secret = _lookup_secret(ctx, key, file, env_names, credentials)
     if secret is None:
         if not required:
@@ -510,7 +315,7 @@ def _find_secret(
 
 
 def _lookup_secret(
-    ctx: _Context, key: str, file: Path | None, env_names: tuple[str, ...], credentials: tuple[str, ...]
+    ctx: Context, key: str, file: Path | None, env_names: tuple[str, ...], credentials: tuple[str, ...]
 ) -> Secret | None:
     for name in env_names:
         if ctx.env.get(name):
@@ -520,8 +325,8 @@ def _lookup_secret(
         for name in credentials:
             path = Path(cred_dir) / name
             if path.exists():
-                return read_secret_file(path, key, ctx, f"credential {name}")
-    return read_secret_file(file, key, ctx, f"file {file}") if file is not None else None
+                return _secret_file(path, key, ctx, f"credential {name}")
+    return _secret_file(file, key, ctx, f"file {file}") if file is not None else None
 
 
 def _env_suffix(name: str) -> str:
@@ -531,16 +336,16 @@ def _env_suffix(name: str) -> str:
 # --- sections ---------------------------------------------------------------------------------
 
 
-def _nodes(f: _Field, v: Any) -> tuple[NodeConfig, ...]:
+def _nodes(f: Field, v: Any) -> tuple[NodeConfig, ...]:
     if not isinstance(v, list) or not v:
-        raise f.error(f"expected a non-empty list of FreeSWITCH nodes, got {_kind(v)}")
+        raise f.error(f"expected a non-empty list of FreeSWITCH nodes, got {kind_of(v)}")
     nodes: list[NodeConfig] = []
     env_names: dict[str, str] = {}
     for i, item in enumerate(v):
         key = f"{f.name}[{i}]"
         if not isinstance(item, dict):
-            raise f.section.error(key, f"expected a mapping, got {_kind(item)}")
-        s = _Section(f.ctx, f.section.key(key), item)
+            raise f.section.error(key, f"expected a mapping, got {kind_of(item)}")
+        s = Section(f.ctx, f.section.key(key), item)
         name = s.take("name", _node_name)
         if any(n.name == name for n in nodes):
             raise s.error("name", f"duplicate node name {name!r}")
@@ -551,10 +356,10 @@ def _nodes(f: _Field, v: Any) -> tuple[NodeConfig, ...]:
         nodes.append(
             NodeConfig(
                 name=name,
-                host=s.take("host", _text, "127.0.0.1"),
-                port=s.take("port", _int(1, 65535), 8021),
-                event_format=s.take("event_format", _choice("json", "plain"), "json"),
-                max_live_calls=s.take("max_live_calls", _int(1, 10_000_000), NodeConfig.max_live_calls),
+                host=s.take("host", nonempty_text, "127.0.0.1"),
+                port=s.take("port", integer(1, 65535), 8021),
+                event_format=s.take("event_format", choice("json", "plain"), "json"),
+                max_live_calls=s.take("max_live_calls", integer(1, 10_000_000), NodeConfig.max_live_calls),
                 password=_find_secret(
                     s, "password_file", (f"ESLBRIDGE_ESL_PASSWORD_{suffix}",), (f"esl_password.{name}", "esl_password")
                 ),
@@ -564,21 +369,21 @@ def _nodes(f: _Field, v: Any) -> tuple[NodeConfig, ...]:
     return tuple(nodes)
 
 
-def _node_name(f: _Field, v: Any) -> str:
+def _node_name(f: Field, v: Any) -> str:
     if not isinstance(v, str) or not NODE_NAME_RE.fullmatch(v):
-        raise f.error(f"expected 1-63 characters of A-Z a-z 0-9 _ . - (starting alphanumeric), got {_kind(v)}")
+        raise f.error(f"expected 1-63 characters of A-Z a-z 0-9 _ . - (starting alphanumeric), got {kind_of(v)}")
     return v
 
 
-def _connections(default: ConnectionLimits) -> Callable[[_Section], ConnectionLimits]:
-    def build(s: _Section) -> ConnectionLimits:
-        most = s.take("max", _int(1, 100_000), default.max_connections)
+def _connections(default: ConnectionLimits) -> Callable[[Section], ConnectionLimits]:
+    def build(s: Section) -> ConnectionLimits:
+        most = s.take("max", integer(1, 100_000), default.max_connections)
         limits = ConnectionLimits(
             max_connections=most,
-            max_per_address=s.take("per_address", _int(1, 100_000), min(most, default.max_per_address)),
-            head_timeout=s.take("head_timeout", _positive_number, default.head_timeout),
-            idle_timeout=s.take("idle_timeout", _positive_number, default.idle_timeout),
-            busy_timeout=s.take("busy_timeout", _positive_number, default.busy_timeout),
+            max_per_address=s.take("per_address", integer(1, 100_000), min(most, default.max_per_address)),
+            head_timeout=s.take("head_timeout", positive_number, default.head_timeout),
+            idle_timeout=s.take("idle_timeout", positive_number, default.idle_timeout),
+            busy_timeout=s.take("busy_timeout", positive_number, default.busy_timeout),
         )
         if limits.max_per_address > limits.max_connections:
             raise s.error("per_address", f"must be <= {s.key('max')} ({limits.max_connections}), "
@@ -588,8 +393,8 @@ def _connections(default: ConnectionLimits) -> Callable[[_Section], ConnectionLi
     return build
 
 
-def _outbound(s: _Section) -> OutboundConfig:
-    return OutboundConfig(listen=s.take("listen", _optional(_listen), None),
+def _outbound(s: Section) -> OutboundConfig:
+    return OutboundConfig(listen=s.take("listen", optional(_listen), None),
                           allow=s.take("allow", _networks, LOOPBACK),
                           connections=s.section("connections", _connections(ConnectionLimits())))
 
@@ -598,10 +403,10 @@ def _with_password(url: str, password: Secret | None) -> str:
     return make_conninfo(url, password=password.reveal()) if password else url
 
 
-def _database(s: _Section) -> DatabaseConfig:
+def _database(s: Section) -> DatabaseConfig:
     ctx = s.ctx
-    min_conn = s.take("min_connections", _int(0, 1000), 2)
-    max_conn = s.take("max_connections", _int(1, 1000), 10)
+    min_conn = s.take("min_connections", integer(0, 1000), 2)
+    max_conn = s.take("max_connections", integer(1, 1000), 10)
     if max_conn < min_conn:
         raise s.error("max_connections", f"must be >= database.min_connections ({min_conn}), got {max_conn}")
     url_key = s.key("url")
@@ -609,7 +414,7 @@ def _database(s: _Section) -> DatabaseConfig:
     cred_dir = ctx.env.get("CREDENTIALS_DIRECTORY")
     cred_url = Path(cred_dir) / "database_url" if cred_dir else None
     config_url = s.take("url", _url, "postgresql://eslbridge@localhost/eslbridge")
-    replica = s.take("replica_url", _optional(_url), None)
+    replica = s.take("replica_url", optional(_url), None)
     password = _find_secret(s, "password_file", (), ("database_password",), required=False)
     if conninfo_to_dict(config_url).get("password"):
         logging.getLogger(__name__).warning(
@@ -620,67 +425,67 @@ def _database(s: _Section) -> DatabaseConfig:
             raise ConfigError(f"$ESLBRIDGE_DATABASE_URL: {conninfo_problem(env_url)}")
         url = Secret(env_url, "environment ESLBRIDGE_DATABASE_URL")
     elif cred_url is not None and cred_url.exists():
-        cred = read_secret_file(cred_url, url_key, ctx, "credential database_url")
-        url = Secret(_with_password(_url(_Field(s, "url"), cred.reveal()), password), cred.source)
+        cred = _secret_file(cred_url, url_key, ctx, "credential database_url")
+        url = Secret(_with_password(_url(Field(s, "url"), cred.reveal()), password), cred.source)
     else:
         url = Secret(_with_password(config_url, password), "config database.url")
     return DatabaseConfig(
         url=url,
         min_connections=min_conn,
         max_connections=max_conn,
-        connect_timeout=s.take("connect_timeout", _positive_number, 30.0),
-        idle_timeout=s.take("idle_timeout", _positive_number, 600.0),
-        max_lifetime=s.take("max_lifetime", _positive_number, 1800.0),
+        connect_timeout=s.take("connect_timeout", positive_number, 30.0),
+        idle_timeout=s.take("idle_timeout", positive_number, 600.0),
+        max_lifetime=s.take("max_lifetime", positive_number, 1800.0),
         replica_url=Secret(_with_password(replica, password), "config database.replica_url") if replica else None,
-        replica_max_lag=s.take("replica_max_lag", _positive_number, 5.0),
+        replica_max_lag=s.take("replica_max_lag", positive_number, 5.0),
     )
 
 
-def _http_path(f: _Field, v: Any) -> str:
+def _httpfile_path(f: Field, v: Any) -> str:
     if not isinstance(v, str) or not re.fullmatch(r"/[A-Za-z0-9._~/-]*", v):
-        raise f.error(f"expected an absolute URL path like /directory, got {_kind(v)}")
+        raise f.error(f"expected an absolute URL path like /directory, got {kind_of(v)}")
     return v
 
 
-def _basic_user(f: _Field, v: Any) -> str:
+def _basic_user(f: Field, v: Any) -> str:
     if not isinstance(v, str) or not v or ":" in v:
-        raise f.error(f"expected a non-empty user name without ':', got {_kind(v)}")
+        raise f.error(f"expected a non-empty user name without ':', got {kind_of(v)}")
     return v
 
 
-def _directory(s: _Section) -> DirectoryConfig:
+def _directory(s: Section) -> DirectoryConfig:
     return DirectoryConfig(
         listen=s.take("listen", _listen, ListenAddress("127.0.0.1", 8080)),
-        path=s.take("path", _http_path, "/directory"),
+        path=s.take("path", _httpfile_path, "/directory"),
         allow=s.take(
             "allow", _networks, (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
         ),
         username=s.take("username", _basic_user, "freeswitch"),
         password=_find_secret(s, "password_file", ("ESLBRIDGE_DIRECTORY_PASSWORD",), ("directory_password",)),
-        cache_seconds=s.take("cache_seconds", _int(0, 86400), 300),
+        cache_seconds=s.take("cache_seconds", integer(0, 86400), 300),
         connections=s.section("connections", _connections(ConnectionLimits())),
     )
 
 
-def _encryption(s: _Section) -> EncryptionConfig:
-    return EncryptionConfig(keyring_file=s.take("keyring_file", _path, Path("/etc/eslbridge/keyring.yaml")))
+def _encryption(s: Section) -> EncryptionConfig:
+    return EncryptionConfig(keyring_file=s.take("keyring_file", file_path, Path("/etc/eslbridge/keyring.yaml")))
 
 
-def _journal(s: _Section) -> JournalConfig:
+def _journal(s: Section) -> JournalConfig:
     return JournalConfig(
-        dir=s.take("dir", _path, Path("/var/lib/eslbridge/journal")),
-        max_bytes=s.take("max_bytes", _int(1), 1073741824),
+        dir=s.take("dir", file_path, Path("/var/lib/eslbridge/journal")),
+        max_bytes=s.take("max_bytes", integer(1), 1073741824),
     )
 
 
-def _metrics(s: _Section) -> MetricsConfig:
-    return MetricsConfig(listen=s.take("listen", _optional(_listen), ListenAddress("127.0.0.1", 9464)),
+def _metrics(s: Section) -> MetricsConfig:
+    return MetricsConfig(listen=s.take("listen", optional(_listen), ListenAddress("127.0.0.1", 9464)),
                          allow=s.take("allow", _networks, LOOPBACK),
                          connections=s.section("connections", _connections(MetricsConfig.connections)))
 
 
-def _retention(s: _Section) -> RetentionConfig:
-    days = _int(1, 36500)
+def _retention(s: Section) -> RetentionConfig:
+    days = integer(1, 36500)
     return RetentionConfig(
         call_events_days=s.take("call_events_days", days, 90),
         audit_logs_days=s.take("audit_logs_days", days, 365),
@@ -689,14 +494,14 @@ def _retention(s: _Section) -> RetentionConfig:
     )
 
 
-def _logging(s: _Section) -> LoggingConfig:
+def _logging(s: Section) -> LoggingConfig:
     return LoggingConfig(
-        level=s.take("level", _choice(*LOG_LEVELS), "info"),
-        format=s.take("format", _choice("text", "json"), "text"),
+        level=s.take("level", choice(*LOG_LEVELS), "info"),
+        format=s.take("format", choice("text", "json"), "text"),
     )
 
 
-_SECTIONS: dict[str, Callable[[_Section], Any]] = {
+_SECTIONS: dict[str, Callable[[Section], Any]] = {
     "outbound": _outbound, "database": _database, "directory": _directory, "encryption": _encryption,
     "journal": _journal, "metrics": _metrics, "retention": _retention, "logging": _logging,
 }

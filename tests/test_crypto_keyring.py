@@ -111,15 +111,17 @@ def _rewrite(path: Path, text: str) -> None:
 
 @pytest.mark.parametrize("text, message", [
     ("- a list\n", "expected a mapping"),
-    ("active: 1\nkeys: {1: {passphrase_file: keys/1.key}}\n", r"missing keys \['blind_index_key_file'\]"),
+    ("active: 1\nkeys: {1: {passphrase_file: keys/1.key}}\n", "blind_index_key_file: missing required key"),
     ("active: 1\nkeys: {1: {passphrase_file: keys/1.key}}\nblind_index_key_file: keys/blind.key\nextra: 1\n",
-     r"unknown keys \['extra'\]"),
+     "extra: unknown key"),
     ("active: 2\nkeys: {1: {passphrase_file: keys/1.key}}\nblind_index_key_file: keys/blind.key\n",
      "active key 2 is not in 'keys'"),
     ("active: 1\nkeys: {one: {passphrase_file: keys/1.key}}\nblind_index_key_file: keys/blind.key\n",
      "key id 'one'"),
     ("active: 1\nkeys: {1: keys/1.key}\nblind_index_key_file: keys/blind.key\n", "passphrase_file"),
-    ("active: [1\n", "not valid YAML"),
+    ("active: [1\n", "invalid YAML"),
+    ("active: 1\nkeys: {1: {passphrase_file: keys/1.key}, 1: {passphrase_file: keys/1.key}}\n"
+     "blind_index_key_file: keys/blind.key\n", "duplicate key 1"),
 ])
 def test_malformed_keyring(keyring_path, text, message):
     _rewrite(keyring_path, text)

@@ -22,57 +22,48 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from eslbridge.config import read_private_file
 from eslbridge.errors import ConfigError
 from eslbridge.keys import blindindex
 from eslbridge.keys.openpgp import DecryptionError, MessageKey, Sealer
-
-KEYRING_FIELDS = {"active", "keys", "blind_index_key_file"}
-
-
-def read_secret_file(path: Path) -> bytes:
-    """A key or keyring file's stripped content (the config's private-file checks, then not empty)."""
-    content = read_private_file(path).strip()
-    if not content:
-        raise ConfigError(f"secret file {path} is empty")
-    return content
+from eslbridge.ops.settings import Context, Field, Section, file_path, parse_yaml, read_secret
 
 
 def _parse(path: Path) -> tuple[int, dict[int, Path], Path]:
     """(active id, {id: passphrase file}, blind key file) of a keyring file, validated."""
-    try:
-        doc = yaml.safe_load(read_secret_file(path))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({getattr(e, 'problem', None) or 'syntax error'})") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: expected a mapping with keys {sorted(KEYRING_FIELDS)}")
-    unknown = set(doc) - KEYRING_FIELDS
-    missing = KEYRING_FIELDS - set(doc)
-    if unknown or missing:
-        raise ConfigError(f"{path}: unknown keys {sorted(map(str, unknown))}, missing keys {sorted(missing)}")
-    keys = doc["keys"]
+    root = Section(Context(path, {}), "", parse_yaml(path, read_secret(path), "keyring"))
+    files = root.take("keys", _key_files)
+    active = root.take("active", _active_of(files))
+    blind_file = root.take("blind_index_key_file", file_path)
+    root.finish()
+    return active, files, blind_file
+
+
+def _key_files(f: Field, keys: Any) -> dict[int, Path]:
     if not isinstance(keys, dict) or not keys:
-        raise ConfigError(f"{path}: 'keys' must map key ids to {{passphrase_file: path}}")
-    base = path.parent
+        raise f.error("'keys' must map key ids to {passphrase_file: path}")
     files = {}
     for key_id, entry in keys.items():
         if not isinstance(key_id, int) or isinstance(key_id, bool) or not 0 < key_id < 2**15:
-            raise ConfigError(f"{path}: key id {key_id!r} is not an integer between 1 and 32767")
-        if not isinstance(entry, dict) or set(entry) != {"passphrase_file"} or not isinstance(
-                entry["passphrase_file"], str):
-            raise ConfigError(f"{path}: key {key_id} must be {{passphrase_file: path}}")
-        files[key_id] = base / entry["passphrase_file"]
-    active = doc["active"]
-    if active not in files or isinstance(active, bool):
-        raise ConfigError(f"{path}: active key {active!r} is not in 'keys'")
-    if not isinstance(doc["blind_index_key_file"], str):
-        raise ConfigError(f"{path}: blind_index_key_file must be a path")
-    return active, files, base / doc["blind_index_key_file"]
+            raise f.error(f"key id {key_id!r} is not an integer between 1 and 32767")
+        if not isinstance(entry, dict) or set(entry) != {"passphrase_file"}:
+            raise f.error(f"key {key_id} must be {{passphrase_file: path}}")
+        files[key_id] = Section(f.ctx, f"keys.{key_id}", entry).take("passphrase_file", file_path)
+    return files
+
+
+def _active_of(files: Mapping[int, Path]) -> Callable[[Field, Any], int]:
+    def conv(f: Field, active: Any) -> int:
+        if active not in files or isinstance(active, bool):
+            raise f.error(f"active key {active!r} is not in 'keys'")
+        return active
+
+    return conv
 
 
 class Keyring:
@@ -94,14 +85,14 @@ class Keyring:
         """Read and check the keyring file and every key file it names; raises ConfigError."""
         path = Path(path)
         active, files, blind_file = _parse(path)
-        passphrases = {key_id: read_secret_file(f) for key_id, f in files.items()}
+        passphrases = {key_id: read_secret(f) for key_id, f in files.items()}
         for key_id, passphrase in passphrases.items():
             try:
                 passphrase.decode("utf-8")  # pgp_sym_decrypt takes it as text
             except UnicodeDecodeError:
                 raise ConfigError(f"{files[key_id]}: passphrase is not UTF-8 text") from None
         keys = {key_id: MessageKey(p) for key_id, p in passphrases.items()}
-        return cls(path, active, keys, passphrases, read_secret_file(blind_file))
+        return cls(path, active, keys, passphrases, read_secret(blind_file))
 
     @property
     def key_ids(self) -> tuple[int, ...]:
