@@ -81,6 +81,8 @@ ORPHAN_GRACE_US = 30_000_000
 TOMBSTONE_US = 3_600_000_000
 TOMBSTONE_MAX = 200_000
 _ADOPTED, _ROOT_GONE = 1, 2
+# A call's ringing: none yet, seen (a ringing update is due), that update sent.
+_NOT_RINGING, _RINGING_SEEN, _RINGING_SENT = 0, 1, 2
 RESYNC_SLICE = 250  # snapshot rows, calls or Active rows per resync slice: the caller yields between slices
 # `show channels` callstate values of an answered channel (switch_channel_callstate_names).
 _ANSWERED_STATES = frozenset({"ACTIVE", "HELD", "UNHELD"})
@@ -89,7 +91,6 @@ _CALL_EVENTS = frozenset({
     "CHANNEL_CREATE", "CHANNEL_ORIGINATE", "CHANNEL_ANSWER", "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA",
     "CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_UUID",
 })
-_RINGING = frozenset({"CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA"})
 _BRIDGING = {"CHANNEL_BRIDGE": "bridged", "CHANNEL_UNBRIDGE": "unbridged"}
 _by_seq = itemgetter(0)
 _STARTED, _ANSWERED, _FINISHED = Stage.STARTED, Stage.ANSWERED, Stage.FINISHED
@@ -125,7 +126,7 @@ class _Call:
         self.expected: tuple[str, ...] = ()
         self.lookups: dict[tuple[str, str], str | None] | None = None
         self.sent = 0  # highest Stage emitted (0: none)
-        self.ringing = 0  # 1 ringing seen, 2 ringing update sent
+        self.ringing = _NOT_RINGING
         self.hold = False  # an unlinked loopback -b leg: wait for its partner before emitting
         self.reconciled = False
         # The start its rows were opened with (0: none yet), kept for the call's life: the rows'
@@ -228,25 +229,32 @@ class Correlator:
                   was_answered: int) -> None:
         if name == "CHANNEL_ANSWER" and not leg.answered_us:
             leg.answered_us = ts
-        if leg.answered_us and not was_answered:
+        if leg.answered_us and not was_answered:  # whichever event first carried the answer
             _note_once(call, leg.uuid, "answered", leg.answered_us, {"leg": leg.uuid})
-        if name in _RINGING and not call.ringing:
-            call.ringing = 1
-        elif name in _BRIDGING:
-            other = ev.get("Other-Leg-Unique-ID")
-            other_call = self._legs.get(other) if other else None
-            data = _data(leg=leg.uuid, other_leg=other)
-            if other_call is not None and other_call is not call:
-                data["other_call"] = other_call.uuid  # attended transfer: calls linked, not merged
-            _note(call, seq, _BRIDGING[name], ts, data)
-        elif name == "CHANNEL_HANGUP_COMPLETE":
-            leg.hang_up(ev, ts)
-            if leg.transferred or leg.transfer_history:
-                _note(call, seq, "transferred", leg.hangup_us, {"leg": leg.uuid})
-            _note_once(call, leg.uuid, "hangup", leg.hangup_us,
-                       _data(leg=leg.uuid, cause=leg.cause, disposition=leg.disposition))
-            if leg.uuid == call.root and leg.originated_legs:
-                call.expected = _originated(leg.originated_legs)
+        handler = _HANDLERS.get(name)
+        if handler is not None:
+            handler(self, call, leg, name, ev, seq, ts)
+
+    def _on_ringing(self, call: _Call, leg: Leg, name: str, ev: dict[str, str], seq: int, ts: int) -> None:
+        if call.ringing == _NOT_RINGING:
+            call.ringing = _RINGING_SEEN
+
+    def _on_bridging(self, call: _Call, leg: Leg, name: str, ev: dict[str, str], seq: int, ts: int) -> None:
+        other = ev.get("Other-Leg-Unique-ID")
+        other_call = self._legs.get(other) if other else None
+        data = _data(leg=leg.uuid, other_leg=other)
+        if other_call is not None and other_call is not call:
+            data["other_call"] = other_call.uuid  # attended transfer: calls linked, not merged
+        _note(call, seq, _BRIDGING[name], ts, data)
+
+    def _on_hangup(self, call: _Call, leg: Leg, name: str, ev: dict[str, str], seq: int, ts: int) -> None:
+        leg.hang_up(ev, ts)
+        if leg.transferred or leg.transfer_history:
+            _note(call, seq, "transferred", leg.hangup_us, {"leg": leg.uuid})
+        _note_once(call, leg.uuid, "hangup", leg.hangup_us,
+                   _data(leg=leg.uuid, cause=leg.cause, disposition=leg.disposition))
+        if leg.uuid == call.root and leg.originated_legs:
+            call.expected = _originated(leg.originated_legs)
 
     def _attach(self, uuid: str, ev: dict[str, str]) -> _Call | None:
         """The call a newly seen leg belongs to (opening one if needed); None to drop the leg."""
@@ -335,8 +343,8 @@ class Correlator:
             return self._emit(call, _ANSWERED)
         if not call.sent:
             return self._emit(call, _STARTED)
-        if call.ringing == 1 and call.sent == _STARTED:
-            call.ringing = 2
+        if call.ringing == _RINGING_SEEN and call.sent == _STARTED:
+            call.ringing = _RINGING_SENT
             update = self._emit(call, _STARTED)
             update.record.call_status = "ringing"
             return update
@@ -610,6 +618,16 @@ class Correlator:
             self._adopted[uuid] = (row.start_us, answered, _ADOPTED if root is not None else _ROOT_GONE)
             return None
         return close_row(row, self.node, basis, end_from, answered)
+
+
+# What each event name does to its call beyond folding its headers into the leg (Leg.fold).
+_HANDLERS: dict[str, Callable[..., None]] = {
+    "CHANNEL_PROGRESS": Correlator._on_ringing,
+    "CHANNEL_PROGRESS_MEDIA": Correlator._on_ringing,
+    "CHANNEL_BRIDGE": Correlator._on_bridging,
+    "CHANNEL_UNBRIDGE": Correlator._on_bridging,
+    "CHANNEL_HANGUP_COMPLETE": Correlator._on_hangup,
+}
 
 
 def _parent(ev: dict[str, str]) -> str | None:
