@@ -28,7 +28,9 @@ from eslbridge.accounts.audit import audit
 from eslbridge.config import RetentionConfig
 from eslbridge.store.rows import CALL_RECORDS, CALLS, TableSpec
 
-LOCK_KEY = "eslbridge.privacy.retention"
+# The advisory lock every retention run takes (hashed by PostgreSQL): keep the text as it is, or a
+# daemon and an operator running different versions would no longer exclude each other.
+LOCK_KEY = "eslbridge.retention"
 
 
 @dataclass
