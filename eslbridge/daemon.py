@@ -3,7 +3,7 @@
     per node: InboundClient --(bounded queue, spill)--> Correlator --> Writer (queue -> journal -> PostgreSQL)
     DirectoryService (mod_xml_curl) <-- cache <-- LISTEN/NOTIFY
     OutboundServer (socket app) --> CallAuthorizer
-    sofia::register events --> users.last_login
+    sofia::register events --> users.last_login (batched: LoginRecorder)
     Upkeep timer: partitions ahead, retention, daily_call_summary
     MetricsServer: /metrics, /healthz; sd_notify READY / WATCHDOG / STOPPING
 
@@ -32,17 +32,16 @@ from eslbridge.calls.errors import EventError
 from eslbridge.calls.records import RecordUpdate
 from eslbridge.config import Config, NodeConfig, load_config
 from eslbridge.directory.service import DirectoryService
-from eslbridge.esl import protocol
+from eslbridge.esl.cacheflush import DirectoryCacheFlush
 from eslbridge.esl.inbound import InboundClient
 from eslbridge.esl.nodemap import NodeMap
 from eslbridge.esl.outbound import OutboundServer
-from eslbridge.esl.protocol import UnsafeCommand
 from eslbridge.esl.stats import IntakeStats
 from eslbridge.keys.keyring import Keyring
 from eslbridge.ops import systemd
 from eslbridge.ops.logs import setup_logging
 from eslbridge.ops.metrics import IntakeSource, Metrics, MetricsServer
-from eslbridge.privacy.retention import run_retention
+from eslbridge.privacy.retention import DailyRetention
 from eslbridge.store.journal import Journal
 from eslbridge.store.pool import make_pool
 from eslbridge.store.quarantine import Quarantine
@@ -53,8 +52,6 @@ from eslbridge.store.writer import Writer
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 10.0  # DESIGN section 9: SIGTERM drains within 10 s
-LOGIN_FLUSH_SECONDS = 1.0
-RETENTION_EVERY = 24 * 3600.0  # DESIGN section 3: the daemon applies retention daily
 ACTOR = "eslbridge-daemon"
 CAP_REASON = "closed by the live-call cap (freeswitch[].max_live_calls) while still up"
 RESYNC_RETRY_SECONDS = 5.0  # a resync that could not read or close Active rows asks again after this,
@@ -98,15 +95,15 @@ class Daemon:
         # The directory LISTENs on the primary (NOTIFY only happens there); lookups may read the
         # standby where it has replayed every change they were told of (directory/replica.py).
         replica = config.database.replica_url
-        self.directory = DirectoryService(config.directory, self.pool, flush_hook=self._flush_user,
+        flush = DirectoryCacheFlush({name: node.client for name, node in self.nodes.items()})
+        self.directory = DirectoryService(config.directory, self.pool, flush_hook=flush,
                                           metrics=self.metrics, replica_dsn=replica.reveal() if replica else None,
                                           replica_max_lag=config.database.replica_max_lag)
         authorizer = CallAuthorizer(self.pool, lambda: self.keyring, self.node_map.resolve)
         self.outbound = (OutboundServer(tuple(config.outbound.listen), authorizer, on_result=self._on_outbound_result,
                                         allow=config.outbound.allow, limits=config.outbound.connections)
                          if config.outbound.listen else None)
-        self.upkeep = Upkeep(self.pool, config.retention, retention_hook=self._retention, metrics=self.metrics)
-        self._retention_due = 0.0  # monotonic time of the next daily retention run
+        self.upkeep = Upkeep(self.pool, config.retention, retention_hook=DailyRetention(ACTOR), metrics=self.metrics)
         self.metrics_server = (MetricsServer(config.metrics.listen, self.metrics, self.health,
                                              allow=config.metrics.allow, limits=config.metrics.connections)
                                if config.metrics.listen else None)
@@ -150,7 +147,7 @@ class Daemon:
         for node in self.nodes.values():
             node.client.start()
         self.upkeep.start()
-        self._greenlets.append(gevent.spawn(self._login_loop))
+        self._greenlets.append(gevent.spawn(self.logins.run))
         log.info("eslbridge running: %d FreeSWITCH node(s)", len(self.nodes))
 
     def stop(self) -> None:
@@ -166,7 +163,7 @@ class Daemon:
         gevent.killall([*self._greenlets, *self._resync_retries.values()], timeout=0.5)
         for node in self.nodes.values():  # calls held since a snapshot are written, not lost with the process
             self.resync.settle(node.correlator, timeout=1.0)
-        self._flush_logins()
+        self.logins.flush()
         done = self.writer.stop(timeout=max(0.5, deadline - time.monotonic() - 0.5))
         self.directory.stop()
         self.users.stop()
@@ -301,37 +298,3 @@ class Daemon:
                 log.info("ready: %s", details)
                 return
             gevent.sleep(0.2)
-
-    def _retention(self, conn: Any, cfg: Any) -> list[str]:
-        """Upkeep's hook (hourly, under its advisory lock): retention once a day per daemon."""
-        if time.monotonic() < self._retention_due:
-            return []
-        report = run_retention(conn, cfg, actor=ACTOR)
-        self._retention_due = time.monotonic() + RETENTION_EVERY
-        return report.lines()
-
-    def _login_loop(self) -> None:
-        while True:
-            gevent.sleep(LOGIN_FLUSH_SECONDS)
-            self._flush_logins()
-
-    def _flush_logins(self) -> None:
-        self.logins.flush()
-
-    def _flush_user(self, username: str, realm: str) -> None:
-        """Make FreeSWITCH's own directory cache follow a user change (DESIGN section 5)."""
-        try:
-            command = protocol.verb_line("xml_flush_cache", "id", username, realm)
-        except UnsafeCommand as exc:  # the value came from the database: never let it shape a command
-            log.warning("not flushing FreeSWITCH's cache for a directory user: %s", exc)
-            return
-        for node in self.nodes.values():
-            if node.client.connected:
-                gevent.spawn(self._bgapi, node, command)
-
-    @staticmethod
-    def _bgapi(node: Node, command: str) -> None:
-        try:
-            node.client.bgapi(command, timeout=5.0)
-        except Exception as exc:
-            log.warning("%s: %s failed: %s", node.config.name, command.split()[0], exc)

@@ -20,12 +20,15 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+import gevent
 import orjson
 import psycopg
 
 from eslbridge.store.journal import Journal, JournalError, PayloadSealer
 
 log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 1.0  # logins are batched: one UPDATE a second at most, whatever the REGISTER rate
 
 
 class Login(NamedTuple):
@@ -111,6 +114,12 @@ class LoginRecorder:
         old = self._waiting.get(key)
         if old is None or old.at < login.at:
             self._waiting[key] = login
+
+    def run(self) -> None:
+        """The flushing greenlet's body: a flush every FLUSH_SECONDS, until killed."""
+        while True:
+            gevent.sleep(FLUSH_SECONDS)
+            self.flush()
 
     def flush(self) -> bool:
         """Journal what came in, then write everything waiting; True when PostgreSQL has it all."""

@@ -16,10 +16,12 @@ The cutoff is ``now() - window`` on the database's clock, taken once per table t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -158,3 +160,20 @@ def run_retention(target: psycopg.Connection | ConnectionPool, cfg: RetentionCon
         with conn.transaction():
             audit(conn, "retention.run", "retention", None, report.as_dict(), actor=actor)
     return report
+
+
+class DailyRetention:
+    """The daemon's retention: upkeep calls this hook hourly (under its advisory lock); it runs
+    retention once a day per daemon (DESIGN section 3) and returns the report's lines."""
+
+    def __init__(self, actor: str, every: float = 24 * 3600.0) -> None:
+        self._actor = actor
+        self._every = every
+        self._due = 0.0  # monotonic time of the next run
+
+    def __call__(self, conn: psycopg.Connection, cfg: Any) -> list[str]:
+        if time.monotonic() < self._due:
+            return []
+        report = run_retention(conn, cfg, actor=self._actor)
+        self._due = time.monotonic() + self._every
+        return report.lines()
