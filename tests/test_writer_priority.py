@@ -18,7 +18,7 @@ def _unreachable_dsn() -> str:
 
 def _taken(writer: Writer) -> list[tuple[str, Stage]]:
     # The writer is never started here: the batches it would take are inspected, not written.
-    return [(u.record.call_uuid, u.stage) for _, u, _ in writer._take_items()]
+    return [(item.update.record.call_uuid, item.update.stage) for item in writer.queue.take(writer._batch_size, 0)]
 
 
 def _answers_waiting_beside_new_calls(writer: Writer, new_calls: int) -> None:
@@ -73,7 +73,7 @@ def test_a_finished_record_supersedes_a_waiting_answer(keyring, tmp_path):
         writer.submit(finished)
         assert writer.stats().pending == 1 and not writer.idle()
         assert _taken(writer) == []  # the answer is gone; the FINISHED goes through the journal
-        (update, _), = writer._incoming
+        (update, _), = writer.queue.incoming
         assert update.stage == Stage.FINISHED
         assert [e.event_type for e in update.events] == ["answered", "bridged", "hangup"]
 

@@ -1,38 +1,16 @@
 """The record writer: correlator output -> PostgreSQL, exactly once (DESIGN sections 1, 8, 9).
 
-``submit`` never blocks and never drops. What happens to an update depends on its stage:
-
-* FINISHED updates are the durable ones. They are appended to the on-disk journal (group
-  commit: one fsync for everything submitted meanwhile, in gevent's threadpool) and only then
-  acknowledged (``on_durable``). While the in-memory queue has room they are also kept there,
-  from the moment they are written (the fsync runs meanwhile: it is not on the commit path),
-  so the writer does not read them back; once it is full (or the DB is down long enough for it
-  to fill), later ones live in the journal only and the writer replays the journal, in seq
-  order, until it has caught up. After ``kill -9`` a restart replays what was not yet durable
-  in PostgreSQL plus at most the batches made durable since the last journal checkpoint,
-  which the idempotent upserts absorb.
-* Batches commit with ``synchronous_commit = off``: the journal already holds every FINISHED
-  record durably, so waiting for PostgreSQL's WAL fsync on every batch would pay for
-  durability twice (measured: it made up most of the hangup-to-commit p99). A greenlet of
-  its own (the durability barrier) then, at most every ``durability_interval``, commits one
-  tiny transaction synchronously on a dedicated connection: that flushes PostgreSQL's WAL up
-  to that moment, so every batch committed before it is durable, and only then may the
-  journal forget them (``journal.commit``). A server crash forgets unflushed commits, and it
-  also ends every session: when the barrier's connection is lost, whatever was written since
-  the last barrier is written again from the journal (``_lost``). A crash can also forget an
-  in-memory STARTED/ANSWERED row of the last fraction of a second; like after ``kill -9`` of
-  the daemon, the call's next update (at the latest its journaled FINISHED) writes it again.
-* STARTED and ANSWERED updates are in memory only, coalesced per call (the highest stage, the
-  latest on a tie, wins): each carries the call's full state, so a later update supersedes
-  an earlier one, and a FINISHED update supersedes them all. Their number is bounded by the
-  calls in flight. A batch takes FINISHED first, then calls' first rows (STARTED), then
-  updates of rows already written (ANSWERED): under overload the ANSWERED ones wait and are
-  mostly superseded by their FINISHED, so the writer sheds work instead of falling behind
-  (an ANSWERED update is then late, or skipped in favour of the final row, never lost).
-  On ``stop`` they go to the journal too (replays are monotonic, any order converges), so a
-  restart during an outage still shows the live calls.
-* If the journal cannot take a FINISHED update (full, disk error, unserialisable), it is kept
-  in memory like a STARTED one: still written when PostgreSQL is up, logged as not durable.
+``submit`` never blocks and never drops: updates go to the record queue (``store/queue.py``:
+coalescing and priorities), FINISHED ones through the journal first (group commit: one fsync
+for everything submitted meanwhile, in gevent's threadpool; only then acknowledged,
+``on_durable``). Queued for PostgreSQL before the fsync ends, so the fsync is not on the commit
+path: the journal forgets nothing before the durability barrier (``store/barrier.py``) says
+PostgreSQL holds it durably. After ``kill -9`` a restart replays what was not yet durable in
+PostgreSQL plus at most the batches made durable since the last journal checkpoint, which the
+idempotent upserts absorb. On ``stop`` in-memory updates go to the journal too (replays are
+monotonic, any order converges), so a restart during an outage still shows the live calls. If
+the journal cannot take a FINISHED update (full, disk error, unserialisable), it is kept in
+memory like a STARTED one: still written when PostgreSQL is up, logged as not durable.
 
 One writer greenlet takes batches (queue first, then the journal when it spilled), encrypts
 them (``eslbridge.store.rows``), upserts call_records, calls and call_events in one
@@ -52,8 +30,6 @@ command), so one bad record cannot wedge the journal and none is dropped.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
 import random
 import time
@@ -71,9 +47,11 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from eslbridge.calls.records import RecordUpdate, Stage
 from eslbridge.keys.keyring import Keyring
+from eslbridge.store.barrier import DurabilityBarrier
 from eslbridge.store.journal import Journal, JournalError
 from eslbridge.store.pool import own_connection
 from eslbridge.store.quarantine import Quarantine
+from eslbridge.store.queue import Arrival, Queued, RecordQueue
 from eslbridge.store.rows import BatchRows, FieldEncoder, batch_rows
 from eslbridge.store.serialize import decode_update, encode_update
 from eslbridge.store.upsert import DEFAULT_METHOD, METHODS
@@ -83,10 +61,6 @@ log = logging.getLogger(__name__)
 LATENCY_WINDOW = 20_000  # recent submit-to-commit latencies of FINISHED updates kept for stats()
 PROBE_INTERVAL = 5.0  # idle seconds between `SELECT 1` probes, so db_up stays true to life
 JOURNAL_PROBE_INTERVAL = 1.0  # seconds between checks of a failed journal
-
-# (seq or None, update, monotonic submit time or None); seq None: not in the journal.
-Item = tuple[int | None, RecordUpdate, float | None]
-
 
 @dataclass(frozen=True)
 class WriterStats:
@@ -107,13 +81,6 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
     if not sorted_values:
         return None
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
-def _supersede(old: RecordUpdate, new: RecordUpdate) -> RecordUpdate:
-    """One update standing for both: the later state (an older stage never wins) with both
-    updates' lifecycle events, which are increments, not state."""
-    newer = new if new.stage >= old.stage else old
-    return RecordUpdate(newer.stage, newer.record, [*old.events, *new.events])
 
 
 class Writer:
@@ -142,28 +109,22 @@ class Writer:
         self._journal = journal
         self._batch_size = batch_size
         self._flush_interval = flush_interval
-        self._queue_max = queue_max
         self._method = METHODS[method]
         self._metrics = metrics
         self._on_durable = on_durable
         self._connect_timeout = connect_timeout
         self._max_backoff = max_backoff
-        self._durability_interval = durability_interval
         self._quarantine = quarantine
 
-        self._incoming: list[tuple[RecordUpdate, float]] = []  # FINISHED, waiting for the journal
-        self._pending: dict[tuple[str, Any], Item] = {}  # in memory only, coalesced per call: new rows
-        self._later: dict[tuple[str, Any], Item] = {}  # ... updates of rows already on their way
-        self._ready: deque[Item] = deque()  # journaled, in seq order
-        self._overflow = True  # some journaled seqs are only on disk: replay first (also at start)
-        self._written_seq = journal.committed_seq  # every seq up to here is committed in PostgreSQL ...
-        self._durable_seq = journal.committed_seq  # ... and up to here also flushed to its WAL
-        self._barrier_conn: psycopg.Connection | None = None
-        self._lost = False  # the barrier's session died: commits after _durable_seq may be gone
+        self.queue = RecordQueue(queue_max)
+        self._written_seq = journal.committed_seq  # every seq up to here is committed in PostgreSQL
+        self._wake = gevent.event.Event()
+        self._barrier = DurabilityBarrier(journal, self._connect, lambda: self._written_seq, self._wake.set,
+                                          interval=durability_interval, max_backoff=max_backoff)
         self._last_seq = journal.last_seq  # highest seq the journal acknowledged to us
-        self._in_flight: list[Item] = []
+        self._in_flight: list[Queued] = []
         self._in_flight_rows: BatchRows | None = None  # _in_flight's rows when prefetched
-        self._next: list[Item] = []  # taken (and encoded) by the prefetcher while _in_flight was written
+        self._next: list[Queued] = []  # taken (and encoded) by the prefetcher while _in_flight was written
         self._next_rows: BatchRows | None = None
         self._prefetcher: gevent.Greenlet | None = None
         self._journaling = False
@@ -174,15 +135,11 @@ class Writer:
         self._rejected = 0
         self._batches = 0
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._wake = gevent.event.Event()
         self._journal_wake = gevent.event.Event()
-        self._commit_wake = gevent.event.Event()
-        self._barrier_now = gevent.event.Event()  # flush(): do not wait for durability_interval
         self._greenlets: list[gevent.Greenlet] = []
         self._journal_failure: str | None = None
         if metrics is not None:
-            metrics.queue_depth.set_function(lambda: len(self._ready) + len(self._pending) + len(self._later)
-                                           + len(self._incoming))
+            metrics.queue_depth.set_function(lambda: len(self.queue))
             metrics.journal_bytes.set_function(lambda: self._journal.bytes_used)
             metrics.journal_writable.set(1)
             if quarantine is not None:
@@ -202,38 +159,26 @@ class Writer:
     def start(self) -> None:
         """Spawn the journal and writer greenlets; the writer replays the journal first."""
         if not self._greenlets:
-            # The barrier first: its session should begin before the first batch commits (see _wal_barrier).
-            self._greenlets = [gevent.spawn(self._commit_loop), gevent.spawn(self._journal_loop),
+            # The barrier first: its session should begin before the first batch commits (store/barrier.py).
+            self._greenlets = [gevent.spawn(self._barrier.run), gevent.spawn(self._journal_loop),
                                gevent.spawn(self._write_loop)]
 
     def submit(self, update: RecordUpdate) -> None:
         """Queue one update. Never blocks, never raises on load or outages."""
-        now = time.monotonic()
-        rec = update.record
-        key = (rec.call_uuid, rec.start_time)
-        first = self._pending.pop(key, None)
-        kept = first if first is not None else self._later.pop(key, None)
-        if kept is not None:
-            update = _supersede(kept[1], update)
-        if update.stage >= Stage.FINISHED:
-            self._incoming.append((update, now))
+        if self.queue.submit(update, time.monotonic()):
             self._journal_wake.set()
         else:
-            # A call's first row keeps its priority (DESIGN: the row within a second); a later
-            # update of a row already written or being written can wait for room.
-            queue = self._later if first is None and update.stage > Stage.STARTED else self._pending
-            queue[key] = (None, update, now if kept is None else kept[2])
             self._wake.set()
 
     @property
     def replaying(self) -> bool:
         """The journal holds records not yet written (at start, after an outage or an overflow)."""
-        return self._overflow
+        return self.queue.spilled
 
     def idle(self) -> bool:
         """Nothing submitted is waiting: every update is committed (or rejected)."""
-        return not (self._incoming or self._pending or self._later or self._ready or self._in_flight or self._next
-                    or self._overflow or self._journaling or self._syncs or self._busy or self._lost
+        return not (len(self.queue) or self._in_flight or self._next or self.queue.spilled or self._journaling
+                    or self._syncs or self._busy or self._barrier.lost
                     or self._journal.committed_seq < self._written_seq)
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -244,9 +189,9 @@ class Writer:
         """
         deadline = time.monotonic() + timeout
         self._wake.set()
-        self._commit_wake.set()
+        self._barrier.poke()
         while not self.idle() and time.monotonic() < deadline:
-            self._barrier_now.set()  # each time: the barrier may run (and clear it) before the last batch
+            self._barrier.hurry()  # each time: the barrier may run (and clear it) before the last batch
             gevent.sleep(min(0.01, self._flush_interval))
         return self.idle()
 
@@ -267,7 +212,7 @@ class Writer:
     def stats(self) -> WriterStats:
         lat = sorted(self._latencies)
         return WriterStats(
-            queue_depth=len(self._ready), pending=len(self._pending) + len(self._later) + len(self._incoming),
+            queue_depth=len(self.queue.ready), pending=self.queue.in_memory_only,
             journal_bytes=self._journal.bytes_used, journal_backlog=self._last_seq - self._written_seq,
             records_written=self._records_written, rejected=self._rejected, batches=self._batches,
             db_up=self._db_up, journal_failure=self._journal_failure,
@@ -288,8 +233,8 @@ class Writer:
                 self._probe_journal()
                 continue
             self._journal_wake.clear()
-            while self._incoming:
-                items, self._incoming = self._incoming, []
+            while self.queue.incoming:
+                items = self.queue.take_incoming()
                 self._journaling = True
                 try:
                     self._journal_items(items)
@@ -297,7 +242,7 @@ class Writer:
                     self._journaling = False
                 self._wake.set()
 
-    def _journal_items(self, items: list[tuple[RecordUpdate, float]]) -> None:
+    def _journal_items(self, items: list[Arrival]) -> None:
         payloads, durable = [], []
         for update, t in items:
             try:
@@ -306,23 +251,19 @@ class Writer:
             except (TypeError, ValueError) as e:
                 log.error("writer: a finished record of call %s cannot be serialised (%s); kept in memory, "
                           "not durable until written", update.record.call_uuid, type(e).__name__)
-                self._keep_in_memory(update, t)
+                self.queue.keep_in_memory(update, t)
         try:
             seqs = self._journal.write_many(payloads)
         except JournalError as e:
             self._journal_failed(e)
             for update, t in durable:
-                self._keep_in_memory(update, t)
+                self.queue.keep_in_memory(update, t)
             return
         # Queued for PostgreSQL before the fsync ends (the upserts are idempotent and the journal
         # forgets nothing before the durability barrier): the fsync is not on the commit path.
         for seq, (update, t) in zip(seqs, durable, strict=True):
-            if self._overflow or len(self._ready) >= self._queue_max:
-                if not self._overflow and self._metrics is not None:
-                    self._metrics.queue_overflows.inc()
-                self._overflow = True  # from here on the writer reads the journal
-            else:
-                self._ready.append((seq, update, t))
+            if self.queue.journaled(seq, update, t) and self._metrics is not None:
+                self._metrics.queue_overflows.inc()
         if not seqs:
             return
         self._last_seq = seqs[-1]
@@ -343,63 +284,6 @@ class Writer:
         if self._on_durable is not None:
             self._on_durable(updates)
 
-    def _commit_loop(self) -> None:
-        """The durability barrier (module docstring), then tell the journal what PostgreSQL holds
-        durably (the only caller of ``journal.commit``)."""
-        backoff = 0.0
-        with contextlib.suppress(psycopg.OperationalError):
-            self._barrier_conn = self._connect()
-        while True:
-            self._commit_wake.wait()
-            self._commit_wake.clear()
-            if not backoff:  # (a retry goes on at once)
-                # One WAL flush per interval at most: it covers every batch committed meanwhile.
-                self._barrier_now.wait(self._durability_interval)
-                self._barrier_now.clear()
-            written = self._written_seq  # committed before the barrier's transaction begins
-            try:
-                if written > self._durable_seq and not self._lost:
-                    if not self._wal_barrier():
-                        backoff = 0.2  # after the write loop took _lost in hand
-                        gevent.sleep(backoff)
-                        self._commit_wake.set()
-                        continue
-                    self._durable_seq = written
-                if self._durable_seq > self._journal.committed_seq:
-                    self._journal.commit(self._durable_seq)
-                backoff = 0.0
-            except (psycopg.OperationalError, PoolTimeout):
-                backoff = min(self._max_backoff, max(0.2, backoff * 2))  # the write loop logs the outage
-                gevent.sleep(random.uniform(backoff / 2, backoff))
-                self._commit_wake.set()
-                continue
-            except (JournalError, OSError) as e:
-                # Only bookkeeping: the records are in PostgreSQL; a restart would replay them again.
-                log.error("writer: journal checkpoint failed (%s); retrying", e)
-                gevent.sleep(1.0)
-                self._commit_wake.set()
-
-    def _wal_barrier(self) -> bool:
-        """Flush PostgreSQL's WAL up to now; True when every commit of this barrier session's
-        lifetime is durable. A transaction with a transaction id commits synchronously (flushing
-        the WAL before it, async commits included) even though it writes nothing else."""
-        conn = self._barrier_conn
-        if conn is None or conn.closed:
-            conn = self._barrier_conn = self._connect()
-            if self._written_seq > self._durable_seq:
-                # Written before this session began: a crash in between may have forgotten them.
-                self._lost = True
-                self._wake.set()
-                return False
-        try:
-            with conn.transaction():
-                conn.execute("SELECT set_config('synchronous_commit', 'on', true), pg_current_xact_id()")
-        except psycopg.OperationalError:
-            conn.close()
-            self._barrier_conn = None
-            raise
-        return True
-
     def _journal_failed(self, e: JournalError) -> None:
         """Finished records cannot be made durable: say so at once (/metrics, /healthz) and once in
         the log, with what to do; they stay in memory and are still written when PostgreSQL is up."""
@@ -416,10 +300,7 @@ class Writer:
         if self._journal_failure is not None:
             log.info("writer: the journal is writable again; finished records are durable again")
             self._journal_failure = None
-            # Journal what waited in memory meanwhile: a kill while PostgreSQL is down must not lose it.
-            for key in [k for k, item in self._pending.items() if item[1].stage >= Stage.FINISHED]:
-                _, update, t = self._pending.pop(key)
-                self._incoming.append((update, t if t is not None else time.monotonic()))
+            self.queue.unjournal_finished(time.monotonic())
             self._journal_wake.set()
         if self._metrics is not None:
             self._metrics.journal_writable.set(1)
@@ -432,17 +313,10 @@ class Writer:
         else:
             self._journal_recovered()
 
-    def _keep_in_memory(self, update: RecordUpdate, t: float) -> None:
-        rec = update.record
-        self._pending[(rec.call_uuid, rec.start_time)] = (None, update, t)
-
     def _spill_memory(self) -> None:
         """Journal the in-memory-only updates (shutdown with PostgreSQL unreachable)."""
-        items = [*(i for i in (*self._in_flight, *self._next) if i[0] is None), *self._pending.values(),
-                 *self._later.values()]
-        self._in_flight, self._next, self._pending, self._later = [], [], {}, {}
-        items += [(None, u, t) for u, t in self._incoming]
-        self._incoming = []
+        items = [*(i for i in (*self._in_flight, *self._next) if i.seq is None), *self.queue.drain_memory()]
+        self._in_flight, self._next = [], []
         try:
             self._journal.append_many([encode_update(u) for _, u, _ in items])
         except (JournalError, TypeError, ValueError) as e:
@@ -456,19 +330,17 @@ class Writer:
         idle_since = time.monotonic()
         while True:
             try:
-                if self._lost:
+                if self._barrier.lost:
                     log.warning("writer: PostgreSQL lost its session; writing again what was not yet durable "
-                                "(journal seqs %d to %d)", self._durable_seq + 1, self._written_seq)
-                    self._written_seq = self._durable_seq
-                    self._overflow = True  # read from the journal, in seq order
-                    self._lost = False
-                    self._commit_wake.set()
+                                "(journal seqs %d to %d)", self._barrier.durable_seq + 1, self._written_seq)
+                    self._written_seq = self._barrier.rewind()
+                    self.queue.spilled = True  # read from the journal, in seq order
                 if self._in_flight or self._take_batch():
                     self._busy = True
                     self._write_in_flight(prefetch=True)
                     backoff = 0.0
                     idle_since = time.monotonic()
-                elif self._overflow:
+                elif self.queue.spilled:
                     self._busy = True
                     self._replay_journal()
                     backoff = 0.0
@@ -499,15 +371,15 @@ class Writer:
             self._next, self._next_rows = [], None
             # FINISHED records journaled while the prefetched batch waited join it: otherwise they
             # would wait for one more whole batch (measured: a third of the hangup-to-commit p50).
-            late = self._take_ready(self._batch_size - len(self._in_flight))
+            late = self.queue.take_ready(self._batch_size - len(self._in_flight), self._written_seq)
             if late:
                 self._in_flight += late
                 self._in_flight_rows = self._with_rows_of(self._in_flight_rows, late)
         else:
-            self._in_flight = self._take_items()
+            self._in_flight = self.queue.take(self._batch_size, self._written_seq)
         return bool(self._in_flight)
 
-    def _with_rows_of(self, rows: BatchRows | None, items: list[Item]) -> BatchRows | None:
+    def _with_rows_of(self, rows: BatchRows | None, items: list[Queued]) -> BatchRows | None:
         """``rows`` (prefetched) with the rows of ``items`` merged in; None: the write encodes the
         whole batch again (and isolates a record the mapping refuses)."""
         if rows is None:
@@ -517,40 +389,14 @@ class Writer:
         except (ValueError, TypeError):
             return None
 
-    def _take_ready(self, room: int) -> list[Item]:
-        """Up to ``room`` journaled items from the queue, seqs above what is committed."""
-        batch: list[Item] = []
-        while self._ready and len(batch) < room:
-            item = self._ready.popleft()
-            if item[0] > self._written_seq:
-                batch.append(item)
-        return batch
-
-    def _take_items(self) -> list[Item]:
-        """A batch from the queue (seqs above what is committed) first, then the in-memory new
-        rows, then the in-memory updates of existing rows (ANSWERED): near saturation these wait
-        for room, and most are superseded by their call's FINISHED before they get it, which
-        sheds a third of the work exactly when the writer has too much."""
-        batch = self._take_ready(self._batch_size)
-        for key in list(itertools.islice(self._pending, self._batch_size - len(batch))):
-            batch.append(self._pending.pop(key))
-        # Beside other work, updates of written rows get a quarter of a batch at most: a backlog of
-        # them must not lengthen the batches that carry hangups (it sheds them, as above).
-        room = self._batch_size - len(batch)
-        if batch:
-            room = min(room, max(1, self._batch_size // 4))
-        for key in list(itertools.islice(self._later, room)):
-            batch.append(self._later.pop(key))
-        return batch
-
     def _start_prefetch(self) -> None:
         """Take and encode the next batch in another greenlet while this one waits on PostgreSQL.
         Not during a journal replay, which reads its batches in seq order from disk."""
-        if self._prefetcher is None and not self._next and not self._overflow:
+        if self._prefetcher is None and not self._next and not self.queue.spilled:
             self._prefetcher = gevent.spawn(self._prefetch)
 
     def _prefetch(self) -> None:
-        items = self._take_items()
+        items = self.queue.take(self._batch_size, self._written_seq)
         self._next = items  # no switch since taking them: idle() and _spill_memory see them
         if items:
             try:
@@ -571,7 +417,7 @@ class Writer:
                 self._rejected += 1
                 self._written_seq = seq  # committed with the next batch
                 continue
-            self._in_flight.append((seq, update, None))
+            self._in_flight.append(Queued(seq, update, None))
             if len(self._in_flight) >= self._batch_size:
                 self._write_in_flight()
         if self._in_flight:
@@ -579,11 +425,11 @@ class Writer:
         # Records the journal skipped as damaged or unreadable (it logged them) are gone for good:
         # count them as done, or this pass would repeat forever.
         self._written_seq = max(self._written_seq, upto)
-        self._commit_wake.set()
+        self._barrier.poke()
         # Cooperative scheduling: no switch between this check and the flag change, so an
         # append that finished during the replay either was replayed or lands in the queue.
         if self._written_seq >= self._last_seq:
-            self._overflow = False
+            self.queue.spilled = False
 
     def _write_in_flight(self, prefetch: bool = False) -> None:
         """Write ``_in_flight`` in one transaction (isolating bad records), then commit the journal;
@@ -610,9 +456,9 @@ class Writer:
         seqs = [seq for seq, _, _ in items if seq is not None]
         if seqs:
             self._written_seq = max(self._written_seq, max(seqs))
-            self._commit_wake.set()
+            self._barrier.poke()
 
-    def _write_one_by_one(self, items: list[Item]) -> None:
+    def _write_one_by_one(self, items: list[Queued]) -> None:
         refused: list[tuple[RecordUpdate, str]] = []
         for seq, update, _ in items:
             try:
@@ -723,6 +569,4 @@ class Writer:
             if conn is not None:
                 conn.close()
                 self._conns[lane] = None
-        if self._barrier_conn is not None:
-            self._barrier_conn.close()
-            self._barrier_conn = None
+        self._barrier.close()
