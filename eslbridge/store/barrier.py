@@ -29,7 +29,7 @@ from psycopg_pool import PoolTimeout
 
 from eslbridge.store.journal import Journal, JournalError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("eslbridge.store.writer")  # a stage of the writer: operators filter on one name
 
 
 class DurabilityBarrier:

@@ -49,9 +49,10 @@ from eslbridge.calls.records import RecordUpdate, Stage
 from eslbridge.keys.keyring import Keyring
 from eslbridge.store.barrier import DurabilityBarrier
 from eslbridge.store.journal import Journal, JournalError
+from eslbridge.store.journaling import JournalStage
 from eslbridge.store.pool import own_connection
 from eslbridge.store.quarantine import Quarantine
-from eslbridge.store.queue import Arrival, Queued, RecordQueue
+from eslbridge.store.queue import Queued, RecordQueue
 from eslbridge.store.rows import BatchRows, FieldEncoder, batch_rows
 from eslbridge.store.serialize import decode_update, encode_update
 from eslbridge.store.upsert import DEFAULT_METHOD, METHODS
@@ -60,7 +61,6 @@ log = logging.getLogger(__name__)
 
 LATENCY_WINDOW = 20_000  # recent submit-to-commit latencies of FINISHED updates kept for stats()
 PROBE_INTERVAL = 5.0  # idle seconds between `SELECT 1` probes, so db_up stays true to life
-JOURNAL_PROBE_INTERVAL = 1.0  # seconds between checks of a failed journal
 
 @dataclass(frozen=True)
 class WriterStats:
@@ -111,7 +111,6 @@ class Writer:
         self._flush_interval = flush_interval
         self._method = METHODS[method]
         self._metrics = metrics
-        self._on_durable = on_durable
         self._connect_timeout = connect_timeout
         self._max_backoff = max_backoff
         self._quarantine = quarantine
@@ -121,23 +120,19 @@ class Writer:
         self._wake = gevent.event.Event()
         self._barrier = DurabilityBarrier(journal, self._connect, lambda: self._written_seq, self._wake.set,
                                           interval=durability_interval, max_backoff=max_backoff)
-        self._last_seq = journal.last_seq  # highest seq the journal acknowledged to us
         self._in_flight: list[Queued] = []
         self._in_flight_rows: BatchRows | None = None  # _in_flight's rows when prefetched
         self._next: list[Queued] = []  # taken (and encoded) by the prefetcher while _in_flight was written
         self._next_rows: BatchRows | None = None
         self._prefetcher: gevent.Greenlet | None = None
-        self._journaling = False
-        self._syncs = gevent.pool.Group()  # journal fsyncs under way (_sync_journal)
         self._busy = False
         self._db_up = False
         self._records_written = 0
         self._rejected = 0
         self._batches = 0
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._journal_wake = gevent.event.Event()
         self._greenlets: list[gevent.Greenlet] = []
-        self._journal_failure: str | None = None
+        self._journaling = JournalStage(journal, self.queue, self._wake.set, metrics=metrics, on_durable=on_durable)
         if metrics is not None:
             metrics.queue_depth.set_function(lambda: len(self.queue))
             metrics.journal_bytes.set_function(lambda: self._journal.bytes_used)
@@ -160,13 +155,13 @@ class Writer:
         """Spawn the journal and writer greenlets; the writer replays the journal first."""
         if not self._greenlets:
             # The barrier first: its session should begin before the first batch commits (store/barrier.py).
-            self._greenlets = [gevent.spawn(self._barrier.run), gevent.spawn(self._journal_loop),
+            self._greenlets = [gevent.spawn(self._barrier.run), gevent.spawn(self._journaling.run),
                                gevent.spawn(self._write_loop)]
 
     def submit(self, update: RecordUpdate) -> None:
         """Queue one update. Never blocks, never raises on load or outages."""
         if self.queue.submit(update, time.monotonic()):
-            self._journal_wake.set()
+            self._journaling.wake.set()
         else:
             self._wake.set()
 
@@ -177,8 +172,8 @@ class Writer:
 
     def idle(self) -> bool:
         """Nothing submitted is waiting: every update is committed (or rejected)."""
-        return not (len(self.queue) or self._in_flight or self._next or self.queue.spilled or self._journaling
-                    or self._syncs or self._busy or self._barrier.lost
+        return not (len(self.queue) or self._in_flight or self._next or self.queue.spilled or self._journaling.busy
+                    or self._journaling.syncs or self._busy or self._barrier.lost
                     or self._journal.committed_seq < self._written_seq)
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -203,7 +198,8 @@ class Writer:
         gevent.killall([*self._greenlets, *filter(None, [self._prefetcher])],
                        timeout=max(0.1, deadline - time.monotonic()))
         self._greenlets, self._prefetcher = [], None
-        self._syncs.join(timeout=max(0.1, deadline - time.monotonic()))  # not killed: others may wait on its fsync
+        # Fsyncs are not killed: others may wait on them.
+        self._journaling.syncs.join(timeout=max(0.1, deadline - time.monotonic()))
         if not done:
             self._spill_memory()
         self._close_connection()
@@ -213,9 +209,9 @@ class Writer:
         lat = sorted(self._latencies)
         return WriterStats(
             queue_depth=len(self.queue.ready), pending=self.queue.in_memory_only,
-            journal_bytes=self._journal.bytes_used, journal_backlog=self._last_seq - self._written_seq,
+            journal_bytes=self._journal.bytes_used, journal_backlog=self._journaling.last_seq - self._written_seq,
             records_written=self._records_written, rejected=self._rejected, batches=self._batches,
-            db_up=self._db_up, journal_failure=self._journal_failure,
+            db_up=self._db_up, journal_failure=self._journaling.failure,
             latency_p50=_percentile(lat, 0.50), latency_p99=_percentile(lat, 0.99),
         )
 
@@ -223,95 +219,7 @@ class Writer:
         """The recent submit-to-commit latencies in seconds (for benchmarks)."""
         return list(self._latencies)
 
-    # --- journal side ---------------------------------------------------------------------
-
-    def _journal_loop(self) -> None:
-        while True:
-            # While the journal fails, probe it every second so the failure clears without waiting
-            # for the next finished call.
-            if not self._journal_wake.wait(JOURNAL_PROBE_INTERVAL if self._journal_failure else None):
-                self._probe_journal()
-                continue
-            self._journal_wake.clear()
-            while self.queue.incoming:
-                items = self.queue.take_incoming()
-                self._journaling = True
-                try:
-                    self._journal_items(items)
-                finally:
-                    self._journaling = False
-                self._wake.set()
-
-    def _journal_items(self, items: list[Arrival]) -> None:
-        payloads, durable = [], []
-        for update, t in items:
-            try:
-                payloads.append(encode_update(update))
-                durable.append((update, t))
-            except (TypeError, ValueError) as e:
-                log.error("writer: a finished record of call %s cannot be serialised (%s); kept in memory, "
-                          "not durable until written", update.record.call_uuid, type(e).__name__)
-                self.queue.keep_in_memory(update, t)
-        try:
-            seqs = self._journal.write_many(payloads)
-        except JournalError as e:
-            self._journal_failed(e)
-            for update, t in durable:
-                self.queue.keep_in_memory(update, t)
-            return
-        # Queued for PostgreSQL before the fsync ends (the upserts are idempotent and the journal
-        # forgets nothing before the durability barrier): the fsync is not on the commit path.
-        for seq, (update, t) in zip(seqs, durable, strict=True):
-            if self.queue.journaled(seq, update, t) and self._metrics is not None:
-                self._metrics.queue_overflows.inc()
-        if not seqs:
-            return
-        self._last_seq = seqs[-1]
-        self._wake.set()
-        # Its own greenlet: records submitted during a slow fsync are written and queued meanwhile
-        # (the journal's group commit makes one fsync serve every waiting greenlet).
-        self._syncs.spawn(self._sync_journal, seqs[-1], [u for u, _ in durable])
-
-    def _sync_journal(self, seq: int, updates: list[RecordUpdate]) -> None:
-        try:
-            self._journal.sync(seq)
-        except JournalError as e:
-            # Still written to PostgreSQL from memory (or from the journal's file when it spilled);
-            # only not acknowledged.
-            self._journal_failed(e)
-            return
-        self._journal_recovered()
-        if self._on_durable is not None:
-            self._on_durable(updates)
-
-    def _journal_failed(self, e: JournalError) -> None:
-        """Finished records cannot be made durable: say so at once (/metrics, /healthz) and once in
-        the log, with what to do; they stay in memory and are still written when PostgreSQL is up."""
-        if self._metrics is not None:
-            self._metrics.journal_failures.labels(kind=e.kind).inc()
-            self._metrics.journal_writable.set(0)
-        if self._journal_failure is None:
-            log.error("writer: the journal cannot make records durable (%s): %s; finished records are kept "
-                      "in memory only until then", e, e.advice)
-        self._journal_failure = e.kind
-        self._journal_wake.set()  # arms the probe when the failure came from an fsync
-
-    def _journal_recovered(self) -> None:
-        if self._journal_failure is not None:
-            log.info("writer: the journal is writable again; finished records are durable again")
-            self._journal_failure = None
-            self.queue.unjournal_finished(time.monotonic())
-            self._journal_wake.set()
-        if self._metrics is not None:
-            self._metrics.journal_writable.set(1)
-
-    def _probe_journal(self) -> None:
-        try:
-            self._journal.probe()
-        except JournalError as e:
-            self._journal_failed(e)
-        else:
-            self._journal_recovered()
+    # --- shutdown -------------------------------------------------------------------------
 
     def _spill_memory(self) -> None:
         """Journal the in-memory-only updates (shutdown with PostgreSQL unreachable)."""
@@ -428,7 +336,7 @@ class Writer:
         self._barrier.poke()
         # Cooperative scheduling: no switch between this check and the flag change, so an
         # append that finished during the replay either was replayed or lands in the queue.
-        if self._written_seq >= self._last_seq:
+        if self._written_seq >= self._journaling.last_seq:
             self.queue.spilled = False
 
     def _write_in_flight(self, prefetch: bool = False) -> None:
