@@ -96,7 +96,8 @@ def check_replica(config: Config) -> str:
 
 
 def check_esl(node: NodeConfig, timeout: float = ESL_TIMEOUT) -> str:
-    """Connect, expect the ``auth/request`` banner, ``auth``, expect ``+OK accepted``, ``exit``."""
+    """Connect, expect the ``auth/request`` banner, ``auth``, expect ``+OK accepted`` (what the daemon
+    requires), ``exit``."""
     from eslbridge.esl import protocol
     from eslbridge.esl.framing import FrameParser
 
@@ -104,6 +105,7 @@ def check_esl(node: NodeConfig, timeout: float = ESL_TIMEOUT) -> str:
     try:
         with socket.create_connection((node.host, node.port), timeout=timeout) as sock:
             parser = FrameParser()
+            exchange: protocol.Exchange[str] = protocol.Exchange()
             frames: list = []
 
             def next_frame(what: str):
@@ -115,15 +117,15 @@ def check_esl(node: NodeConfig, timeout: float = ESL_TIMEOUT) -> str:
                 return frames.pop(0)
 
             banner = next_frame("the auth/request banner")
-            if banner.content_type != "auth/request":
+            if exchange.receive(banner).kind is not protocol.Kind.BANNER:
                 raise CheckFailed(f"not an event socket: first frame is {banner.content_type!r}")
-            sock.sendall(protocol.encode(f"auth {password}"))
+            sock.sendall(exchange.command(f"auth {password}", "auth"))
             reply = next_frame("the auth reply")
-            text = reply.headers.get("Reply-Text", "")
-            if not text.startswith("+OK"):
+            if exchange.receive(reply).kind is not protocol.Kind.REPLY or not protocol.authenticated(reply):
+                text = reply.headers.get("Reply-Text", "")
                 raise CheckFailed(f"authentication rejected ({text or reply.content_type}; "
                                   f"password from {node.password.source})", EXIT_CONFIG)
-            sock.sendall(protocol.encode("exit"))
+            sock.sendall(exchange.command("exit", "exit"))
             next_frame("the exit reply")  # leave politely: FreeSWITCH answers, then hangs up
     except TimeoutError:
         raise CheckFailed(f"no answer within {timeout:g} s") from None

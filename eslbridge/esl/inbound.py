@@ -1,8 +1,9 @@
 """Inbound ESL client for one FreeSWITCH node, built on greenswitch.
 
-`_Connection` subclasses greenswitch's `InboundESL` for one TCP session: greenswitch's handshake
-(`authenticate`) and its FIFO of pending command replies are kept; the parts that break under real
-traffic are replaced. The greenswitch 0.0.19 defects fixed here (each has a test in
+`_Connection` is one TCP session. It still subclasses greenswitch's `InboundESL` (host, port,
+password, `connected`), but every part that breaks under real traffic is replaced, and the
+handshake and the matching of replies to commands are the sans-IO exchange of protocol.py, shared
+with the outbound server and `check-config`. The greenswitch 0.0.19 defects fixed here (each has a test in
 tests/test_esl_greenswitch_defects.py that runs stock greenswitch against the simulator):
 
 1. `ESLEvent.parse_data` URL-decodes the whole block before splitting lines, so a `%0A` in a
@@ -36,7 +37,7 @@ from time import monotonic
 import gevent
 import greenswitch.esl
 from gevent import socket
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 from gevent.lock import Semaphore
 
 from eslbridge.errors import ConfigError, EslBridgeError
@@ -62,7 +63,6 @@ SnapshotHandler = Callable[[str, list], None]
 
 TAG_JSON, TAG_PLAIN, TAG_SNAPSHOT = 1, 2, 3
 _EVENT_TAGS = {"text/event-json": TAG_JSON, "text/event-plain": TAG_PLAIN}
-_IGNORED = ("log/data", "text/disconnect-notice", "text/rude-rejection")
 
 
 class EslError(EslBridgeError):
@@ -87,7 +87,7 @@ def command_summary(data: str) -> str:
 
 
 class _Connection(greenswitch.esl.InboundESL):
-    """One TCP session to FreeSWITCH (greenswitch's handshake and reply FIFO, our reader)."""
+    """One TCP session to FreeSWITCH: the protocol exchange over our reader."""
 
     def __init__(self, client: InboundClient) -> None:
         super().__init__(client.host, client.port, client.password, timeout=client.connect_timeout)
@@ -95,6 +95,9 @@ class _Connection(greenswitch.esl.InboundESL):
         self._stats = client.stats
         self._parser = FrameParser(self._stats.error)
         self._send_lock = Semaphore()
+        self._exchange: protocol.Exchange[_Pending] = protocol.Exchange()
+        self._banner = Event()  # auth/request came (or the session ended before it)
+        self._reader: gevent.Greenlet | None = None
         self._rejected = False
         self.last_rx = 0.0
         self.sock = None
@@ -108,26 +111,23 @@ class _Connection(greenswitch.esl.InboundESL):
         self.connected = True
         self.last_rx = gevent.get_hub().loop.now()
         self.start_event_handlers()
-        if not self._auth_request_event.wait(client.command_timeout) or self._rejected or not self.connected:
+        if not self._banner.wait(client.command_timeout) or self._rejected or not self.connected:
             raise EslError("FreeSWITCH sent no auth/request (rude-rejection: check event_socket.conf.xml ACL)")
-        try:
-            self.authenticate()
-        except ValueError:
-            raise ConfigError(f"ESL node {client.node}: FreeSWITCH refused the password") from None
+        if not protocol.authenticated(self.send(f"auth {self.password}")):
+            raise ConfigError(f"ESL node {client.node}: FreeSWITCH refused the password")
 
     def start_event_handlers(self) -> None:
         # Only the reader: events are consumed by the client's own greenlet, which outlives connections.
-        self._receive_events_greenlet = gevent.spawn(self.receive_events)
+        self._reader = gevent.spawn(self.receive_events)
 
     def send(self, data: str, timeout: float | None = None, inband: bool = False, wait: bool = True):
         if not self.connected:
             raise EslError("not connected")
-        wire = protocol.encode(data)  # refuses CR/LF before anything is queued
         pending = _Pending()
         pending.inband = inband
-        with self._send_lock:  # keeps the FIFO of pending replies in wire order
-            self._commands_sent.append(pending)
-            self.sock.sendall(wire)
+        with self._send_lock:  # keeps the replies owed in wire order
+            # (protocol refuses CR/LF before anything is owed or sent)
+            self.sock.sendall(self._exchange.command(data, pending))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: ESL command sent: %s", self._client.node, command_summary(data))
         if not wait:
@@ -171,31 +171,29 @@ class _Connection(greenswitch.esl.InboundESL):
         finally:
             parser.close()
             self.connected = False
-            self._auth_request_event.set()
-            for pending in self._commands_sent:
+            self._banner.set()
+            for pending in self._exchange.abandon():
                 pending.set_exception(EslError("connection lost"))
-            self._commands_sent.clear()
 
     def _control(self, frame, items: list[tuple[int, bytes]]) -> None:
         """A frame that is not an event; an in-band reply joins `items` where it sits in the stream."""
-        ct = frame.content_type
-        if ct in ("command/reply", "api/response"):
-            if not self._commands_sent:
-                self._stats.error("unexpected_reply", frame.headers.get("Reply-Text", ct))
-                return
-            pending = self._commands_sent.pop(0)
+        kind, pending = self._exchange.receive(frame)
+        if kind is protocol.Kind.REPLY:
             if pending.inband:
                 items.append((TAG_SNAPSHOT, frame.body))
             pending.set(frame)
-        elif ct == "auth/request":
-            self._auth_request_event.set()
-        elif ct in _IGNORED:
-            self._stats.ignored(ct)
-            if ct == "text/rude-rejection":
-                self._rejected = True
-                self._auth_request_event.set()
-        else:
-            self._stats.error("unknown_content_type", ct)
+        elif kind is protocol.Kind.UNEXPECTED:
+            self._stats.error("unexpected_reply", frame.headers.get("Reply-Text", frame.content_type))
+        elif kind is protocol.Kind.BANNER:
+            self._banner.set()
+        elif kind is protocol.Kind.REJECTED:
+            self._stats.ignored(frame.content_type)
+            self._rejected = True
+            self._banner.set()
+        elif kind is protocol.Kind.NOISE:
+            self._stats.ignored(frame.content_type)
+        else:  # unknown, or an event in a format this session did not subscribe to
+            self._stats.error("unknown_content_type", frame.content_type)
 
     def stop(self) -> None:
         if self.connected:
@@ -208,9 +206,9 @@ class _Connection(greenswitch.esl.InboundESL):
         self.connected = False
         if self.sock is not None:
             self.sock.close()
-        if self._receive_events_greenlet is not None:
-            self._receive_events_greenlet.join(timeout=2)
-            self._receive_events_greenlet.kill(block=False)
+        if self._reader is not None:
+            self._reader.join(timeout=2)
+            self._reader.kill(block=False)
 
 
 class InboundClient:
@@ -299,7 +297,7 @@ class InboundClient:
         """Start `bgapi cmd` and return its Job-UUID (the result comes as a BACKGROUND_JOB event)."""
         reply = self._require().send("bgapi " + cmd, timeout)
         text = reply.headers.get("Reply-Text", "")
-        if not text.startswith("+OK"):
+        if not protocol.accepted(reply):
             raise EslError(f"bgapi refused: {text}")
         return reply.headers.get("Job-UUID") or text.rsplit(" ", 1)[-1]
 
@@ -351,7 +349,7 @@ class InboundClient:
     def _open(self, conn: _Connection) -> None:
         conn.connect()
         reply = conn.send(f"event {self.event_format} {' '.join(self.events)}")
-        if not reply.headers.get("Reply-Text", "").startswith("+OK"):
+        if not protocol.accepted(reply):
             raise EslError(f"subscription refused: {reply.headers.get('Reply-Text')}")
         self._conn = conn
         self.stats.connected = True

@@ -63,7 +63,7 @@ class OutboundServer:
         conn = self.gate.current()
         session = _Session(sock, conn)
         try:
-            data = session.command(protocol.encode("connect")).headers
+            data = session.command("connect").headers
         except (OSError, ConnectionError) as exc:  # (TimeoutError is an OSError)
             self.stats["errors"] += 1
             self._log.warning("early", "outbound socket failed before channel data: %s (%d so far)",
@@ -80,8 +80,11 @@ class OutboundServer:
         if self.on_result is not None:
             self.on_result(data, allowed, reason)
         try:
-            session.command(protocol.encode("resume") if allowed else _HANGUP)
-            session.command(protocol.encode("exit"))
+            if allowed:
+                session.command("resume")
+            else:
+                session.message(_HANGUP)
+            session.command("exit")
         except (OSError, ConnectionError) as exc:
             self.stats["errors"] += 1
             self._log.warning("late", "outbound socket closed before the decision was sent: %s (%d so far)",
@@ -98,14 +101,22 @@ class _Session:
         self.sock, self.conn = sock, conn
         self.parser = FrameParser(size=INITIAL_BUFFER)
         self.frames: list[Frame] = []
+        self.exchange: protocol.Exchange[None] = protocol.Exchange()
 
-    def command(self, wire: bytes) -> Frame:
+    def command(self, line: str) -> Frame:
+        return self._await_reply(self.exchange.command(line, None))
+
+    def message(self, wire: bytes) -> Frame:
+        return self._await_reply(self.exchange.message(wire, None))
+
+    def _await_reply(self, wire: bytes) -> Frame:
         self.sock.sendall(wire)
         self.conn.reading()
         while True:
             while self.frames:
                 frame = self.frames.pop(0)
-                if frame.content_type == "command/reply":
+                # Only a command/reply answers here (this side never sends ``api``); anything else is skipped.
+                if frame.content_type == "command/reply" and self.exchange.receive(frame).kind is protocol.Kind.REPLY:
                     return frame
             with self.parser.writable(INITIAL_BUFFER) as view:
                 n = self.sock.recv_into(view)
