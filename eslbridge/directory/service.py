@@ -12,27 +12,25 @@ the lookups' own (userquery.py), or split between it and a streaming standby (re
 
 from __future__ import annotations
 
-import base64
 import functools
-import hmac
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from eslbridge.accounts.users import valid_identity
 from eslbridge.config import DirectoryConfig
 from eslbridge.directory.cache import DirectoryCache
+from eslbridge.directory.gate import RequestGate
 from eslbridge.directory.http import HttpServer
+from eslbridge.directory.invalidation import FlushHook, Invalidation
 from eslbridge.directory.lookup import LookupFailed, UserLookups
 from eslbridge.directory.replica import Fences, ReplicaRouter
 from eslbridge.directory.request import BadRequest, Lookup, lookup_of
 from eslbridge.directory.userquery import PRIMARY_POSITION, STANDBY_POSITION, UserQuery
 from eslbridge.directory.xml import DIAL_STRING, NOT_FOUND, user_document
-from eslbridge.ops.logs import LogOnce
 from eslbridge.ops.netgate import AcceptGate
 from eslbridge.store.notify import NotifyListener
 from eslbridge.store.pool import own_connection
@@ -47,7 +45,6 @@ USER_CONTEXT = "default"
 
 log = logging.getLogger(__name__)
 
-FlushHook = Callable[[str, str], None]
 
 def toll_allow(role_permissions: Iterable[str] | None, user_permissions: Any) -> str:
     """The role's call permissions (``call:create,call:transfer``...), minus ``call:create`` when
@@ -81,34 +78,31 @@ class DirectoryService:
                  deadline: float = DEADLINE, replica_dsn: str | None = None,
                  replica_max_lag: float = REPLICA_MAX_LAG) -> None:
         self.config = config
-        self._flush_hook = flush_hook
         self._metrics = metrics
         self._deadline = deadline
         self.cache = DirectoryCache(config.cache_seconds)
         # FreeSWITCH may cache our answer as long as we do only when we can flush it on changes.
         self._cacheable_ms = config.cache_seconds * 1000 if flush_hook and config.cache_seconds else None
         conninfo = pool_or_dsn if isinstance(pool_or_dsn, str) else pool_or_dsn.conninfo
-        self.listener = NotifyListener(conninfo, self._on_notify, self._on_listen)
+        self.replica: ReplicaRouter | None = None
+        self.invalidation = Invalidation(self.cache, None, flush_hook, self._count)
+        self.listener = NotifyListener(conninfo, self.invalidation.on_notify, self.invalidation.on_listen)
         # One query is in flight at a time (lookup.py), so lookups hold a connection of their own
         # (with the pool's settings) instead of a checkout per query.
         primary = functools.partial(own_connection, pool_or_dsn, deadline)
-        self.replica: ReplicaRouter | None = None
         if replica_dsn:
             self.replica = ReplicaRouter(
                 UserQuery(primary, PRIMARY_POSITION),
                 UserQuery(functools.partial(own_connection, replica_dsn, deadline), STANDBY_POSITION),
                 Fences(replica_max_lag), lambda: self.listener.connected, metrics)
+            self.invalidation.replica = self.replica
         self.lookups = UserLookups(self.replica or UserQuery(primary), self.cache, DB_RETRY_AFTER)
-        self._path = config.path.encode()
-        self._credentials = f"{config.username}:{config.password.reveal()}".encode()
-        # What libcurl sends, byte for byte: one comparison for the common case.
-        self._basic = b"Basic " + base64.b64encode(self._credentials)
         self._counters: dict[tuple[str, str], Any] = {}  # bound metric children: labels() per request is slow
-        # The gate refuses outsiders at accept; gate() checks again for the WSGI embedding.
+        # The accept gate refuses outsiders at accept; the request gate checks again (defence in depth).
         self.accept_gate = AcceptGate("directory", config.allow, config.connections,
                                 on_refuse=self._refused)
+        self.gate = RequestGate(config, self.accept_gate.allow, self._count).check
         self._server = HttpServer(config.listen, self, self.accept_gate, max_body=MAX_BODY)
-        self._refusal_log = LogOnce(log)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -129,23 +123,7 @@ class DirectoryService:
         self.lookups.stop()
         self.listener.stop()
 
-    # --- HTTP (http.App) ---------------------------------------------------------------------
-
-    def gate(self, client_ip: str, method: bytes, path: bytes,
-             headers: Mapping[bytes, bytes]) -> tuple[int, bytes] | None:
-        refusal = self._refusal(client_ip, headers.get(b"authorization"))
-        if refusal is not None:
-            self._count("forbidden")
-            # FreeSWITCH falls back to its static directory on a 403: an operator must hear of it.
-            self._refusal_log.warning(refusal, "directory: refused a request from %s: %s", client_ip, refusal)
-            return 403, b""
-        if path != self._path:
-            self._count("bad_path")
-            return 404, b""
-        if method != b"POST":
-            self._count("bad_method")
-            return 405, b""
-        return None
+    # --- HTTP (http.App: ``gate`` is the RequestGate's) ---------------------------------------
 
     def oversized(self) -> tuple[int, bytes]:
         self._count("oversized")
@@ -187,73 +165,7 @@ class DirectoryService:
         self.cache.put(key, xml, row[4] or _NO_ROLE, generation)
         return "found", xml
 
-    # --- invalidation ------------------------------------------------------------------------
-
-    def _on_listen(self) -> None:
-        """(Re)connected: what changed while we were away is unknown, so forget everything."""
-        keys = self.cache.clear()
-        log.debug("directory cache: LISTEN (re)connected, cleared %d entries", len(keys))
-        if self.replica is not None:
-            self.replica.fence_all()
-        for username, realm in keys:
-            self._flush(username, realm)
-
-    def _on_notify(self, payload: dict[str, Any]) -> None:
-        self._count("invalidation")
-        table, op = payload.get("table"), payload.get("op")
-        log.debug("directory cache: invalidating after %s on %s", op, table)
-        if table == "users" and op == "TRUNCATE":
-            self._on_listen()
-        elif table == "users":
-            # Validated before use (the payload is whatever a database client wrote); an UPDATE names
-            # the user twice (new and old key, mostly equal): one flush each.
-            named = ((payload.get(u), payload.get(r))
-                     for u, r in (("username", "realm"), ("old_username", "old_realm")))
-            for username, realm in dict.fromkeys(key for key in named if valid_identity(*key)):
-                self.cache.invalidate((username, realm))
-                if self.replica is not None:
-                    self.replica.fence((username, realm))
-                self._flush(username, realm)
-        elif table == "roles":
-            try:
-                role_id = uuid.UUID(str(payload.get("role_id")))
-            except ValueError:
-                return
-            if self.replica is not None:  # the role reaches users the cache never saw
-                self.replica.fence_all()
-            for username, realm in self.cache.invalidate_role(role_id):
-                self._flush(username, realm)
-
-    def _flush(self, username: str, realm: str) -> None:
-        if self._flush_hook is None:
-            return
-        try:
-            self._flush_hook(username, realm)
-        except Exception:  # the ESL link may be down; our own cache is already right
-            log.warning("xml_flush_cache for a directory user failed", exc_info=True)
-
     # --- helpers -----------------------------------------------------------------------------
-
-    def _refusal(self, client_ip: str, header: bytes | None) -> str | None:
-        """Why a request gets 403 (a few fixed texts: they key the rate limit), None when it may pass."""
-        if client_ip not in self.accept_gate.allow:
-            return "address not in directory.allow"
-        if self._authorized(header):
-            return None
-        if not header:
-            return "no basic auth credentials (set gateway-credentials in xml_curl.conf.xml)"
-        return "wrong basic auth credentials (compare gateway-credentials with directory.username/password_file)"
-
-    def _authorized(self, header: bytes | None) -> bool:
-        if header is not None and hmac.compare_digest(header, self._basic):  # constant time in the content
-            return True
-        scheme, _, encoded = (header or b"").partition(b" ")
-        try:
-            given = base64.b64decode(encoded.strip(), validate=True)
-        except ValueError:
-            given = b""
-        ok = hmac.compare_digest(given, self._credentials)  # constant time in the secret's content
-        return ok and scheme.lower() == b"basic"
 
     def _refused(self, kind: str) -> None:
         self._count("forbidden" if kind == "refused_address" else "busy")
