@@ -24,7 +24,7 @@ import base64
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -34,14 +34,21 @@ from eslbridge.keys.openpgp import DecryptionError, MessageKey, Sealer
 from eslbridge.ops.settings import Context, Field, Section, file_path, parse_yaml, read_secret
 
 
-def _parse(path: Path) -> tuple[int, dict[int, Path], Path]:
-    """(active id, {id: passphrase file}, blind key file) of a keyring file, validated."""
+class KeyringFile(NamedTuple):
+    """What a keyring file says, validated; paths resolved against its directory."""
+
+    active: int
+    files: dict[int, Path]  # key id -> its passphrase file
+    blind_file: Path
+
+
+def _parse(path: Path) -> KeyringFile:
     root = Section(Context(path, {}), "", parse_yaml(path, read_secret(path), "keyring"))
     files = root.take("keys", _key_files)
     active = root.take("active", _active_of(files))
     blind_file = root.take("blind_index_key_file", file_path)
     root.finish()
-    return active, files, blind_file
+    return KeyringFile(active, files, blind_file)
 
 
 def _key_files(f: Field, keys: Any) -> dict[int, Path]:
