@@ -232,9 +232,10 @@ def test_a_hostile_notify_payload_never_reaches_the_flush_hook():
     config = DirectoryConfig(listen=ListenAddress("127.0.0.1", 0), path="/directory", allow=LOOPBACK,
                              username="freeswitch", password=Secret("pw", "test"), cache_seconds=300)
     service = DirectoryService(config, "postgresql:///nowhere", flush_hook=lambda u, r: flushed.append((u, r)))
-    service.invalidation.on_notify({"table": "users", "op": "UPDATE", "username": INJECTION, "realm": "example.com"})
-    service.invalidation.on_notify({"table": "users", "op": "UPDATE", "username": "1000", "realm": "example.com\nbgapi x"})
-    service.invalidation.on_notify({"table": "users", "op": "UPDATE", "username": ["1000"], "realm": "example.com"})
+    notify = service.invalidation.on_notify
+    notify({"table": "users", "op": "UPDATE", "username": INJECTION, "realm": "example.com"})
+    notify({"table": "users", "op": "UPDATE", "username": "1000", "realm": "example.com\nbgapi x"})
+    notify({"table": "users", "op": "UPDATE", "username": ["1000"], "realm": "example.com"})
     assert flushed == []
-    service.invalidation.on_notify({"table": "users", "op": "UPDATE", "username": "1000", "realm": "example.com"})
+    notify({"table": "users", "op": "UPDATE", "username": "1000", "realm": "example.com"})
     assert flushed == [("1000", "example.com")]
