@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from eslbridge.accounts import users
+from eslbridge.accounts import roles, users
 from eslbridge.cli import build_parser, main
 from eslbridge.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_USAGE
 from eslbridge.sim.localpg import free_port
@@ -196,6 +196,6 @@ def test_no_traceback_for_a_missing_config_or_keyring(tmp_path) -> None:
 
 
 def test_roles_are_unchanged_by_a_refused_delete(db: psycopg.Connection, cli) -> None:
-    before = [r.name for r in users.list_roles(db)]
+    before = [r.name for r in roles.list_roles(db)]
     assert cli("role", "delete", "user")[0] == EXIT_FAILURE  # system role: refused before any question
-    assert [r.name for r in users.list_roles(db)] == before
+    assert [r.name for r in roles.list_roles(db)] == before

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 import psycopg
 import pytest
 
-from eslbridge.accounts import users
+from eslbridge.accounts import roles, users
 from eslbridge.directory.xml import DIAL_STRING
 from eslbridge.sim.localpg import PgCluster
 from eslbridge.store.migrate import migrate
@@ -415,11 +415,11 @@ def test_changes_are_seen_by_the_next_request_not_after_the_ttl(directory, admin
     assert a1_of(directory, "carol", "notify.example") == md5(f"carol:notify.example:{PASSWORD}")
     # A role change reaches toll_allow of cached users.
     before = seen.count("carol@notify.example")
-    users.revoke(admin, "user", ["call:transfer"])
+    roles.revoke(admin, "user", ["call:transfer"])
     seen.wait("carol@notify.example", before)
     _, answer = directory.post(form(action="sip_auth", user="carol", domain="notify.example"))
     assert "call:transfer" not in variables(fs_locate_user(answer, "notify.example", "carol"))["toll_allow"]
-    users.grant(admin, "user", ["call:transfer"])
+    roles.grant(admin, "user", ["call:transfer"])
     before = seen.count("carol@notify.example")
     users.delete_user(admin, "carol", "notify.example")
     seen.wait("carol@notify.example", before)

@@ -12,7 +12,7 @@ import bcrypt
 import psycopg
 import pytest
 
-from eslbridge.accounts import users
+from eslbridge.accounts import roles, users
 from eslbridge.accounts.audit import os_user
 from eslbridge.errors import EXIT_FAILURE, EXIT_USAGE, EslBridgeError, UsageError
 from tests.user_rows import user_id
@@ -45,9 +45,9 @@ def test_duplicates_unknown_roles_and_permissions_are_clear_errors(db):
     with pytest.raises(EslBridgeError, match=r"unknown role 'boss' \(known: administrator, operator, user\)"):
         users.add_user(db, "carl", "example.com", "password1", role="boss", rounds=FAST)
     with pytest.raises(EslBridgeError, match="unknown permission 'call:fly'"):
-        users.grant(db, "user", ["call:fly"])
+        roles.grant(db, "user", ["call:fly"])
     with pytest.raises(EslBridgeError, match="role 'user' already exists"):
-        users.add_role(db, "user")
+        roles.add_role(db, "user")
     with pytest.raises(users.NotFoundError, match=r"no user nobody@example\.com"):
         users.set_password(db, "nobody", "example.com", "password1", rounds=FAST)
     assert [r[0] for r in audit_rows(db)] == ["user.create"]  # failed changes leave no audit row
@@ -70,10 +70,10 @@ def test_enable_disable_delete_and_roles(db):
     users.add_user(db, "dora", "x.org", "password1", role="operator", rounds=FAST)
     users.set_enabled(db, "dora", "x.org", False)
     assert users.get_user(db, "dora", "x.org").enabled is False
-    role = users.add_role(db, "night-shift", ["call:read"], description="nights")
+    role = roles.add_role(db, "night-shift", ["call:read"], description="nights")
     assert role.permissions == ("call:read",) and not role.is_system
-    assert users.grant(db, "night-shift", ["call:create", "call:read"]).permissions == ("call:create", "call:read")
-    assert users.revoke(db, "night-shift", ["call:read"]).permissions == ("call:create",)
+    assert roles.grant(db, "night-shift", ["call:create", "call:read"]).permissions == ("call:create", "call:read")
+    assert roles.revoke(db, "night-shift", ["call:read"]).permissions == ("call:create",)
     users.delete_user(db, "dora", "x.org")
     assert user_id(db, "dora", "x.org") is None
     assert [r[0] for r in audit_rows(db)] == [

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from eslbridge.accounts import users
+from eslbridge.accounts import roles, users
 from eslbridge.commands import limits
 from eslbridge.commands.common import add_yes_option, admin_connection, confirm
 from eslbridge.errors import UsageError
@@ -114,31 +114,31 @@ def _user_list(conn: psycopg.Connection, args: argparse.Namespace) -> int:
 
 
 def _role_list(conn: psycopg.Connection, args: argparse.Namespace) -> int:
-    for role in users.list_roles(conn):
+    for role in roles.list_roles(conn):
         flag = " (system)" if role.is_system else ""
         print(f"{role.name}{flag}: {', '.join(role.permissions) or '-'}")
     return 0
 
 
 def _role_add(conn: psycopg.Connection, args: argparse.Namespace) -> int:
-    role = users.add_role(conn, args.name, args.permission or (), description=args.description)
+    role = roles.add_role(conn, args.name, args.permission or (), description=args.description)
     print(f"created role {role.name}: {', '.join(role.permissions) or '-'}")
     return 0
 
 
 def _role_change(conn: psycopg.Connection, args: argparse.Namespace) -> int:
-    change = users.grant if args.grant else users.revoke
+    change = roles.grant if args.grant else roles.revoke
     role = change(conn, args.name, args.permissions)
     print(f"role {role.name}: {', '.join(role.permissions) or '-'}")
     return 0
 
 
 def _role_delete(conn: psycopg.Connection, args: argparse.Namespace) -> int:
-    role = users.deletable_role(conn, args.name)
+    role = roles.deletable_role(conn, args.name)
     confirm(args, f"deleting role {role.name}", [
         f"role {role.name} ({', '.join(role.permissions) or 'no permissions'})",
-        f"{users.role_users(conn, role.name)} user(s) holding it are left without a role (no permissions)"])
-    members = users.delete_role(conn, role.name)
+        f"{roles.role_users(conn, role.name)} user(s) holding it are left without a role (no permissions)"])
+    members = roles.delete_role(conn, role.name)
     print(f"deleted role {role.name}; {members} user(s) now have no role")
     return 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from eslbridge.accounts.users import add_role
+from eslbridge.accounts.roles import add_role
 from tests.daemon_fixtures import wait_for
 from tests.freeswitch.conftest import DOMAIN, Bridge, FreeSwitch
 from tests.freeswitch.landed import judge
