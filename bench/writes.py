@@ -289,6 +289,7 @@ def main() -> None:
     ap.add_argument("--compare", action="store_true", help="also run every write method as fast as possible")
     ap.add_argument("--compare-seconds", type=float, default=8.0)
     ap.add_argument("--baseline-seconds", type=float, default=10.0)
+    ap.add_argument("--fillfactor", type=int, help="set on every partition of the written tables first (a trial)")
     args = ap.parse_args()
 
     cluster = PgCluster(durable=True)
@@ -305,6 +306,11 @@ def main() -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             user = create_user(conn)
             conn.execute("CREATE EXTENSION pg_stat_statements")
+            if args.fillfactor:
+                for (part,) in conn.execute(
+                        "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = ANY(%s::regclass[])",
+                        [list(WRITTEN)]).fetchall():
+                    conn.execute(f"ALTER TABLE {part} SET (fillfactor = {args.fillfactor:d})")
         print(f"PostgreSQL {cluster.port} with fsync=on; journal fsync'd in {tmp}; method {args.method}")
         first = 0
 
