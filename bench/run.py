@@ -58,12 +58,14 @@ def p99_runs(first: dict[str, dict], n: int, writes_args: list[str], directory_a
     for _ in range(n - 1):
         load = os.getloadavg()[0]
         runs.append((run("writes", writes_args), run("directory", directory_args), load))
-    headers = ("run", "write p99 ms", "steal %", "dir cached p99", "dir uncached p99", "floor p99", "steal %",
-               "load")
+    headers = ("run", "write p99 ms", "steal %", "dir cached p99", "dir uncached p99", "same, idle open",
+               "floor p99", "steal %", "load")
     rows = []
     for k, (w, d, load) in enumerate(runs, 1):
         dc, du, fl = d.get("cached", {}), d.get("uncached", {}), d.get("floor_p99", {})
+        hs = d.get("hostile", {})
         rows.append((str(k), fmt(w.get("p99_ms")), fmt(w.get("steal")), fmt(dc.get("p99")), fmt(du.get("p99")),
+                     f"{fmt(hs.get('cached', {}).get('p99'))} / {fmt(hs.get('uncached', {}).get('p99'))}",
                      f"{fmt(fl.get('5000'))} / {fmt(fl.get('1500'))}",
                      f"{fmt(dc.get('steal'))} / {fmt(du.get('steal'))}", fmt(load)))
 
@@ -72,7 +74,9 @@ def p99_runs(first: dict[str, dict], n: int, writes_args: list[str], directory_a
 
     rows.append(("met", met([w.get("p99_ms") for w, _, _ in runs], 250), "",
                  met([d.get("cached", {}).get("p99") for _, d, _ in runs], 5),
-                 met([d.get("uncached", {}).get("p99") for _, d, _ in runs], 5), "", "", ""))
+                 met([d.get("uncached", {}).get("p99") for _, d, _ in runs], 5),
+                 met([d.get("hostile", {}).get(kind, {}).get("p99") for _, d, _ in runs
+                      for kind in ("cached", "uncached")], 5), "", "", ""))
     print(f"\np99 rows of DESIGN section 11, {n} runs (bounds: writes <= 250 ms, directory <= 5 ms; "
           "steal: CPU the host took from this VM during the run)")
     table(headers, rows)
@@ -110,6 +114,8 @@ def main() -> int:
     i, c, d, w, m, k = (r["intake"], r["correlate"], r["directory"], r["writes"], r["memory"], r["crypto"])
     ij, ip = i.get("json", {}), i.get("plain", {})
     dc, du, db, fl = d.get("cached", {}), d.get("uncached", {}), d.get("baseline", {}), d.get("floor_p99", {})
+    hs = d.get("hostile", {})
+    hc, hu = hs.get("cached", {}), hs.get("uncached", {})
     rows = [
         ("ESL intake + correlation, json, events/CPU-s", fmt(i.get("correlated_cpu_eps")),
          ">= 50,000; >= 10x greenswitch", f"greenswitch plain {fmt(ij.get('stock_cpu_eps'))}",
@@ -144,6 +150,8 @@ def main() -> int:
          "<= 5 at 50 clients (9 of 10 runs)",
          f"floor {fmt(fl.get('5000'))} / {fmt(fl.get('1500'))}", ""),
         ("  CPU stolen by the host meanwhile, %", f"{fmt(dc.get('steal'))} / {fmt(du.get('steal'))}", "", "", ""),
+        (f"  same, {fmt(hs.get('idle'))} idle connections open, ms", f"{fmt(hc.get('p99'))} / {fmt(hu.get('p99'))}",
+         "<= 5", f"floor {fmt(fl.get('5000'))} / {fmt(fl.get('1500'))}", ""),
         ("memory per active call, bytes", fmt(m.get("bytes_per_active_call")), "<= 5,120", "", ""),
         (f"RSS growth, 2nd half of {fmt(m.get('calls'))} calls, MiB", fmt(m.get("rss_growth_second_half_mib")),
          "flat", "", ""),
