@@ -1,6 +1,6 @@
 """Directory lookups benchmark (DESIGN section 11): requests/s and p50/p99 latency.
 
-    python -m bench.directory [--seconds 10] [--clients 50] [--users 1000] [--standby]
+    python -m bench.directory [--seconds 10] [--clients 50] [--users 1000] [--hostile 1000] [--standby]
 
 Starts a private PostgreSQL, creates users, then measures in one run, each server in its own
 process and the load generator in another (on 2 cores, servers on the first and wrk on the
@@ -10,6 +10,9 @@ second; PostgreSQL runs on either):
 - eslbridge, uncached   DirectoryService, cache_seconds=0 (every request read from PostgreSQL; the
                         misses of concurrent requests share one query, lookup.py);
 - eslbridge, pywsgi     the same service's wsgi_app under gevent.pywsgi, cached;
+- ... hostile open      the paced eslbridge rows again while ``--hostile`` idle connections (opened
+                        before the load, never sending a byte) stay open: DESIGN's "also while 1,000
+                        idle hostile connections are open";
 - floor                 a constant answer without parsing or lookups, paced like the rows above: the
                         p99 this machine's loopback, gevent and wrk allow at best (with wrk only);
 - baseline              one SELECT per request, no cache, pywsgi (the FusionPBX-without-memcache
@@ -29,10 +32,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import re
+import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -299,14 +305,31 @@ def wrk_load(port: int, users: int, clients: int, seconds: float, warmup: float,
 # --- orchestration ----------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def idle_connections(port: int, count: int):
+    """`count` connections to the server that never send anything, open for the block."""
+    socks = []
+    try:
+        for _ in range(count):
+            socks.append(socket.create_connection(("127.0.0.1", port)))
+        yield
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--hostile", type=int, default=1000,
+                        help="idle connections held open during the hostile rows (0: skip them)")
     parser.add_argument("--standby", action="store_true", help="also read users from a streaming standby")
     args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # the server child inherits it
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 2 * args.hostile + 1024)), hard))
 
     import psycopg
 
@@ -329,7 +352,9 @@ def main() -> None:
         if args.standby:
             standby = PgCluster(standby_of=cluster)
             standby.start()
-        # (label, server role, server options, offered rate: 0 = saturation; DESIGN targets in the label)
+        # (label, server role, server options, offered rate: 0 = saturation; DESIGN targets in the label;
+        # idle connections held open meanwhile)
+        hostile = f", {args.hostile:,} idle open"
         runs = [("eslbridge cached, saturation", "serve_eslbridge", {"cache_seconds": 300}, 0),
                 ("eslbridge cached, 5,000/s offered", "serve_eslbridge", {"cache_seconds": 300}, 5000),
                 ("eslbridge uncached, saturation", "serve_eslbridge", {"cache_seconds": 0}, 0),
@@ -339,9 +364,15 @@ def main() -> None:
                 ("baseline: SELECT per request, saturation", "serve_baseline", {}, 0),
                 ("floor: constant answer, 5,000/s offered", "serve_floor", {}, 5000),
                 ("floor: constant answer, 1,500/s offered", "serve_floor", {}, 1500)]
+        runs = [(*run, 0) for run in runs]
+        if args.hostile:
+            runs += [("eslbridge cached, 5,000/s" + hostile, "serve_eslbridge", {"cache_seconds": 300}, 5000,
+                      args.hostile),
+                     ("eslbridge uncached, 1,500/s" + hostile, "serve_eslbridge", {"cache_seconds": 0}, 1500,
+                      args.hostile)]
         if standby is not None:
             runs.append(("eslbridge uncached via standby, saturation", "serve_eslbridge",
-                         {"cache_seconds": 0, "replica_dsn": standby.dsn("postgres")}, 0))
+                         {"cache_seconds": 0, "replica_dsn": standby.dsn("postgres")}, 0, 0))
         wrk = shutil.which("wrk")
         print(f"load: {'wrk' if wrk else 'python (install wrk for a lighter client and paced runs)'}; "
               f"{args.clients} concurrent keep-alive clients, {args.seconds:g} s each, {args.users} users, "
@@ -350,15 +381,16 @@ def main() -> None:
               + ")")
         print(f"{'server':42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'steal %':>7}")
         results = {}
-        for label, role, extra, rate in runs:
-            if rate and not wrk:
+        for label, role, extra, rate, idle in runs:
+            if (rate or idle) and not wrk:
                 continue
             server = _child(role, {"dsn": dsn, **extra})
             ticks = cpu_ticks()
             try:
                 port = int(server.stdout.readline().split()[1])
                 if wrk:
-                    result = wrk_load(port, args.users, args.clients, args.seconds, args.warmup, rate)
+                    with idle_connections(port, idle):
+                        result = wrk_load(port, args.users, args.clients, args.seconds, args.warmup, rate)
                 else:
                     client = _child("load", {"port": port, "users": args.users, "clients": args.clients,
                                              "seconds": args.seconds, "warmup": args.warmup})
@@ -381,7 +413,10 @@ def main() -> None:
         print("bench-result: " + json.dumps({"bench": "directory", "clients": args.clients,
               "cached": pick(runs[0][0], runs[1][0]), "uncached": pick(runs[2][0], runs[3][0]),
               "baseline": pick(runs[5][0], runs[5][0]),
-              **({"floor_p99": {rate: round(results[label]["p99"], 2) for label, _, _, rate in runs[6:]}}
+              **({"floor_p99": {rate: round(results[label]["p99"], 2) for label, _, _, rate, _ in runs[6:8]},
+                  "hostile": {"idle": args.hostile, **{kind: pick(run[0], run[0]) for kind, run in
+                                                       zip(("cached", "uncached"), [r for r in runs if r[4]],
+                                                           strict=False)}}}
                  if wrk else {})}))
     finally:
         if standby is not None:

@@ -43,7 +43,17 @@ On an idle machine, ``python -m bench.writes --seconds 60`` (offered 1000 calls/
     + updates of written rows (ANSWERED) capped to a quarter of a batch beside other work:
         four 60 s runs: p50 93-173 ms, p99 246 / 443 / 493 / 494 ms; flat out 2363 calls/s
 
-Left: p99 <= 500 ms is met, with little margin. The writer's own work is off the commit path;
+PostgreSQL's own cost per committed call (printed after the offered run: pg_stat_user_tables,
+pg_statio_user_indexes, pg_stat_statements; ``--fillfactor N`` sets it on every partition first, a trial):
+call_records takes 1 insert and 2 updates per call, calls 0.5 and 1, call_events 4 inserts; no update is
+HOT, with the default fillfactor or 50, because every update changes an indexed column (status, and
+answer_time or end_time, in both tables), so each rewrites all 15 of call_records' indexes (~6 blocks
+each per call). Per call: the call_records upsert ~400 us, ~90 blocks, ~6 KB of WAL; the call_events
+insert ~200 us, ~127 blocks, of which ~43 are its probe of calls' call_uuid index in every partition
+(the probe cannot prune: it knows no initiated_at). COPY of the same final rows into the same schema
+(PostgreSQL's own limit, printed in the same run): 4,400-9,600 calls/s here.
+
+Left: p99 <= 500 ms was met, with little margin (DESIGN now asks 250 ms). The writer's own work is off the commit path;
 what varies is PostgreSQL's time per upsert (call_records has the seed's 14 indexes, and each
 call rewrites its row twice), which grows as the table grows and with the disk's moods, and at
 1,000 calls/s (3,000 updates/s) the writer ran at ~83% of what it took flat out before the
@@ -137,7 +147,7 @@ def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float
         writer.stop()
         gc.unfreeze()
     # Calls start during `seconds`; the last hangs up HANGUP_AFTER later. At an offered rate, a writer
-    # that keeps up commits it within a second (DESIGN's bound is 500 ms): only time beyond that counts
+    # that keeps up commits it within a second (DESIGN's bound is 250 ms): only time beyond that counts
     # against its rate. Flat out, all the time counts.
     busy = max(seconds, elapsed - HANGUP_AFTER - 1.0) if rate else elapsed - HANGUP_AFTER
     return {
@@ -182,6 +192,86 @@ def run_baseline(dsn: str, seconds: float, first_call: int) -> dict:
             "p50_ms": _pct(latencies, 0.5) * 1000, "p99_ms": _pct(latencies, 0.99) * 1000}
 
 
+WRITTEN = ("call_records", "calls", "call_events")
+
+
+def table_costs(dsn: str) -> dict:
+    """Cumulative write counters of the writer's tables, their indexes and its statements (PostgreSQL's own
+    statistics: pg_stat_user_tables, pg_statio_user_indexes, pg_stat_statements), summed over partitions."""
+    time.sleep(1.5)  # backends flush their statistics at most once a second when idle
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        parent = ("coalesce((SELECT p.relname FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent"
+                  " WHERE i.inhrelid = {oid}), {name})")
+        tables = conn.execute(
+            f"SELECT {parent.format(oid='relid', name='relname')} t, sum(n_tup_ins), sum(n_tup_upd), "
+            "sum(n_tup_hot_upd), sum(pg_relation_size(relid)) FROM pg_stat_user_tables GROUP BY 1").fetchall()
+        # An index of a partition is named after the partition's: group by the parent index's name.
+        index_name = ("coalesce((SELECT p.relname FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent"
+                      " WHERE i.inhrelid = s.indexrelid), s.indexrelname)")
+        indexes = conn.execute(
+            f"SELECT {parent.format(oid='s.relid', name='s.relname')}, {index_name}, sum(idx_blks_hit + "
+            "coalesce(idx_blks_read, 0)), sum(pg_relation_size(s.indexrelid)) FROM pg_statio_user_indexes s"
+            " GROUP BY 1, 2").fetchall()
+        statements = conn.execute(
+            "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 70), calls, total_exec_time, shared_blks_hit"
+            " + shared_blks_read + shared_blks_dirtied, wal_bytes FROM pg_stat_statements"
+            " WHERE query ~* '^\\s*(insert|update|with|delete|copy)'").fetchall()
+    return {"tables": {t: row for t, *row in tables if t in WRITTEN},
+            "indexes": {(t, i): row for t, i, *row in indexes if t in WRITTEN},
+            "statements": {q: row for q, *row in statements}}
+
+
+def print_costs(before: dict, after: dict, calls: int) -> dict:
+    """What the offered run cost PostgreSQL per committed call, per table, index and statement."""
+    def delta(kind: str, key: object) -> list[float]:
+        old = before[kind].get(key, [0] * len(after[kind][key]))
+        return [float(a or 0) - float(b or 0) for a, b in zip(after[kind][key], old, strict=True)]
+
+    print(f"\nPostgreSQL's cost per committed call of the offered run ({calls} calls):")
+    print(f"  {'table':14} {'inserts':>8} {'updates':>8} {'HOT':>6} {'heap bytes':>11}")
+    hot = {}
+    for table in WRITTEN:
+        if table in after["tables"]:
+            ins, upd, hot_upd, size = delta("tables", table)
+            hot[table] = round(hot_upd / upd, 3) if upd else None
+            print(f"  {table:14} {ins / calls:8.2f} {upd / calls:8.2f} {hot_upd / calls:6.2f} {size / calls:11.0f}")
+    print(f"  {'index':44} {'blocks touched':>14} {'bytes grown':>11}  (per call)")
+    for (table, index) in sorted(after["indexes"]):
+        blocks, size = delta("indexes", (table, index))
+        print(f"  {index:44} {blocks / calls:14.1f} {size / calls:11.0f}")
+    print(f"  {'statement':70} {'runs':>7} {'ms':>7} {'us/call':>8} {'blocks/call':>11} {'WAL B/call':>10}")
+    for query in sorted(after["statements"], key=lambda q: -delta("statements", q)[1]):
+        runs, ms, blocks, wal = delta("statements", query)
+        if runs:
+            print(f"  {query:70} {runs:7.0f} {ms:7.0f} {ms * 1000 / calls:8.1f} {blocks / calls:11.1f}"
+                  f" {wal / calls:10.0f}")
+    return hot
+
+
+def copy_limit(dsn: str) -> dict:
+    """PostgreSQL's own limit for the same final rows into the same schema: every row the runs left in the
+    writer's tables, read out, then written back with one binary COPY per table into empty tables
+    (LIKE ... INCLUDING ALL: same columns, defaults, constraints and indexes) in one transaction."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        calls = conn.execute("SELECT count(DISTINCT call_uuid) FROM call_records").fetchone()[0]
+        data = {}
+        for table in WRITTEN:
+            conn.execute(f"DROP TABLE IF EXISTS copy_{table}")
+            conn.execute(f"CREATE TABLE copy_{table} (LIKE {table} INCLUDING ALL)")
+            with conn.cursor().copy(f"COPY (SELECT * FROM {table}) TO STDOUT (FORMAT binary)") as copy:
+                data[table] = b"".join(bytes(chunk) for chunk in copy)
+        started = time.monotonic()
+        with conn.transaction():
+            for table in WRITTEN:
+                with conn.cursor().copy(f"COPY copy_{table} FROM STDIN (FORMAT binary)") as copy:
+                    copy.write(data[table])
+        seconds = time.monotonic() - started
+        for table in WRITTEN:
+            conn.execute(f"DROP TABLE copy_{table}")
+    return {"calls": calls, "seconds": seconds, "calls_per_s": calls / seconds}
+
+
 def count_rows(dsn: str) -> tuple[int, int]:
     with psycopg.connect(dsn) as conn:
         return conn.execute("SELECT (SELECT count(*) FROM call_records), "
@@ -209,9 +299,12 @@ def main() -> None:
     ap.add_argument("--compare", action="store_true", help="also run every write method as fast as possible")
     ap.add_argument("--compare-seconds", type=float, default=8.0)
     ap.add_argument("--baseline-seconds", type=float, default=10.0)
+    ap.add_argument("--fillfactor", type=int, help="set on every partition of the written tables first (a trial)")
     args = ap.parse_args()
 
     cluster = PgCluster(durable=True)
+    with open(cluster.datadir / "postgresql.conf", "a") as conf:  # per-statement costs (print_costs)
+        conf.write("shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n")
     cluster.start()
     tmp = Path(tempfile.mkdtemp(prefix="eslbridge-bench-"))
     try:
@@ -222,6 +315,12 @@ def main() -> None:
         keyring = make_keyring(tmp)
         with psycopg.connect(dsn, autocommit=True) as conn:
             user = create_user(conn)
+            conn.execute("CREATE EXTENSION pg_stat_statements")
+            if args.fillfactor:
+                for (part,) in conn.execute(
+                        "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = ANY(%s::regclass[])",
+                        [list(WRITTEN)]).fetchall():
+                    conn.execute(f"ALTER TABLE {part} SET (fillfactor = {args.fillfactor:d})")
         print(f"PostgreSQL {cluster.port} with fsync=on; journal fsync'd in {tmp}; method {args.method}")
         first = 0
 
@@ -235,8 +334,10 @@ def main() -> None:
             _report(label, r, r["landed"])
             return r
 
+        costs = table_costs(dsn)
         main_run = run(f"offered {args.rate:.0f} calls/s for {args.seconds:.0f} s", args.method, args.seconds,
                        args.rate)
+        hot = print_costs(costs, table_costs(dsn), main_run["calls"])
         flat = run(f"\nflat out for {args.flat_seconds:.0f} s", args.method, args.flat_seconds, 0) \
             if args.flat_seconds else None
         if args.compare:
@@ -246,14 +347,18 @@ def main() -> None:
         print(f"\nbaseline (one synchronous INSERT per leg, plaintext), {args.baseline_seconds:.0f} s: "
               f"{b['calls_per_s']:.0f} calls/s ({2 * b['calls_per_s']:.0f} INSERTs/s), "
               f"p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms per call")
-        print("\nDESIGN section 11: >= 1000 calls/s sustained, zero loss, p99 hangup-to-commit <= 500 ms")
+        c = copy_limit(dsn)
+        print(f"PostgreSQL's own limit (binary COPY of the same {c['calls']} calls' final rows into the same "
+              f"schema, one transaction): {c['calls_per_s']:.0f} calls/s ({c['seconds']:.2f} s)")
+        print("\nDESIGN section 11: >= 1000 calls/s sustained, zero loss, p99 hangup-to-commit <= 250 ms")
         sustained = min(main_run["calls_per_s"], args.rate)
         print(f"  offered run: {sustained:.0f} calls/s = {sustained / 1000:.2f}x the target; "
-              f"p99 {main_run['p99_ms']:.0f} ms = {main_run['p99_ms'] / 500:.2f}x the bound "
-              f"({'met' if sustained >= 1000 and main_run['p99_ms'] <= 500 else 'NOT met'}"
+              f"p99 {main_run['p99_ms']:.0f} ms = {main_run['p99_ms'] / 250:.2f}x the bound "
+              f"({'met' if sustained >= 1000 and main_run['p99_ms'] <= 250 else 'NOT met'}"
               f"{'' if args.seconds >= 60 else '; DESIGN asks for --seconds 60'})")
         if flat:
-            print(f"  flat out: {flat['calls_per_s']:.0f} calls/s = {flat['calls_per_s'] / 1000:.2f}x the target")
+            print(f"  flat out: {flat['calls_per_s']:.0f} calls/s = {flat['calls_per_s'] / 3000:.2f}x the target"
+                  f" (3,000), {flat['calls_per_s'] / c['calls_per_s']:.2f}x COPY")
         print(f"  vs baseline: {main_run['calls_per_s'] / b['calls_per_s']:.1f}x (offered run), "
               + (f"{flat['calls_per_s'] / b['calls_per_s']:.1f}x (flat out)" if flat else ""))
         print("bench-result: " + json.dumps({
@@ -261,7 +366,8 @@ def main() -> None:
             "p50_ms": round(main_run["p50_ms"]), "p99_ms": round(main_run["p99_ms"]),
             "steal": round(main_run["steal"], 1),
             "lost": main_run["calls"] - main_run["landed"] if main_run["landed"] >= 0 else None,
-            "flat_out_cps": round(flat["calls_per_s"]) if flat else None, "baseline_cps": round(b["calls_per_s"])}))
+            "flat_out_cps": round(flat["calls_per_s"]) if flat else None, "baseline_cps": round(b["calls_per_s"]),
+            "copy_cps": round(c["calls_per_s"]), "hot_share": hot}))
     finally:
         cluster.destroy()
 

@@ -9,7 +9,7 @@ from urllib.parse import unquote_to_bytes
 
 import pytest
 
-from eslbridge.esl.events import parse_json_event, parse_plain_event
+from eslbridge.esl.events import EventDecoder, parse_json_event, parse_plain_event
 from eslbridge.esl.framing import MIN_FREE, FrameParser, parse_stream
 from eslbridge.esl.spill import SpillQueue
 from eslbridge.esl.stats import IntakeStats
@@ -73,6 +73,22 @@ def test_plain_odd_lines_take_the_careful_path():
     event = parse_plain_event(body, lambda kind, detail="": errors.update([kind]))
     assert event == {"Event-Name": "X", "NoSpace": "vA", "Two": "a: b"}
     assert errors["garbage_line"] == 1
+
+
+def test_plain_wanted_lines_match_reference_on_random_names():
+    # The wanted lines are found by a trie regex: names that are prefixes of one another, of unwanted
+    # names, repeated, first or last, with more ": " in the value, with escapes; and the same body
+    # through the careful path (a line without ": ").
+    rng = random.Random(11)
+    pool = ["A", "AB", "ABC", "AC", "B", "Event-Name", "Event-Name-X", "variable_a", "variable_ab", "x-y.z", "A B"]
+    for _ in range(300):
+        wanted = set(rng.sample(pool, rng.randint(1, len(pool))))
+        lines = [f"{rng.choice(pool)}: {rng.choice(['v', 'v%20w', 'a: b', '', '%0AA: forged'])}"
+                 for _ in range(rng.randint(1, 12))]
+        for extra in ([], ["garbage"]):
+            body = ("\n".join(["Event-Name: X", *lines, *extra]) + "\n\n").encode()
+            expected = {k: v for k, v in reference_plain(body).items() if k in wanted | {"Event-Name"}}
+            assert EventDecoder(wanted).plain(body) == expected, (wanted, lines, extra)
 
 
 def test_json_non_string_values_are_flattened():
