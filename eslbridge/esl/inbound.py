@@ -93,7 +93,8 @@ class _Connection(greenswitch.esl.InboundESL):
         super().__init__(client.host, client.port, client.password, timeout=client.connect_timeout)
         self._client = client
         self._stats = client.stats
-        self._parser = FrameParser(self._stats.error)
+        # A reply may exceed the event size limit (`show channels` of a busy node), an event never.
+        self._parser = FrameParser(self._stats.error, awaiting_reply=lambda: bool(self._commands_sent))
         self._send_lock = Semaphore()
         self._rejected = False
         self.last_rx = 0.0
