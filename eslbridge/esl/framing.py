@@ -106,6 +106,11 @@ class FrameParser:
         self._discard = 0  # bytes of an oversized body still to throw away
         self.desync: str | None = None  # the kind of error that lost the stream; nothing is parsed after it
 
+    @property
+    def receiving_reply(self) -> bool:
+        """A body beyond MAX_BODY (a big command reply) is arriving."""
+        return self._pending is not None and self._need > MAX_BODY
+
     def _error(self, kind: str, detail: str = "") -> None:
         if self._on_error is not None:
             self._on_error(kind, detail)
@@ -115,17 +120,21 @@ class FrameParser:
         self._pending, self._need, self._discard = None, 0, 0
 
     def writable(self, min_free: int = MIN_FREE) -> memoryview:
-        """The free end of the buffer, at least `min_free` bytes (and room for a pending body); release
-        it (``with``) before calling `commit`."""
+        """The free end of the buffer, at least `min_free` bytes (and, growing by at most its size per
+        call, room for a pending body); release it (``with``) before calling `commit`."""
         live = self._end - self._start
-        want = max(min_free, self._need - live if self._pending is not None else 0)
+        body = self._need - live if self._pending is not None else 0
+        want = max(min_free, body)
         if len(self._buf) - self._end < want:
             if self._start:
                 self._buf[:live] = self._buf[self._start : self._end]
                 self._start, self._end = 0, live
-            if len(self._buf) - live < want:
+            # A body's room grows by at most the buffer's size per call: zero-filling a 30 MB reply's
+            # room in one go holds the loop for ~50 ms; the rest is added as the body arrives.
+            grow = live + max(min_free, min(body, len(self._buf))) - len(self._buf)
+            if grow > 0:
                 self._view.release()
-                self._buf += bytes(want + live - len(self._buf))
+                self._buf += bytes(grow)
                 self._view = memoryview(self._buf)
         return self._view[self._end :]
 
