@@ -47,8 +47,10 @@ log = logging.getLogger(__name__)
 REPLAY_WAIT = 30.0  # seconds a resync waits for the journal's replay before reading Active rows
 SETTLE = 1.0  # seconds between the snapshot and reading the Active rows, at least
 # Seconds a call known only from the snapshot may wait for its root's own event (its exact start)
-# before it is written anyway, under a stored row's key if one appeared meanwhile.
-HOLD = 2.0
+# before it is written anyway, under a stored row's key if one appeared meanwhile. Short: a daemon
+# killed meanwhile loses the call, and a whole-second row is made exact by the writer later
+# (eslbridge.store.startkey); the wait only spares that key move.
+HOLD = 0.5
 RELEASE_SLICE = 10_000  # snapshot rows freed between two yields once a resync is done
 
 
