@@ -277,5 +277,5 @@ def test_restarts_kill_9_sigterm_two_daemons_and_a_freeswitch_restart_leave_one_
         # Known open defect, reported rather than hidden (an xfail, never a pass): a call whose root
         # hung up before the daemon subscribed, so that only a later leg's event reached it, waits in
         # memory for that root until the daemon's next resync closes it; a daemon stopped before
-        # then writes nothing of it (0-1 calls in about one run in five).
+        # then writes nothing of it (one call in two of six runs, both inside the loaded full suite).
         pytest.xfail(f"{figures['missing']} call(s) missing: {result['examples']}")
