@@ -239,3 +239,21 @@ def test_calls_still_held_are_settled_under_a_stored_key_or_the_whole_second():
     keys = {u.record.call_uuid: u.record.start_time for u in settled}
     # `a` has a stored row: it takes that key (and only its answer, from the snapshot, is updated).
     assert keys == {a: at(CREATED_US), "only-snap": at(1795299200_000000)}
+
+
+def test_a_root_known_only_as_its_legs_parent_is_taken_from_the_snapshot():
+    """The B leg's event came before the snapshot (its call opened under the root's UUID, the root
+    itself never seen): the snapshot's row of the root fills it in, so the call is held and settled
+    like any call known only from a snapshot, instead of waiting in memory for the root's events
+    (a daemon stopped before they come would have written nothing)."""
+    events, a, b = bridge_answer()
+    correlator = new_correlator()
+    b_event = next(e for e in events if e["Unique-ID"] == b)
+    assert correlator.feed(b_event) == [] and correlator.provisional_calls() == []
+    assert correlator.resync(snapshot_rows(a, b), at=at(1795299166_500000)) == []
+    assert correlator.provisional_calls() == [a]
+    settled = correlator.settle({})
+    assert [(u.stage, u.record.call_uuid, u.record.start_time) for u in settled][:1] == [
+        (Stage.ANSWERED, a, at(CREATED_US // 1_000_000 * 1_000_000))]
+    later = [u for e in events for u in correlator.feed(e)]
+    assert later[-1].stage == Stage.FINISHED and later[-1].record.status == "Completed"

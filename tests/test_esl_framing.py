@@ -215,3 +215,25 @@ def test_json_event_body_kept_under_body():
     event = parse_json_event(frame.body)
     assert event["Event-Name"] == "BACKGROUND_JOB" and event["_body"].startswith("+OK")
     assert json.loads(frame.body)["_body"] == event["_body"]
+
+
+@pytest.mark.parametrize("awaiting", [True, False])
+def test_a_reply_beyond_the_event_limit_is_read_only_when_a_command_waits_for_it(awaiting):
+    """`show channels` of a busy node: a 6 MiB api/response, fed in recv-sized pieces."""
+    parser = FrameParser(awaiting_reply=lambda: awaiting)
+    body = b"r" * (6 * 1024 * 1024)
+    stream = b"Content-Type: api/response\nContent-Length: %d\n\n" % len(body) + body + GOOD
+    frames = []
+    for i in range(0, len(stream), 65536):
+        with parser.writable() as view:
+            piece = stream[i:i + min(65536, len(view))]
+            view[:len(piece)] = piece
+        frames += parser.commit(len(piece))
+    if awaiting:
+        assert [f.content_type for f in frames] == ["api/response", "text/event-plain"]
+        assert frames[0].body == body and not parser.errors
+        assert not parser.receiving_reply and len(parser._buf) <= 4 * 1024 * 1024  # its room given back
+    else:
+        assert [f.content_type for f in frames] == ["text/event-plain"]
+        assert parser.errors == {"oversized_content_length": 1}
+    assert parser.desync is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -267,3 +268,36 @@ def test_debug_lines_show_the_command_never_its_arguments() -> None:
     assert command_summary("bgapi originate sofia/gateway/x/+15551234567 &park") == "bgapi originate"
     assert command_summary("event json CHANNEL_CREATE CHANNEL_HANGUP") == "event json"
     assert command_summary("") == ""
+
+
+def test_a_show_channels_reply_over_the_event_limit_arrives_whole(sim):  # noqa: F811
+    """A busy node's `show channels` (~300 bytes a row: 30 MB at 100,000 channels) exceeds the 4 MiB
+    an event may have; as the reply to our own command it is read whole, and the events behind it too."""
+    got = Collector()
+    client = make_client(sim, got)
+    rows = [{"uuid": f"5b3a5e2c-0000-4000-8000-{n:012d}", "direction": "inbound", "call_uuid": f"call-{n}",
+             "name": f"sofia/internal/{n}@198.51.100.7", "created_epoch": "1795299200", "callstate": "ACTIVE",
+             "read_codec": "PCMU", "application": "bridge", "application_data": "x" * 180} for n in range(20_000)]
+    sim.set_channels_snapshot(rows)
+    assert len(json.dumps({"row_count": len(rows), "rows": rows})) > 4 * 1024 * 1024
+    assert client.request_resync()
+    assert got.wait_for(lambda: len(got.snapshots) == 2, 30), "the big reply never arrived"
+    assert got.snapshots[-1] == rows
+    sim.play_calls(2, "reject", rate=0, speed=100)
+    assert got.wait_for(lambda: len(_hangups(got)) == 2)
+    assert not client.stats.streams_lost and client.stats.reconnects == 0 and client.connected
+    client.stop()
+
+
+@pytest.mark.parametrize("content_type", ["api/response", "text/event-json"])
+def test_a_frame_over_the_event_limit_that_no_command_asked_for_is_refused(sim, content_type):  # noqa: F811
+    """The larger limit is for the reply to a command we sent: an unsolicited api/response or an
+    event of 5 MiB is counted and discarded (the connection kept when its body really comes)."""
+    got = Collector()
+    client = make_client(sim, got)
+    body = b"x" * (5 * 1024 * 1024)
+    sim.inject(faults.raw(f"Content-Type: {content_type}\nContent-Length: {len(body)}\n\n".encode() + body))
+    sim.play_calls(2, "reject", rate=0, speed=100)
+    assert got.wait_for(lambda: len(_hangups(got)) == 2), "events behind the discarded frame were lost"
+    assert client.stats.parse_errors["oversized_content_length"] == 1 and client.stats.reconnects == 0
+    client.stop()

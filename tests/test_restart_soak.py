@@ -202,12 +202,6 @@ def compare(ledger: list[dict], rows: list[tuple], timeline: Timeline) -> dict:
     return {"figures": dict(figures), "examples": examples}
 
 
-# Known open defect, kept visible rather than hidden: under this storm of kills (every 0.1-3 s, two
-# daemons on one node) a call seen only in `show channels` snapshots (whole-second created time)
-# is sometimes written under that whole second while another daemon's row has the exact start
-# (duplicates, 0-150 a run), and was sometimes lost when every daemon holding it died within
-# seconds. The figures print on every run; not counted as passing.
-@pytest.mark.xfail(reason="snapshot-only calls under a kill storm: duplicates remain (see comment)", strict=False)
 def test_restarts_kill_9_sigterm_two_daemons_and_a_freeswitch_restart_leave_one_final_row_per_call(
         env: Env, db_dsn: str) -> None:
     seed = int(os.environ.get("ESLBRIDGE_SOAK_SEED") or random.SystemRandom().randrange(1 << 32))
@@ -256,6 +250,9 @@ def test_restarts_kill_9_sigterm_two_daemons_and_a_freeswitch_restart_leave_one_
                                    " GROUP BY 1, 2, 3 HAVING count(*) > 1) d").fetchone()[0]
         calls_dupes = conn.execute("SELECT count(*) FROM (SELECT call_uuid FROM calls GROUP BY 1"
                                    " HAVING count(*) > 1) d").fetchone()[0]
+        # Every call, those whose events all went unheard (seen only in snapshots) included.
+        record_dupes = conn.execute("SELECT count(*) FROM (SELECT call_uuid FROM call_records GROUP BY 1"
+                                    " HAVING count(*) > 1) d").fetchone()[0]
     (env.tmp / "soak-rows.json").write_text(json.dumps(
         {"rows": [[r[0], r[1], r[2], r[3].isoformat()] for r in rows],
          "instances": [vars(i) for i in timeline.instances]}, default=str))  # for a look after a failure
@@ -268,10 +265,17 @@ def test_restarts_kill_9_sigterm_two_daemons_and_a_freeswitch_restart_leave_one_
         f" {i.sig or 'to the end'}"
         for i in timeline.instances))
     print(f"soak figures after {played_for:.0f} s of calls: {json.dumps(figures, sort_keys=True)}; "
-          f"call_events duplicates {event_dupes}, calls duplicates {calls_dupes}")
+          f"call_events duplicates {event_dupes}, calls duplicates {calls_dupes},"
+          f" call_records duplicates (any call) {record_dupes}")
     for example in result["examples"]:
         print("  ", example)
     assert figures.get("calls_seen", 0) > RATE * 20, "the soak played too few calls to mean anything"
-    assert (figures.get("duplicates", 0), figures.get("stuck", 0), figures.get("missing", 0),
-            figures.get("wrong_status", 0), figures.get("rows_not_in_ledger", 0)) == (0, 0, 0, 0, 0), result
-    assert (event_dupes, calls_dupes) == (0, 0)
+    assert (figures.get("duplicates", 0), figures.get("stuck", 0),
+            figures.get("wrong_status", 0), figures.get("rows_not_in_ledger", 0)) == (0, 0, 0, 0), result
+    assert (event_dupes, calls_dupes, record_dupes) == (0, 0, 0)
+    if figures.get("missing", 0):
+        # Known open defect, reported rather than hidden (an xfail, never a pass): a call whose root
+        # hung up before the daemon subscribed, so that only a later leg's event reached it, waits in
+        # memory for that root until the daemon's next resync closes it; a daemon stopped before
+        # then writes nothing of it (one call in two of six runs, both inside the loaded full suite).
+        pytest.xfail(f"{figures['missing']} call(s) missing: {result['examples']}")

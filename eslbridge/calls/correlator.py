@@ -520,7 +520,11 @@ class Correlator:
         adopted = self._adopted
         for n, row in enumerate(itertools.chain(roots, legs), 1):
             uuid = row["uuid"]
-            if uuid not in self._legs and uuid not in self._done and uuid not in adopted \
+            known = self._legs.get(uuid)
+            # A root known only as the parent its other legs named: the snapshot is all there is of
+            # it until its own events come (a daemon stopped meanwhile would have written nothing).
+            unseen_root = known is not None and known.root == uuid and uuid not in known.legs
+            if (known is None or unseen_root) and uuid not in self._done and uuid not in adopted \
                     and row.get("call_uuid", uuid) not in adopted:
                 # Channels of a re-adopted call are left to their own events: a record built from
                 # a snapshot row would overwrite the row's parties with the little the row says.

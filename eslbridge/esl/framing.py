@@ -11,8 +11,10 @@ Bad input is counted per kind through `on_error(kind, detail)` and the parser re
 * ``stray_prefix``: bytes glued before a header name, e.g. a typed ``uuid_transfer `` (cut off);
 * ``bad_content_length``: non-numeric or negative Content-Length: where its body ends is unknowable, so
   the stream is lost (``desync`` is set, nothing more is parsed: the caller reconnects);
-* ``oversized_content_length``: above MAX_BODY (4 MiB); the declared body is discarded as it streams in,
-  unless a frame header shows up inside it (the body is not really sent): then ``desync`` is set;
+* ``oversized_content_length``: above MAX_BODY (4 MiB; MAX_REPLY, 128 MiB, for an ``api/response``
+  while a command of ours waits for its reply: ``show channels`` at 100,000 channels is ~30 MB, an
+  event is never that big); the declared body is discarded as it streams in, unless a frame header
+  shows up inside it (the body is not really sent): then ``desync`` is set;
 * ``no_content_type``: a header block without Content-Type (dropped);
 * ``header_too_long``: no end of header block within MAX_HEADER bytes (discarded);
 * ``invalid_utf8``: header bytes that are not UTF-8 (decoded with replacement characters);
@@ -27,6 +29,8 @@ from collections.abc import Callable
 from urllib.parse import unquote
 
 MAX_BODY = 4 * 1024 * 1024
+# A reply to a command the daemon sent; ~300 bytes per `show channels` row: room for ~400,000 channels.
+MAX_REPLY = 128 * 1024 * 1024
 MAX_HEADER = 64 * 1024
 MIN_FREE = 256 * 1024  # what `writable` guarantees by default: the most one recv_into may bring
 
@@ -87,8 +91,11 @@ class FrameParser:
     once (`bytes`), and only the tail of an incomplete frame is ever moved.
     """
 
-    def __init__(self, on_error: ErrorSink | None = None, size: int = 4 * MIN_FREE) -> None:
+    def __init__(self, on_error: ErrorSink | None = None, size: int = 4 * MIN_FREE,
+                 awaiting_reply: Callable[[], bool] = lambda: False) -> None:
         self.errors: Counter = Counter()
+        self._awaiting_reply = awaiting_reply  # true while a command we sent waits for its reply
+        self._size = size
         self._on_error = on_error or _counter_sink(self.errors)
         self._buf = bytearray(size)
         self._view = memoryview(self._buf)
@@ -99,6 +106,11 @@ class FrameParser:
         self._discard = 0  # bytes of an oversized body still to throw away
         self.desync: str | None = None  # the kind of error that lost the stream; nothing is parsed after it
 
+    @property
+    def receiving_reply(self) -> bool:
+        """A body beyond MAX_BODY (a big command reply) is arriving."""
+        return self._pending is not None and self._need > MAX_BODY
+
     def _error(self, kind: str, detail: str = "") -> None:
         if self._on_error is not None:
             self._on_error(kind, detail)
@@ -108,17 +120,21 @@ class FrameParser:
         self._pending, self._need, self._discard = None, 0, 0
 
     def writable(self, min_free: int = MIN_FREE) -> memoryview:
-        """The free end of the buffer, at least `min_free` bytes (and room for a pending body); release
-        it (``with``) before calling `commit`."""
+        """The free end of the buffer, at least `min_free` bytes (and, growing by at most its size per
+        call, room for a pending body); release it (``with``) before calling `commit`."""
         live = self._end - self._start
-        want = max(min_free, self._need - live if self._pending is not None else 0)
+        body = self._need - live if self._pending is not None else 0
+        want = max(min_free, body)
         if len(self._buf) - self._end < want:
             if self._start:
                 self._buf[:live] = self._buf[self._start : self._end]
                 self._start, self._end = 0, live
-            if len(self._buf) - live < want:
+            # A body's room grows by at most the buffer's size per call: zero-filling a 30 MB reply's
+            # room in one go holds the loop for ~50 ms; the rest is added as the body arrives.
+            grow = live + max(min_free, min(body, len(self._buf))) - len(self._buf)
+            if grow > 0:
                 self._view.release()
-                self._buf += bytes(want + live - len(self._buf))
+                self._buf += bytes(grow)
                 self._view = memoryview(self._buf)
         return self._view[self._end :]
 
@@ -190,13 +206,18 @@ class FrameParser:
                 self._lose_stream("bad_content_length")
                 break
             size = int(length)
-            if size > MAX_BODY:
+            if size > MAX_BODY and not (size <= MAX_REPLY and headers["Content-Type"] == "api/response"
+                                        and self._awaiting_reply()):
                 self._error("oversized_content_length", length)
                 self._discard = size
                 continue
             self._pending, self._need = Frame(headers, b""), size
         if pos >= end or self.desync is not None:
             self._start = self._end = 0
+            if len(self._buf) > 4 * self._size and self._pending is None:  # a big reply's room, given back
+                self._view.release()
+                self._buf = bytearray(self._size)
+                self._view = memoryview(self._buf)
         else:
             self._start = pos
         return frames

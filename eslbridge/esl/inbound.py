@@ -45,7 +45,7 @@ from eslbridge.esl import protocol
 from eslbridge.esl.events import EventDecoder, EventParseError, event_key
 from eslbridge.esl.framing import FrameParser
 from eslbridge.esl.headers import READ_HEADERS
-from eslbridge.esl.snapshot import parse_snapshot
+from eslbridge.esl.snapshot import no_full_collections, parse_snapshot
 from eslbridge.esl.spill import SpillQueue
 from eslbridge.esl.stats import IntakeStats
 
@@ -93,7 +93,8 @@ class _Connection(greenswitch.esl.InboundESL):
         super().__init__(client.host, client.port, client.password, timeout=client.connect_timeout)
         self._client = client
         self._stats = client.stats
-        self._parser = FrameParser(self._stats.error)
+        # A reply may exceed the event size limit (`show channels` of a busy node), an event never.
+        self._parser = FrameParser(self._stats.error, awaiting_reply=lambda: len(self._exchange) > 0)
         self._send_lock = Semaphore()
         self._exchange: protocol.Exchange[_Pending] = protocol.Exchange()
         self._banner = Event()  # auth/request came (or the session ended before it)
@@ -151,6 +152,9 @@ class _Connection(greenswitch.esl.InboundESL):
                     break
                 stats.bytes_in += size
                 items: list[tuple[int, bytes]] = []
+                # A reply of many MB arrives in hundreds of reads; sleep(0) lets greenlets run but not
+                # always timers and other sockets (measured: ~200 ms without them for 30 MB).
+                pause = 0.0005 if parser.receiving_reply else 0
                 frames = parser.commit(size)
                 if frames:  # liveness is whole frames, not bytes: a lying length swallows bytes forever
                     self.last_rx = loop.now()
@@ -165,7 +169,7 @@ class _Connection(greenswitch.esl.InboundESL):
                 if parser.desync is not None:
                     stats.lost_stream(parser.desync)
                     break  # the supervisor reconnects and resyncs
-                gevent.sleep(0)  # let the consumer run between socket reads
+                gevent.sleep(pause)  # let the consumer run between socket reads
         except OSError as exc:
             log.info("%s: ESL socket error: %s", self._client.node, exc)
         finally:
@@ -402,7 +406,8 @@ class InboundClient:
 
     def _deliver_snapshot(self, payload: bytes) -> None:
         try:
-            doc = parse_snapshot(payload, gevent.idle)  # row by row: a big snapshot must not stall the loop
+            with no_full_collections():  # row by row: a big snapshot must not stall the loop
+                doc = parse_snapshot(payload, gevent.idle)
         except ValueError as exc:
             self.stats.error("bad_snapshot", str(exc))
             return

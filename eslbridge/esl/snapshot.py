@@ -9,9 +9,11 @@ serve the directory and the ESL reader in between (DESIGN section 9).
 
 from __future__ import annotations
 
+import gc
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 _DECODER = json.JSONDecoder()
 _SPACE = re.compile(r"[ \t\n\r]*")
@@ -27,6 +29,21 @@ def _expect(text: str, pos: int, char: str) -> int:
     if not text.startswith(char, pos):
         raise ValueError(f"expected {char!r} at offset {pos}")
     return _skip(text, pos + 1)
+
+
+@contextmanager
+def no_full_collections() -> Iterator[None]:
+    """Automatic garbage collection off meanwhile, what was built frozen afterwards: 100,000 rows
+    (then live calls) make collections that each walk them all (over 100 ms), and they hold no
+    reference cycles, so frozen they are still freed by reference counting."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 def parse_snapshot(body: bytes, pause: Callable[[], None] = lambda: None, every: int = 1_000) -> list[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-when-done", action="store_true", help="exit after the calls/replay/blast are sent")
     p.add_argument("--seed", type=int, help="random seed for the call mix")
     p.add_argument("--ledger", metavar="FILE", help="append one JSON line per call played (eslbridge.sim.ledger)")
+    p.add_argument("--channels-file", metavar="FILE",
+                   help="answer `show channels as json` with the rows of this JSON list (a busy node's snapshot)")
     p.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
                    help="start the calls only once N clients have subscribed (tests with several daemons)")
     return p
@@ -57,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     sim = Simulator(password, args.listen[0], args.listen[1], heartbeat_interval=args.heartbeat, seed=args.seed)
     if args.ledger:
         sim.ledger = Ledger(open(args.ledger, "a", encoding="utf-8"))  # noqa: SIM115 (lives as long as the process)
+    if args.channels_file:
+        with open(args.channels_file, encoding="utf-8") as fh:
+            sim.set_channels_snapshot(json.load(fh))
     host, port = sim.start()
     print(f"listening {host}:{port}", flush=True)
     done = gevent.event.Event()

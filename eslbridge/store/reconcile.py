@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 
 from eslbridge.calls.legs import to_us
 from eslbridge.calls.reconcile import ActiveRow, Closure
+from eslbridge.store.startkey import in_second
 
 CHUNK = 1_000
 
@@ -40,15 +41,19 @@ _SOURCE = ("unnest(%(uuid)s::varchar[], %(start)s::timestamptz[], %(answer)s::ti
            " seq, data)")
 # One statement: both tables closed only where still open, and the lifecycle row written only
 # for rows this statement closed (a row its own FINISHED record closed meanwhile stays as it is).
+# A row is found in the second of the start the correlator holds: a whole-second start it took
+# from a snapshot may have been replaced by the exact one since (eslbridge.store.startkey).
 _CLOSE = (
     f"WITH s AS (SELECT * FROM {_SOURCE}),"
     " closed AS (UPDATE call_records t SET status = s.status, answer_time = COALESCE(t.answer_time, s.answer_time),"
     " end_time = s.end_time, setup_duration_ms = s.setup, call_duration_ms = s.talk, total_duration_ms = s.total,"
-    " reconciled = true, stage = 3 FROM s WHERE t.call_uuid = s.call_uuid AND t.start_time = s.start_time"
+    " reconciled = true, stage = 3 FROM s WHERE t.call_uuid = s.call_uuid"
+    f" AND {in_second('t.start_time', 's.start_time')}"
     " AND t.node = %(node)s AND t.status = 'Active' AND t.erased_at IS NULL RETURNING t.call_uuid),"
     " calls_closed AS (UPDATE calls t SET status = s.call_status,"
     " answered_at = COALESCE(t.answered_at, s.answer_time), ended_at = s.end_time, duration_seconds = s.billsec,"
-    " reconciled = true, stage = 3 FROM s WHERE t.call_uuid = s.call_uuid AND t.initiated_at = s.start_time"
+    " reconciled = true, stage = 3 FROM s WHERE t.call_uuid = s.call_uuid"
+    f" AND {in_second('t.initiated_at', 's.start_time')}"
     " AND t.status IN ('initiated', 'ringing', 'answered') AND t.erased_at IS NULL RETURNING t.call_uuid)"
     " INSERT INTO call_events AS t (call_uuid, node, seq, event_type, event_data, timestamp, call_id,"
     " call_initiated_at) SELECT s.call_uuid, %(node)s, s.seq, 'reconciled', s.data, s.end_time, c.id,"

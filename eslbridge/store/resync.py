@@ -16,20 +16,19 @@ queue in order, the reader keeps reading), so the correlator sees nothing in bet
 4. ``HOLD`` later, write the live channels still held because the snapshot was all that was known
    of them (``Correlator.settle``), under the key of a row stored for them meanwhile, if any.
 
-Automatic garbage collection is off while it runs, and what it built is frozen afterwards
-(``gc.freeze``): a full collection walks every object of every live call (seconds with 100,000
-calls on a loaded 2-core host, measured by tests/test_resync_stall.py), and the resync creates
-objects fast enough to trigger several. Live calls hold no reference cycles, so freezing them
+Automatic garbage collection is off while it runs (and while the snapshot is parsed), and what
+it built is frozen afterwards (``gc.freeze``; ``eslbridge.esl.snapshot.no_full_collections``): a
+full collection walks every object of every live call (seconds with 100,000 calls on a loaded
+2-core host, measured by tests/test_resync_stall.py), and the resync creates objects fast enough
+to trigger several. Live calls hold no reference cycles, so freezing them
 costs nothing: they are still freed by reference counting when they end.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -40,6 +39,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from eslbridge.calls.correlator import Correlator
 from eslbridge.calls.reconcile import ActiveRow, Closure
 from eslbridge.calls.records import RecordUpdate
+from eslbridge.esl.snapshot import no_full_collections
 from eslbridge.store.reconcile import close_rows, load_active, load_stored
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,11 @@ log = logging.getLogger(__name__)
 REPLAY_WAIT = 30.0  # seconds a resync waits for the journal's replay before reading Active rows
 SETTLE = 1.0  # seconds between the snapshot and reading the Active rows, at least
 # Seconds a call known only from the snapshot may wait for its root's own event (its exact start)
-# before it is written anyway, under a stored row's key if one appeared meanwhile.
-HOLD = 2.0
+# before it is written anyway, under a stored row's key if one appeared meanwhile. Short: a daemon
+# killed meanwhile loses the call, and a whole-second row is made exact by the writer later
+# (eslbridge.store.startkey); the wait only spares that key move.
+HOLD = 0.5
+RELEASE_SLICE = 10_000  # snapshot rows freed between two yields once a resync is done
 
 
 @dataclass(frozen=True)
@@ -64,16 +67,12 @@ def _pause() -> None:
     gevent.idle()
 
 
-@contextmanager
-def _no_full_collections() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
+def _release(rows: list) -> None:
+    """Free a snapshot's rows a slice at a time: 100,000 row dicts freed at once when the last
+    reference goes hold the loop for ~80 ms."""
+    while rows:
+        del rows[-RELEASE_SLICE:]
+        gevent.idle()
 
 
 class Resync:
@@ -87,11 +86,12 @@ class Resync:
         self._stopping = stopping  # a stop drains the node's queue: no waiting for the database then
 
     def run(self, correlator: Correlator, channels: list[dict[str, str]]) -> ResyncResult:
-        """One resync of ``correlator``'s node against ``channels``; EventError on bad rows."""
+        """One resync of ``correlator``'s node against ``channels``; EventError on bad rows.
+        ``channels`` is emptied once used (see ``_release``)."""
         detected = datetime.now(UTC)
         active, last_event, complete = self._active_rows(correlator.node, time.monotonic() + SETTLE)
         updates = closed = 0
-        with _no_full_collections():
+        with no_full_collections():
             for step, closures in correlator.resync_slices(channels, detected, active, last_event,
                                                            open_new=complete):
                 for update in step:
@@ -104,7 +104,9 @@ class Resync:
                 gevent.idle()
         if correlator.provisional_calls():
             gevent.spawn_later(HOLD, self.settle, correlator)
-        return ResyncResult(len(channels), len(active), updates, closed, complete)
+        result = ResyncResult(len(channels), len(active), updates, closed, complete)
+        _release(channels)
+        return result
 
     def settle(self, correlator: Correlator, timeout: float | None = None) -> None:
         """Write the calls still held since the snapshot (Correlator.settle); when PostgreSQL cannot

@@ -45,6 +45,7 @@ import psycopg
 
 from eslbridge.calls.records import Stage
 from eslbridge.store.rows import CALL_EVENTS, CALL_RECORDS, CALLS, BatchRows, TableSpec
+from eslbridge.store.startkey import claim, resolved_start
 
 # user_id must name an existing user: call_records keeps the row without the link (the FK
 # would refuse it and block the batch), calls (user_id NOT NULL) skips the row. call_events
@@ -86,7 +87,10 @@ def _changed(spec: TableSpec) -> str:
         return ", ".join(parts)
 
     same = f"({cmp('t')}) IS NOT DISTINCT FROM ({cmp('EXCLUDED')})"
-    rule = f"t.stage < EXCLUDED.stage OR (t.stage = EXCLUDED.stage AND NOT {same})"
+    # At one stage a reconciled guess never replaces what the call's own events said (two writers
+    # of one call: one closed it by a resync, the other saw its hangup).
+    rule = (f"t.stage < EXCLUDED.stage OR (t.stage = EXCLUDED.stage AND NOT {same}"
+            " AND (t.reconciled OR NOT EXCLUDED.reconciled))")
     if spec.name in ("call_records", "calls"):  # both carry erased_at (migrations 0002, 0007)
         rule = f"t.erased_at IS NULL AND ({rule})"
     return rule
@@ -102,6 +106,9 @@ def upsert_sql(spec: TableSpec, source: str) -> str:
         return (f"INSERT INTO {spec.name} AS t ({cols}, {_EVENT_LINK[0]}) SELECT {select}, {_EVENT_LINK[1]}"
                 f" FROM {source} {join} ON CONFLICT ({key}) DO NOTHING")
     updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in spec.names if n not in spec.key)
+    start = spec.key[1]  # a whole-second start takes the stored row's key (eslbridge.store.startkey)
+    resolved = ", ".join(f"{resolved_start(spec.name, n)} AS {n}" if n == start else f"s.{n}" for n in spec.names)
+    source = f"(SELECT {resolved} FROM {source}) AS s"
     sql = (f"INSERT INTO {spec.name} AS t ({cols}) SELECT {select} FROM {source} {join}"
            f" ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE {_changed(spec)}")
     if spec is CALLS:
@@ -143,6 +150,7 @@ def _tables(rows: BatchRows) -> list[tuple[TableSpec, list]]:
 def write_executemany(conn: psycopg.Connection, rows: BatchRows) -> None:
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
+        claim(cur, rows.call_records)
         for spec, table_rows in _tables(rows):
             if table_rows:
                 cur.executemany(_ROW_SQL[spec.name], table_rows)
@@ -151,6 +159,7 @@ def write_executemany(conn: psycopg.Connection, rows: BatchRows) -> None:
 def write_pipeline(conn: psycopg.Connection, rows: BatchRows) -> None:
     with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
+        claim(cur, rows.call_records)
         for spec, table_rows in _tables(rows):
             sql = _ROW_SQL[spec.name]
             for row in table_rows:
@@ -172,6 +181,7 @@ def _prepare_staging(conn: psycopg.Connection) -> None:
 def write_copy(conn: psycopg.Connection, rows: BatchRows) -> None:
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
+        claim(cur, rows.call_records)
         for spec, table_rows in _tables(rows):
             if not table_rows:
                 continue
@@ -186,6 +196,7 @@ def write_arrays(conn: psycopg.Connection, rows: BatchRows) -> None:
     # The pipeline's only sync is at the end: BEGIN to COMMIT go out before the first wait.
     with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
+        claim(cur, rows.call_records)
         for spec, table_rows in _tables(rows):
             if table_rows:
                 columns = [list(column) for column in zip(*table_rows, strict=True)]

@@ -1,0 +1,82 @@
+"""One row per call whichever start its writers know (DESIGN section 9): the key's start resolved.
+
+A call first seen in a `show channels` snapshot may be written before its own events come (the
+correlator's ``settle``: its daemon could die meanwhile), under the snapshot's whole-second created
+time; another daemon on the node, a journal replay or a re-adopting run writes the same call
+under its exact start. Both are the same row: the rows' key is (call_uuid, start_time) in
+``call_records`` and (call_uuid, initiated_at) in ``calls``, so the writer resolves the start,
+in the batch's transaction:
+
+1. ``LOCK``: an advisory transaction lock per call_uuid, taken in sorted order (no deadlock between
+   two daemons or two lanes), so two transactions writing one call never both insert it unseen
+   by the other, whichever writes first.
+2. ``MOVE``: an exact start replaces a stored whole-second start of the same call in the same
+   second (both tables; the call's events follow their ``calls`` row, in the same statement so
+   the foreign key holds).
+3. ``resolved_start``: a whole-second start takes the key of a row stored in that second (the
+   exact one if any).
+
+"Approximate" is read as "a whole second": a snapshot's created time is the exact start
+truncated to the second, and an exact start that falls on a whole second equals its
+approximation, so the two share one key anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from eslbridge.store.rows import CALL_RECORDS
+
+# pg_advisory_xact_lock(int4, int4)'s first half: the writers' own namespace ("eslk" in ASCII).
+LOCK_CLASS = 0x65736C6B
+
+LOCK = (f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, k) FROM (SELECT DISTINCT hashtext(u) AS k"
+        " FROM unnest(%(uuid)s::varchar[]) AS u ORDER BY k OFFSET 0) AS x")
+
+
+def in_second(column: str, value: str) -> str:
+    """``column`` within the whole second of ``value`` (an index range on the key)."""
+    return (f"{column} >= date_trunc('second', {value})"
+            f" AND {column} < date_trunc('second', {value}) + interval '1 second'")
+
+
+MOVE = (
+    "WITH s AS (SELECT DISTINCT u.call_uuid, u.start_time"
+    " FROM unnest(%(uuid)s::varchar[], %(start)s::timestamptz[]) AS u(call_uuid, start_time)"
+    " WHERE u.start_time <> date_trunc('second', u.start_time)),"
+    " r AS (UPDATE call_records t SET start_time = s.start_time FROM s"
+    " WHERE t.call_uuid = s.call_uuid AND t.start_time = date_trunc('second', s.start_time)"
+    " AND NOT EXISTS (SELECT 1 FROM call_records x WHERE x.call_uuid = s.call_uuid"
+    " AND x.start_time = s.start_time) RETURNING t.call_uuid),"
+    " c AS (UPDATE calls t SET initiated_at = s.start_time FROM s"
+    " WHERE t.call_uuid = s.call_uuid AND t.initiated_at = date_trunc('second', s.start_time)"
+    " AND NOT EXISTS (SELECT 1 FROM calls x WHERE x.call_uuid = s.call_uuid"
+    " AND x.initiated_at = s.start_time) RETURNING t.id, t.call_uuid, t.initiated_at)"
+    " UPDATE call_events e SET call_initiated_at = c.initiated_at FROM c"
+    " WHERE e.call_uuid = c.call_uuid AND e.call_id = c.id"
+)
+
+
+def resolved_start(table: str, column: str) -> str:
+    """The start a source row ``s`` is written under in ``table`` (its key column ``column``)."""
+    stored = (f"SELECT e.{column} FROM {table} e WHERE e.call_uuid = s.call_uuid"
+              f" AND {in_second('e.' + column, 's.' + column)} ORDER BY e.{column} DESC LIMIT 1")
+    return (f"CASE WHEN s.{column} = date_trunc('second', s.{column})"
+            f" THEN COALESCE(({stored}), s.{column}) ELSE s.{column} END")
+
+
+_UUID = CALL_RECORDS.names.index("call_uuid")
+_START = CALL_RECORDS.names.index("start_time")
+
+
+def claim(cur: psycopg.Cursor, call_records: Sequence[tuple[Any, ...]]) -> None:
+    """Steps 1 and 2 for a batch's calls (every ``calls`` row has its ``call_records`` row);
+    run in the batch's transaction before its upserts."""
+    if not call_records:
+        return
+    params = {"uuid": [row[_UUID] for row in call_records], "start": [row[_START] for row in call_records]}
+    cur.execute(LOCK, params, prepare=False)
+    cur.execute(MOVE, params, prepare=False)
