@@ -257,3 +257,52 @@ def test_a_root_known_only_as_its_legs_parent_is_taken_from_the_snapshot():
         (Stage.ANSWERED, a, at(CREATED_US // 1_000_000 * 1_000_000))]
     later = [u for e in events for u in correlator.feed(e)]
     assert later[-1].stage == Stage.FINISHED and later[-1].record.status == "Completed"
+
+
+def test_a_call_whose_root_hung_up_before_the_subscription_is_written_not_held():
+    """Only the B leg is heard (the A leg hung up before the subscription, so no snapshot lists
+    it): once the resync is done the call is written, reconciled, under the A leg's exact created
+    time that the B leg carries; nothing is left waiting for a root that cannot speak."""
+    events, a, b = bridge_answer()
+    correlator = new_correlator()
+    assert correlator.resync([], at=at(1795299166_000000)) == []
+    b_events = [e for e in events if e.get("Unique-ID") == b]
+    assert [u for e in b_events for u in correlator.feed(e)] == []  # held: its root never spoke
+    updates = correlator.close_unheard()
+    assert [(u.stage, u.record.call_uuid, u.record.start_time) for u in updates] == [
+        (Stage.FINISHED, a, at(CREATED_US))]
+    record = updates[0].record
+    assert record.reconciled and record.end_time >= at(b_events[-1]["Event-Date-Timestamp"])
+    assert correlator.active_calls == 0 and correlator.close_unheard() == []
+
+
+def test_a_call_whose_root_is_only_named_keeps_its_later_legs_events():
+    """Written while its B leg is still up, the call stays open (Active) and the B leg's own
+    hangup finishes it with that exact time."""
+    events, a, b = bridge_answer()
+    correlator = new_correlator()
+    b_events = [e for e in events if e.get("Unique-ID") == b]
+    hangup = next(i for i, e in enumerate(b_events) if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE")
+    assert [u for e in b_events[:hangup] for u in correlator.feed(e)] == []
+    opened = correlator.close_unheard()
+    assert [u.stage for u in opened] == [Stage.STARTED] and opened[0].record.start_time == at(CREATED_US)
+    later = [u for e in b_events[hangup:] for u in correlator.feed(e)]
+    assert later[-1].stage == Stage.FINISHED and later[-1].record.call_uuid == a
+    b_hangup = only(events, "CHANNEL_HANGUP_COMPLETE", b)
+    assert later[-1].record.end_time == at(b_hangup["Caller-Channel-Hangup-Time"])
+
+
+def test_a_lone_hangup_complete_naming_legs_never_heard_is_written_once_resynced():
+    """Only the A leg's HANGUP_COMPLETE arrives (every earlier event, the B leg's included, went
+    before the subscription): it names the B leg in originated_legs, which can no longer come, so
+    once the resync is done the call is written with what the A leg says (busy), not held."""
+    facts = truth("bridge-busy")["calls"][0]
+    a = facts["a_leg_uuid"]
+    events = call_events(captured("bridge-busy", "minimal.json"))
+    correlator = new_correlator()
+    assert correlator.resync([], at=at(1795299188_000000)) == []
+    hangup = only(events, "CHANNEL_HANGUP_COMPLETE", a)
+    assert hangup.get("variable_originated_legs") and correlator.feed(hangup) == []
+    updates = correlator.close_unheard()
+    assert [(u.stage, u.record.call_uuid) for u in updates] == [(Stage.FINISHED, a)]
+    assert updates[0].record.status == "Busy" and correlator.active_calls == 0

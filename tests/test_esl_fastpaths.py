@@ -67,6 +67,23 @@ def test_plain_random_values_match_reference():
         assert parse_plain_event(body) == reference_plain(body), values
 
 
+@pytest.mark.parametrize(("body", "payload", "bad_utf8"), [
+    (b"Event-Name: X\nA: a%0A%0Ab\n\n", None, 0),  # no payload: the whole body is the header text
+    (b"Event-Name: X\nContent-Length: 9\n\nB: forged\n\n", "B: forged", 0),  # a payload is not headers
+    (b"Event-Name: X\nContent-Length: 3\n\nok\n", "ok\n", 0),
+    (b"Event-Name: X\nA: a\n\n\n", "\n", 0),  # a blank line after the headers is payload, not a header
+    (b"Event-Name: X\nContent-Length: 2\n\n\xff\xfe\n\n", "\ufffd\ufffd", 0),  # bad bytes only in the payload
+    (b"Event-Name: X\nA: \xffz\n\n", None, 1),  # bad bytes in a header line: counted once
+])
+def test_plain_header_text_ends_at_the_first_blank_line(body, payload, bad_utf8):
+    errors = Counter()
+    event = parse_plain_event(body, lambda kind, detail="": errors.update([kind]))
+    assert event.pop("_body", None) == payload
+    assert event == reference_plain(body)
+    assert EventDecoder({"A", "B"}).plain(body) == {k: v for k, v in event.items() if k in ("Event-Name", "A", "B")}
+    assert errors["invalid_utf8"] == bad_utf8
+
+
 def test_plain_odd_lines_take_the_careful_path():
     errors = Counter()
     body = b"Event-Name: X\nNoSpace:v%41\ngarbage\nTwo: a: b\n\n"

@@ -427,11 +427,13 @@ class Correlator:
         done = self._done
         while done and done[next(iter(done))] < cutoff:
             done.popitem(last=False)
+        return self._expire_waiting(ts) if self._waiting else []
+
+    def _expire_waiting(self, ts: int | None) -> list[RecordUpdate]:
+        """Finish the calls whose wait for named-but-unseen legs ends by ``ts`` (None: all of them)."""
         updates: list[RecordUpdate] = []
-        if not self._waiting:
-            return updates
         for call_uuid, deadline in list(self._waiting.items()):
-            if deadline <= ts:
+            if ts is None or deadline <= ts:
                 del self._waiting[call_uuid]
                 call = self._calls.get(call_uuid)
                 if call is not None:
@@ -598,6 +600,31 @@ class Correlator:
             if update is not None:
                 updates.append(update)
         return updates
+
+    def close_unheard(self) -> list[RecordUpdate]:
+        """Write the calls that wait for channels this run never heard: a root only ever named by
+        its other legs, or legs a finished root named (``originated_legs``). Call once a resync has
+        completed: a channel alive then was in the snapshot or has spoken since (its CHANNEL_CREATE
+        precedes what names it), so these hung up before the subscription and nothing more of them
+        will come. Held instead, the call would wait for the next resync or ``ORPHAN_GRACE_US``, and a
+        daemon stopped first would lose it. A root's key is its legs' Caller-Channel-Created-Time,
+        which FreeSWITCH copies from the root, so a daemon that heard the root writes the same row."""
+        updates: list[RecordUpdate] = []
+        for call in list(self._calls.values()):
+            if call.root in call.legs or call.provisional or call.adopted:
+                continue
+            end = max(leg.latest_us for leg in call.legs.values())
+            root = call.legs[call.root] = Leg(call.root)
+            root.hungup, root.hangup_us = True, end
+            call.reconciled = True
+            _note_once(call, call.uuid, "reconciled", end,
+                       {"reason": RECONCILE_REASON, "end_from": END_FROM_LAST_EVENT})
+            if all(leg.hungup for leg in call.legs.values()):
+                call.expected, call.hold = (), False
+            update = self._update(call)
+            if update is not None:
+                updates.append(update)
+        return updates + self._expire_waiting(None)
 
     def take_closures(self) -> list[Closure]:
         """Closures that events (not a resync) made due, taken once: a re-adopted call whose root

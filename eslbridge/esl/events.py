@@ -106,13 +106,7 @@ def parse_plain_event(body: bytes, on_error: ErrorSink = _noop) -> dict[str, str
 
 
 def _plain(body: bytes, on_error: ErrorSink, wanted: _Wanted | None) -> dict[str, str]:
-    head, _, rest = body.partition(b"\n\n")
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        on_error("invalid_utf8", "plain event")
-        text = head.decode("utf-8", "replace")
-    lines = text.split("\n")
+    text, lines, rest = _head_lines(body, on_error)
     # Per-line Python cost more than the rest of intake, so when every line holds a ": " (always, from
     # FreeSWITCH: values are URL-encoded) the lines are cut in C: every header by one split of the text,
     # only the wanted ones by one regex pass. Anything else goes line by line. Values are URL-decoded only
@@ -130,6 +124,29 @@ def _plain(body: bytes, on_error: ErrorSink, wanted: _Wanted | None) -> dict[str
         payload = rest[: int(length)] if length.isdigit() else rest
         event["_body"] = payload.decode("utf-8", "replace")
     return event
+
+
+def _head_lines(body: bytes, on_error: ErrorSink) -> tuple[str, list[str], bytes]:
+    """A plain event's header text, its lines, and the payload after the blank line.
+
+    An event without a payload ends at its first blank line, and then the whole body is decoded and
+    split at once: finding the blank line first (bytes.find of two bytes) cost a tenth of plain intake.
+    """
+    try:
+        whole = body.decode("utf-8")
+    except UnicodeDecodeError:
+        whole = ""  # counted below, on the header text alone
+    lines = whole.split("\n")
+    if len(lines) > 2 and lines[-2:] == ["", ""] and lines.index("") == len(lines) - 2:
+        del lines[-2:]
+        return whole[:-2], lines, b""
+    head, _, rest = body.partition(b"\n\n")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        on_error("invalid_utf8", "plain event")
+        text = head.decode("utf-8", "replace")
+    return text, text.split("\n"), rest
 
 
 def _split_all(text: str, lines: list[str]) -> dict[str, str] | None:

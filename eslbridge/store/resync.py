@@ -14,7 +14,8 @@ queue in order, the reader keeps reading), so the correlator sees nothing in bet
    loop after every slice: a snapshot of 100,000 channels must never stall
    the directory or the ESL reader for more than 100 ms at a time;
 4. ``HOLD`` later, write the live channels still held because the snapshot was all that was known
-   of them (``Correlator.settle``), under the key of a row stored for them meanwhile, if any.
+   of them (``Correlator.settle``), under the key of a row stored for them meanwhile, if any, and
+   the calls that wait for channels which hung up before the subscription (``Correlator.close_unheard``).
 
 Automatic garbage collection is off while it runs (and while the snapshot is parsed), and what
 it built is frozen afterwards (``gc.freeze``; ``eslbridge.esl.snapshot.no_full_collections``): a
@@ -102,15 +103,18 @@ class Resync:
                     complete = complete and done is not None
                     closed += done or 0
                 gevent.idle()
-        if correlator.provisional_calls():
-            gevent.spawn_later(HOLD, self.settle, correlator)
+        gevent.spawn_later(HOLD, self.settle, correlator)
         result = ResyncResult(len(channels), len(active), updates, closed, complete)
         _release(channels)
         return result
 
     def settle(self, correlator: Correlator, timeout: float | None = None) -> None:
         """Write the calls still held since the snapshot (Correlator.settle); when PostgreSQL cannot
-        be read, under the snapshot's whole second: a row that may be doubled beats a lost call."""
+        be read, under the snapshot's whole second: a row that may be doubled beats a lost call.
+        So are the calls that wait for channels which hung up before the subscription
+        (Correlator.close_unheard)."""
+        for update in correlator.close_unheard():
+            self._submit(update)
         uuids = correlator.provisional_calls()
         if not uuids:
             return
