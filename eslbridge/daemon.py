@@ -1,6 +1,7 @@
 """`eslbridge run`: the wiring of DESIGN section 1 for any number of FreeSWITCH nodes.
 
-    per node: InboundClient --(bounded queue, spill)--> Correlator --> Writer (queue -> journal -> PostgreSQL)
+    per node (eslbridge.flow.node): InboundClient --(bounded queue, spill)--> Correlator
+                                    --> Writer (queue -> journal -> PostgreSQL); snapshots --> Resync
     DirectoryService (mod_xml_curl) <-- cache <-- LISTEN/NOTIFY
     OutboundServer (socket app) --> CallAuthorizer
     sofia::register events --> users.last_login (batched: LoginRecorder)
@@ -17,26 +18,20 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import gevent
 import gevent.event
 
 from eslbridge.accounts.authorizer import CallAuthorizer
-from eslbridge.accounts.registrations import LoginRecorder, login_from_event
+from eslbridge.accounts.registrations import LoginRecorder
 from eslbridge.accounts.userindex import UserIndex
-from eslbridge.calls.correlator import Correlator
-from eslbridge.calls.errors import EventError
-from eslbridge.calls.records import RecordUpdate
-from eslbridge.config import Config, NodeConfig, load_config
+from eslbridge.config import Config, load_config
 from eslbridge.directory.service import DirectoryService
 from eslbridge.esl.cacheflush import DirectoryCacheFlush
-from eslbridge.esl.inbound import InboundClient
 from eslbridge.esl.nodemap import NodeMap
 from eslbridge.esl.outbound import OutboundServer
-from eslbridge.esl.stats import IntakeStats
+from eslbridge.flow.node import NodeFlow, Shared
 from eslbridge.keys.keyring import Keyring
 from eslbridge.ops import systemd
 from eslbridge.ops.logs import setup_logging
@@ -53,18 +48,6 @@ log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 10.0  # DESIGN section 9: SIGTERM drains within 10 s
 ACTOR = "eslbridge-daemon"
-CAP_REASON = "closed by the live-call cap (freeswitch[].max_live_calls) while still up"
-RESYNC_RETRY_SECONDS = 5.0  # a resync that could not read or close Active rows asks again after this,
-# or once PostgreSQL is back
-
-
-@dataclass
-class Node:
-    """One FreeSWITCH node: its ESL link and its correlator (per-UUID order is kept per node)."""
-
-    config: NodeConfig
-    correlator: Correlator
-    client: InboundClient
 
 
 class Daemon:
@@ -76,22 +59,22 @@ class Daemon:
         self.keyring = Keyring.load(config.encryption.keyring_file)
         self.pool = make_pool(config.database)
         self.journal = Journal(str(config.journal.dir), config.journal.max_bytes,
-                               sealer=self.keyring.journal_sealer())
+                               sealer=self.keyring.journal_sealer(), on_damage=self.metrics.journal_corrupt.inc)
         self.quarantine = Quarantine(config.journal.dir / "quarantine", self.keyring.journal_sealer(), gevent.sleep)
         self.writer = Writer(self.pool, self.keyring, self.journal, metrics=self.metrics, quarantine=self.quarantine)
         self.users = UserIndex(config.database.url.reveal(), connect_timeout=config.database.connect_timeout)
         self.resync = Resync(self.pool, self.writer.submit, lambda: self.writer.replaying,
                              config.database.connect_timeout, lambda: self._stop.is_set())
-        self.nodes: dict[str, Node] = {}
         self.node_map = NodeMap(node_cfg.name for node_cfg in config.freeswitch)
-        for node_cfg in config.freeswitch:
-            client = InboundClient(
-                node_cfg.host, node_cfg.port, node_cfg.password.reveal(), node_cfg.name, node_cfg.event_format,
-                self._on_event, self._on_snapshot, IntakeStats(),
-                spill_dir=str(config.journal.dir / f"spill-{node_cfg.name}"),
-                on_fatal=self._on_fatal,
-            )
-            self.nodes[node_cfg.name] = Node(node_cfg, Correlator(node_cfg.name, self.users.lookup), client)
+        self.logins = LoginRecorder(
+            Journal(str(config.journal.dir / "logins"), config.journal.max_bytes, sealer=self.keyring.journal_sealer(),
+                    on_damage=self.metrics.journal_corrupt.inc),
+            lambda: self.pool.connection(timeout=5))
+        self._stop = gevent.event.Event()
+        shared = Shared(self.writer, self.resync, self.users, self.logins, self.node_map, self.metrics, self._stop)
+        self.nodes = {node_cfg.name: NodeFlow(node_cfg, shared, str(config.journal.dir / f"spill-{node_cfg.name}"),
+                                              self._on_fatal)
+                      for node_cfg in config.freeswitch}
         # The directory LISTENs on the primary (NOTIFY only happens there); lookups may read the
         # standby where it has replayed every change they were told of (directory/replica.py).
         replica = config.database.replica_url
@@ -110,13 +93,8 @@ class Daemon:
         self.metrics.add_intake(self._intake_sources)
         self.metrics.add_gates(lambda: [self.directory.accept_gate, *(server.gate for server in
                                         (self.outbound, self.metrics_server) if server is not None)])
-        self.logins = LoginRecorder(
-            Journal(str(config.journal.dir / "logins"), config.journal.max_bytes, sealer=self.keyring.journal_sealer()),
-            lambda: self.pool.connection(timeout=5))
-        self._stop = gevent.event.Event()
         self._fatal: BaseException | None = None
         self._greenlets: list[gevent.Greenlet] = []
-        self._resync_retries: dict[str, gevent.Greenlet] = {}  # node -> greenlet asking for a resync
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -145,7 +123,7 @@ class Daemon:
         if self.outbound:
             self.outbound.start()
         for node in self.nodes.values():
-            node.client.start()
+            node.start()
         self.upkeep.start()
         self._greenlets.append(gevent.spawn(self.logins.run))
         log.info("eslbridge running: %d FreeSWITCH node(s)", len(self.nodes))
@@ -156,13 +134,13 @@ class Daemon:
         deadline = time.monotonic() + DRAIN_SECONDS
         log.info("stopping: draining ESL queues and the writer")
         for node in self.nodes.values():
-            node.client.stop(drain_timeout=2.0)
+            node.stop()
         if self.outbound:
             self.outbound.stop()
         self.upkeep.stop()
-        gevent.killall([*self._greenlets, *self._resync_retries.values()], timeout=0.5)
-        for node in self.nodes.values():  # calls held since a snapshot are written, not lost with the process
-            self.resync.settle(node.correlator, timeout=1.0)
+        gevent.killall(self._greenlets, timeout=0.5)
+        for node in self.nodes.values():
+            node.settle()
         self.logins.flush()
         done = self.writer.stop(timeout=max(0.5, deadline - time.monotonic() - 0.5))
         self.directory.stop()
@@ -204,80 +182,7 @@ class Daemon:
         return [IntakeSource(name, node.client.stats, len(node.client.queue), node.client.connected,
                              node.correlator.active_calls) for name, node in self.nodes.items()]
 
-    # --- ESL consumers (run in each node's consumer greenlet; must never block) ----------------
-
-    def _on_event(self, node_name: str, event: dict[str, str]) -> None:
-        self.node_map.learn(node_name, event)
-        if event.get("Event-Name") == "CUSTOM":
-            login = login_from_event(event)
-            if login is not None:
-                self.logins.add(login)
-            return
-        node = self.nodes[node_name]
-        self._correlate(node, node.correlator.feed, event)
-        if node.correlator.active_calls > node.config.max_live_calls:
-            self._cap(node)
-
-    def _on_snapshot(self, node_name: str, channels: list[dict]) -> None:
-        """A resync (eslbridge.store.resync): the snapshot against the correlator and the node's Active rows."""
-        node = self.nodes[node_name]
-        self._await_users()
-        try:
-            result = self.resync.run(node.correlator, channels)
-        except EventError as exc:
-            node.client.stats.error("uncorrelated_event", str(exc))
-            return
-        self.metrics.resync_closed.labels(node=node_name).inc(result.closed)
-        log.info("%s: resync with %d live channel(s), %d Active row(s) in the database: %d record update(s),"
-                 " %d stale row(s) closed", node_name, result.channels, result.active, result.updates, result.closed)
-        if not result.complete and node_name not in self._resync_retries:
-            log.warning("%s: resync incomplete (database unreachable); asking again once it is back", node_name)
-            self._resync_retries[node_name] = gevent.spawn(self._resync_when_db_up, node)
-
-    def _resync_when_db_up(self, node: Node) -> None:
-        """Ask for a new snapshot once the writer reaches PostgreSQL again (not before: every
-        resync that cannot read the Active rows holds the node's events for its timeouts)."""
-        try:
-            gevent.sleep(RESYNC_RETRY_SECONDS)
-            while not self.writer.stats().db_up:
-                gevent.sleep(RESYNC_RETRY_SECONDS)
-            node.client.request_resync()
-        finally:
-            self._resync_retries.pop(node.config.name, None)
-
-    def _await_users(self) -> None:
-        """Intake waits for the user index's first load, so attribution never depends on start-up
-        timing (deferring the decision instead would mean re-attributing records already written).
-        Waiting loses nothing: the ESL reader keeps reading into the spilling queue meanwhile. Only
-        a stop before the index ever loaded (PostgreSQL unreachable since start) releases the
-        queued events unattributed, so their records reach the journal instead of being lost."""
-        if self.users.loaded.is_set() or self._stop.is_set():
-            return
-        log.info("ESL intake waits for the user index to load")
-        gevent.wait([self.users.loaded, self._stop], count=1)
-        if not self.users.loaded.is_set():
-            log.warning("stopping before the user index loaded: queued calls are recorded without local users")
-
-    def _correlate(self, node: Node, step: Callable[[Any], list[RecordUpdate]], item: Any) -> int:
-        """One correlator step; its updates go to the writer (never blocks). Bad input is counted."""
-        self._await_users()
-        try:
-            updates = step(item)
-        except EventError as exc:
-            node.client.stats.error("uncorrelated_event", str(exc))
-            return 0
-        for update in updates:
-            self.writer.submit(update)
-        closures = node.correlator.take_closures()
-        if closures:  # re-adopted calls closed by their last leg's hangup: off the ESL path
-            gevent.spawn(self.resync.close, node.config.name, closures)
-        return len(updates)
-
-    def _cap(self, node: Node) -> None:
-        """Memory bound (DESIGN section 9): the oldest live calls are closed, counted and logged."""
-        cap = node.config.max_live_calls
-        n = self._correlate(node, lambda reason: node.correlator.evict_oldest(cap, reason), CAP_REASON)
-        node.client.stats.evicted(n, cap)
+    # --- callbacks ---------------------------------------------------------------------------------
 
     def _on_fatal(self, node_name: str, exc: Exception) -> None:
         log.error("%s: %s", node_name, exc)

@@ -94,9 +94,11 @@ def test_flipped_bit_is_skipped(tmp_path, caplog, where):
     third = 2 * HEADER.size + len(data[0]) + len(data[1])
     raw[third + {"payload": HEADER.size + 3, "length": 5, "seq": 9, "magic": 1}[where]] ^= 0x10
     seg.write_bytes(bytes(raw))
-    with caplog.at_level(logging.ERROR), Journal(tmp_path, MB) as j:
+    damaged = []
+    with caplog.at_level(logging.ERROR), Journal(tmp_path, MB, on_damage=lambda: damaged.append(1)) as j:
         assert [seq for seq, _ in j.replay()] == [1, 2, 4, 5]
-        assert j.stats.corrupt_records == 1
+        assert list(j.replay()) and j.stats.corrupt_records == 1
+    assert damaged == [1]  # the daemon's metric: once per damaged record, however often it is read
     assert any("damaged bytes" in r.getMessage() for r in caplog.records)
 
 

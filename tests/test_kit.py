@@ -116,3 +116,4 @@ def test_every_metric_of_the_kit_is_in_a_real_scrape(tmp_path: Path, db_dsn: str
     assert samples['eslbridge_upkeep_runs_total{result="failed"}'] == 0
     assert samples["eslbridge_upkeep_last_success_timestamp_seconds"] > 0
     assert samples["eslbridge_journal_max_bytes"] == 1073741824
+    assert samples["eslbridge_journal_corrupt_records_total"] == 0  # counted by the journal at replay

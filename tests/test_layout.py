@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("eslbridge.accounts",),  # users, roles, registrations, the call authorizer, audit
     ("eslbridge.privacy", "eslbridge.directory"),  # key rotation, GDPR, retention; digest lookups
     ("eslbridge.ops.metrics",),  # reads every stage's counters
+    ("eslbridge.flow",),  # a node's flow: ESL consumer -> correlator -> writer, resync, live-call cap
     ("eslbridge.daemon",),  # the composition root
     ("eslbridge.sim", "eslbridge.demo"),  # the FreeSWITCH simulator, a throwaway PostgreSQL, the demo
     ("eslbridge.commands",),

@@ -73,6 +73,10 @@ class Metrics:
             "eslbridge_journal_failures", "Failed journal writes and fsyncs by kind (enospc, edquot, emfile, erofs, "
             "full, ...)", ["kind"], registry=r
         )
+        self.journal_corrupt = Counter(
+            "eslbridge_journal_corrupt_records", "Damaged journal records skipped at replay (their records are lost)",
+            registry=r
+        )
         self.records_quarantined = Counter(
             "eslbridge_records_quarantined", "Records PostgreSQL refused, kept in the quarantine "
             "(eslbridge journal quarantine list|retry)", registry=r

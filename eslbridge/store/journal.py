@@ -45,7 +45,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -176,7 +176,8 @@ def _fsync_path(path: Path) -> None:
 
 class Journal:
     def __init__(self, directory: str | os.PathLike, max_bytes: int, fsync: bool = True,
-                 sealer: PayloadSealer | None = None, segment_bytes: int | None = None):
+                 sealer: PayloadSealer | None = None, segment_bytes: int | None = None,
+                 on_damage: Callable[[], None] | None = None):
         if max_bytes <= HEADER.size:
             raise JournalError(f"journal max_bytes must be more than {HEADER.size}")
         self.dir = Path(directory)
@@ -188,6 +189,7 @@ class Journal:
         self._inflight: gevent.event.AsyncResult | None = None  # the fsync under way
         self._checkpoint_lock = gevent.lock.Semaphore()
         self._reported: set[tuple[str, int]] = set()  # damage already logged and counted
+        self._on_damage = on_damage  # the daemon's metric: damaged records are records lost
         self._warned = 0.0
         self._closed = False
         try:
@@ -265,6 +267,8 @@ class Journal:
             return
         self._reported.add((path.name, offset))
         self.stats.corrupt_records += 1
+        if self._on_damage is not None:
+            self._on_damage()
         what = "torn record at the end" if end == size else "damaged bytes"
         log.error("journal: %s of %s (offset %d, %d bytes) skipped", what, path, offset, end - offset)
 

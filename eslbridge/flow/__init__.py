@@ -1,0 +1,1 @@
+"""A FreeSWITCH node's flow from ESL to the writer (see node.py)."""
