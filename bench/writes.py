@@ -214,9 +214,12 @@ def table_costs(dsn: str) -> dict:
             "coalesce(idx_blks_read, 0)), sum(pg_relation_size(s.indexrelid)) FROM pg_statio_user_indexes s"
             " GROUP BY 1, 2").fetchall()
         statements = conn.execute(
-            "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 70), calls, total_exec_time, shared_blks_hit"
-            " + shared_blks_read + shared_blks_dirtied, wal_bytes FROM pg_stat_statements"
-            " WHERE query ~* '^\\s*(insert|update|with|delete|copy)'").fetchall()
+            # Summed by printed text: one statement can hold several entries (planned apart), which
+            # would otherwise overwrite each other. The advisory locks are the writer's one SELECT that costs.
+            "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 70) q, sum(calls), sum(total_exec_time),"
+            " sum(shared_blks_hit + shared_blks_read + shared_blks_dirtied), sum(wal_bytes) FROM pg_stat_statements"
+            " WHERE query ~* '^\\s*(insert|update|with|delete|copy|select pg_advisory_xact_lock)'"
+            " GROUP BY 1").fetchall()
     return {"tables": {t: row for t, *row in tables if t in WRITTEN},
             "indexes": {(t, i): row for t, i, *row in indexes if t in WRITTEN},
             "statements": {q: row for q, *row in statements}}

@@ -68,8 +68,9 @@ def resolved_start(table: str, column: str) -> str:
             f" THEN COALESCE(({stored}), s.{column}) ELSE s.{column} END")
 
 
-_UUID = CALL_RECORDS.names.index("call_uuid")
-_START = CALL_RECORDS.names.index("start_time")
+# Where a call_records row holds its key.
+RECORD_UUID = CALL_RECORDS.names.index("call_uuid")
+RECORD_START = CALL_RECORDS.names.index("start_time")
 
 
 def claim(cur: psycopg.Cursor, call_records: Sequence[tuple[Any, ...]]) -> None:
@@ -77,6 +78,6 @@ def claim(cur: psycopg.Cursor, call_records: Sequence[tuple[Any, ...]]) -> None:
     run in the batch's transaction before its upserts."""
     if not call_records:
         return
-    params = {"uuid": [row[_UUID] for row in call_records], "start": [row[_START] for row in call_records]}
+    params = {"uuid": [row[RECORD_UUID] for row in call_records], "start": [row[RECORD_START] for row in call_records]}
     cur.execute(LOCK, params, prepare=False)
     cur.execute(MOVE, params, prepare=False)
