@@ -20,6 +20,7 @@ from eslbridge.calls.records import RecordUpdate
 from eslbridge.keyring import Keyring
 from eslbridge.store.reconcile import close_rows, load_active
 from eslbridge.store.rows import FieldEncoder, batch_rows
+from eslbridge.store.startkey import LOCK_CLASS, Settled
 from eslbridge.store.upsert import METHODS
 from tests.writer_fixtures import call_updates, create_user, keyring  # noqa: F401
 
@@ -114,3 +115,53 @@ def test_a_resync_closes_the_row_whose_whole_second_start_was_made_exact(db, db_
     assert records == [(started.record.start_time, "Failed", True)]
     assert calls == [(started.record.start_time, "failed")]
     assert isinstance(records[0][0], datetime)
+
+
+def _write_in_thread(dsn: str, rows, settled: Settled) -> threading.Thread:
+    def write() -> None:
+        with psycopg.connect(dsn) as conn:
+            METHODS["arrays"].write(conn, rows, settled)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_writer_claims_an_exact_start_until_it_committed_it_then_never_again(db, db_dsn, keyring):  # noqa: F811
+    user = create_user(db)
+    started, answered, finished = call_updates(5, user)
+    uuid = started.record.call_uuid
+    enc = FieldEncoder(keyring)
+    settled = Settled()
+    first = batch_rows([started], enc)
+    assert settled.unclaimed(first.call_records) == first.call_records
+    with psycopg.connect(db_dsn) as conn:
+        METHODS["arrays"].write(conn, first, settled)
+    settled.add(first.call_records)
+    # Another daemon settles the call from a snapshot: its whole second resolves to the exact row.
+    with psycopg.connect(db_dsn) as conn:
+        METHODS["arrays"].write(conn, batch_rows([whole_second(answered)], enc), Settled())
+    with psycopg.connect(db_dsn) as holder, holder.transaction():  # a writer of the call still busy
+        holder.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, uuid))
+        unsettled = _write_in_thread(db_dsn, batch_rows([answered], enc), Settled())
+        settled_write = _write_in_thread(db_dsn, batch_rows([finished], enc), settled)
+        settled_write.join(10)
+        assert not settled_write.is_alive(), "a settled exact start still took the call's lock"
+        unsettled.join(0.5)
+        assert unsettled.is_alive(), "an unsettled exact start did not take the call's lock"
+    unsettled.join(10)
+    records, calls, events = rows(db, uuid)
+    assert records == [(started.record.start_time, "Completed", False)]
+    assert calls == [(started.record.start_time, "completed")]
+    assert events == [(started.record.start_time,)]
+
+
+def test_settled_keys_are_only_exact_starts_and_are_forgotten_on_clear(keyring):  # noqa: F811
+    enc = FieldEncoder(keyring)
+    exact = batch_rows([call_updates(6)[0]], enc).call_records
+    approximate = batch_rows([whole_second(call_updates(7)[0])], enc).call_records
+    settled = Settled()
+    settled.add(exact + approximate)
+    assert settled.unclaimed(exact + approximate) == approximate  # a whole second is always claimed
+    settled.clear()
+    assert settled.unclaimed(exact) == exact

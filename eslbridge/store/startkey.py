@@ -16,6 +16,11 @@ in the batch's transaction:
 3. ``resolved_start``: a whole-second start takes the key of a row stored in that second (the
    exact one if any).
 
+Steps 1 and 2 are skipped for an exact start whose row the same writer has already committed
+(``Settled``): from then on another writer's whole-second start resolves to that row (step 3) and
+the exact start finds its own row, so neither the lock nor the move can change anything. Most
+writes of a call are its later stages, so most rows skip them.
+
 "Approximate" is read as "a whole second": a snapshot's created time is the exact start
 truncated to the second, and an exact start that falls on a whole second equals its
 approximation, so the two share one key anyway.
@@ -28,7 +33,7 @@ from typing import Any
 
 import psycopg
 
-from eslbridge.store.rows import CALL_RECORDS
+from eslbridge.store.rows import CALL_RECORDS, trim_oldest
 
 # pg_advisory_xact_lock(int4, int4)'s first half: the writers' own namespace ("eslk" in ASCII).
 LOCK_CLASS = 0x65736C6B
@@ -73,9 +78,42 @@ RECORD_UUID = CALL_RECORDS.names.index("call_uuid")
 RECORD_START = CALL_RECORDS.names.index("start_time")
 
 
-def claim(cur: psycopg.Cursor, call_records: Sequence[tuple[Any, ...]]) -> None:
-    """Steps 1 and 2 for a batch's calls (every ``calls`` row has its ``call_records`` row);
-    run in the batch's transaction before its upserts."""
+def _exact_key(row: tuple[Any, ...]) -> tuple[str, Any] | None:
+    start = row[RECORD_START]
+    return None if start.microsecond == 0 else (row[RECORD_UUID], start)
+
+
+class Settled:
+    """The exact keys of the call_records rows one writer has committed (not yet claimed: the rest).
+
+    Forgotten all at once after any failed write (``clear``): a PostgreSQL that crashed may have lost
+    commits its WAL had not flushed (the writer commits with synchronous_commit off), and a key it
+    forgets is only claimed again. Bounded: the oldest keys go first.
+    """
+
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self._max = max_entries
+        self._keys: dict[tuple[str, Any], None] = {}
+
+    def add(self, call_records: Sequence[tuple[Any, ...]]) -> None:
+        """Call after the transaction that wrote ``call_records`` committed."""
+        for row in call_records:
+            if (key := _exact_key(row)) is not None:
+                self._keys[key] = None
+        trim_oldest(self._keys, self._max)
+
+    def clear(self) -> None:
+        self._keys.clear()
+
+    def unclaimed(self, call_records: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        return [row for row in call_records if _exact_key(row) not in self._keys]
+
+
+def claim(cur: psycopg.Cursor, call_records: Sequence[tuple[Any, ...]], settled: Settled | None = None) -> None:
+    """Steps 1 and 2 for a batch's calls (every ``calls`` row has its ``call_records`` row), but for
+    those ``settled`` holds; run in the batch's transaction before its upserts."""
+    if settled is not None:
+        call_records = settled.unclaimed(call_records)
     if not call_records:
         return
     params = {"uuid": [row[RECORD_UUID] for row in call_records], "start": [row[RECORD_START] for row in call_records]}

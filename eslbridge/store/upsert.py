@@ -40,12 +40,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import psycopg
 
 from eslbridge.calls.records import Stage
 from eslbridge.store.rows import CALL_EVENTS, CALL_RECORDS, CALLS, BatchRows, Column, TableSpec
-from eslbridge.store.startkey import RECORD_START, RECORD_UUID, claim, resolved_start
+from eslbridge.store.startkey import RECORD_START, RECORD_UUID, Settled, claim, resolved_start
 
 # Each event row reaches the server with its call's start (from the batch's call_records row, not
 # stored) so that its probe of the partitioned `calls` prunes to the partition of that second
@@ -171,19 +172,19 @@ def _tables(rows: BatchRows) -> list[tuple[TableSpec, list]]:
     return [(CALL_RECORDS, rows.call_records), (CALLS, rows.calls), (CALL_EVENTS, _events_with_start(rows))]
 
 
-def write_executemany(conn: psycopg.Connection, rows: BatchRows) -> None:
+def write_executemany(conn: psycopg.Connection, rows: BatchRows, settled: Settled | None = None) -> None:
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
-        claim(cur, rows.call_records)
+        claim(cur, rows.call_records, settled)
         for spec, table_rows in _tables(rows):
             if table_rows:
                 cur.executemany(_ROW_SQL[spec.name], table_rows)
 
 
-def write_pipeline(conn: psycopg.Connection, rows: BatchRows) -> None:
+def write_pipeline(conn: psycopg.Connection, rows: BatchRows, settled: Settled | None = None) -> None:
     with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
-        claim(cur, rows.call_records)
+        claim(cur, rows.call_records, settled)
         for spec, table_rows in _tables(rows):
             sql = _ROW_SQL[spec.name]
             for row in table_rows:
@@ -202,10 +203,10 @@ def _prepare_staging(conn: psycopg.Connection) -> None:
     conn._eslbridge_staging = True
 
 
-def write_copy(conn: psycopg.Connection, rows: BatchRows) -> None:
+def write_copy(conn: psycopg.Connection, rows: BatchRows, settled: Settled | None = None) -> None:
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
-        claim(cur, rows.call_records)
+        claim(cur, rows.call_records, settled)
         for spec, table_rows in _tables(rows):
             if not table_rows:
                 continue
@@ -218,11 +219,11 @@ def write_copy(conn: psycopg.Connection, rows: BatchRows) -> None:
             cur.execute(_STAGED_SQL[spec.name], prepare=False)
 
 
-def write_arrays(conn: psycopg.Connection, rows: BatchRows) -> None:
+def write_arrays(conn: psycopg.Connection, rows: BatchRows, settled: Settled | None = None) -> None:
     # The pipeline's only sync is at the end: BEGIN to COMMIT go out before the first wait.
     with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
-        claim(cur, rows.call_records)
+        claim(cur, rows.call_records, settled)
         for spec, table_rows in _tables(rows):
             if table_rows:
                 columns = [list(column) for column in zip(*table_rows, strict=True)]
@@ -233,10 +234,16 @@ def _nothing(conn: psycopg.Connection) -> None:
     return None
 
 
+class BatchWrite(Protocol):
+    def __call__(self, conn: psycopg.Connection, rows: BatchRows, settled: Settled | None = None) -> None:
+        """The batch, in one transaction of its own; ``settled``: the writer's keys that need no
+        start-key claim (eslbridge.store.startkey)."""
+
+
 @dataclass(frozen=True)
 class WriteMethod:
     name: str
-    write: Callable[[psycopg.Connection, BatchRows], None]  # the batch, in one transaction of its own
+    write: BatchWrite
     prepare: Callable[[psycopg.Connection], None] = _nothing  # per connection, before any transaction
 
 

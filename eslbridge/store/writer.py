@@ -76,6 +76,7 @@ from eslbridge.store.pool import own_connection
 from eslbridge.store.quarantine import Quarantine
 from eslbridge.store.rows import BatchRows, FieldEncoder, batch_rows
 from eslbridge.store.serialize import decode_update, encode_update
+from eslbridge.store.startkey import Settled
 from eslbridge.store.upsert import DEFAULT_METHOD, METHODS
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ class Writer:
         self._durable_seq = journal.committed_seq  # ... and up to here also flushed to its WAL
         self._barrier_conn: psycopg.Connection | None = None
         self._lost = False  # the barrier's session died: commits after _durable_seq may be gone
+        self._settled = Settled()  # calls whose exact-start rows need no start-key claim any more
         self._last_seq = journal.last_seq  # highest seq the journal acknowledged to us
         self._in_flight: list[Item] = []
         self._in_flight_rows: BatchRows | None = None  # _in_flight's rows when prefetched
@@ -460,6 +462,7 @@ class Writer:
                     log.warning("writer: PostgreSQL lost its session; writing again what was not yet durable "
                                 "(journal seqs %d to %d)", self._durable_seq + 1, self._written_seq)
                     self._written_seq = self._durable_seq
+                    self._settled.clear()  # rows committed since the last barrier may be gone
                     self._overflow = True  # read from the journal, in seq order
                     self._lost = False
                     self._commit_wake.set()
@@ -673,9 +676,12 @@ class Writer:
         try:
             with self._connection(lane) as conn:
                 self._method.prepare(conn)
-                self._method.write(conn, rows)
+                self._method.write(conn, rows, self._settled)
         except Exception as e:
+            # A failed write may come from a crashed server that lost unflushed commits: claim again.
+            self._settled.clear()
             return e
+        self._settled.add(rows.call_records)
         return None
 
     def _probe(self) -> None:
