@@ -134,10 +134,10 @@ def test_a_writer_claims_an_exact_start_until_it_committed_it_then_never_again(d
     enc = FieldEncoder(keyring)
     settled = Settled()
     first = batch_rows([started], enc)
-    assert settled.unclaimed(first.call_records) == first.call_records
+    assert settled.unclaimed(first) == first.call_records
     with psycopg.connect(db_dsn) as conn:
         METHODS["arrays"].write(conn, first, settled)
-    settled.add(first.call_records)
+    settled.add(first)
     # Another daemon settles the call from a snapshot: its whole second resolves to the exact row.
     with psycopg.connect(db_dsn) as conn:
         METHODS["arrays"].write(conn, batch_rows([whole_second(answered)], enc), Settled())
@@ -156,12 +156,35 @@ def test_a_writer_claims_an_exact_start_until_it_committed_it_then_never_again(d
     assert events == [(started.record.start_time,)]
 
 
-def test_settled_keys_are_only_exact_starts_and_are_forgotten_on_clear(keyring):  # noqa: F811
+def test_a_calls_row_that_comes_later_is_claimed_though_its_record_was_settled(db, db_dsn, keyring):  # noqa: F811
+    """An inbound call's local user is known at answer: its calls row comes with the second write,
+    and another daemon may have inserted it under the whole second meanwhile."""
+    bob = create_user(db, "bob")
+    started, answered, finished = call_updates(8)
+    answered.record.user_id = finished.record.user_id = bob
     enc = FieldEncoder(keyring)
-    exact = batch_rows([call_updates(6)[0]], enc).call_records
-    approximate = batch_rows([whole_second(call_updates(7)[0])], enc).call_records
     settled = Settled()
-    settled.add(exact + approximate)
-    assert settled.unclaimed(exact + approximate) == approximate  # a whole second is always claimed
+    first = batch_rows([started], enc)
+    assert first.calls == []
+    with psycopg.connect(db_dsn) as conn:
+        METHODS["arrays"].write(conn, first, settled)
+        settled.add(first)
+        METHODS["arrays"].write(conn, batch_rows([whole_second(answered)], enc), Settled())  # the other daemon
+        METHODS["arrays"].write(conn, batch_rows([finished], enc), settled)
+    records, calls, events = rows(db, started.record.call_uuid)
+    assert records == [(started.record.start_time, "Completed", False)]
+    assert calls == [(started.record.start_time, "completed")]
+    assert events == [(started.record.start_time,)]
+
+
+def test_settled_keys_are_only_exact_starts_and_are_forgotten_on_clear(db, keyring):  # noqa: F811
+    enc = FieldEncoder(keyring)
+    user = create_user(db)
+    exact = batch_rows([call_updates(6, user)[0]], enc)
+    approximate = batch_rows([whole_second(call_updates(7, user)[0])], enc)
+    both = exact.merged(approximate)
+    settled = Settled()
+    settled.add(both)
+    assert settled.unclaimed(both) == approximate.call_records  # a whole second is always claimed
     settled.clear()
-    assert settled.unclaimed(exact) == exact
+    assert settled.unclaimed(exact) == exact.call_records

@@ -175,7 +175,7 @@ def _tables(rows: BatchRows) -> list[tuple[TableSpec, list]]:
 def write_executemany(conn: psycopg.Connection, rows: BatchRows, settled: Settled | None = None) -> None:
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
-        claim(cur, rows.call_records, settled)
+        claim(cur, rows, settled)
         for spec, table_rows in _tables(rows):
             if table_rows:
                 cur.executemany(_ROW_SQL[spec.name], table_rows)
@@ -184,7 +184,7 @@ def write_executemany(conn: psycopg.Connection, rows: BatchRows, settled: Settle
 def write_pipeline(conn: psycopg.Connection, rows: BatchRows, settled: Settled | None = None) -> None:
     with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
-        claim(cur, rows.call_records, settled)
+        claim(cur, rows, settled)
         for spec, table_rows in _tables(rows):
             sql = _ROW_SQL[spec.name]
             for row in table_rows:
@@ -206,7 +206,7 @@ def _prepare_staging(conn: psycopg.Connection) -> None:
 def write_copy(conn: psycopg.Connection, rows: BatchRows, settled: Settled | None = None) -> None:
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
-        claim(cur, rows.call_records, settled)
+        claim(cur, rows, settled)
         for spec, table_rows in _tables(rows):
             if not table_rows:
                 continue
@@ -223,7 +223,7 @@ def write_arrays(conn: psycopg.Connection, rows: BatchRows, settled: Settled | N
     # The pipeline's only sync is at the end: BEGIN to COMMIT go out before the first wait.
     with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
-        claim(cur, rows.call_records, settled)
+        claim(cur, rows, settled)
         for spec, table_rows in _tables(rows):
             if table_rows:
                 columns = [list(column) for column in zip(*table_rows, strict=True)]

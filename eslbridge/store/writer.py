@@ -681,7 +681,7 @@ class Writer:
             # A failed write may come from a crashed server that lost unflushed commits: claim again.
             self._settled.clear()
             return e
-        self._settled.add(rows.call_records)
+        self._settled.add(rows)
         return None
 
     def _probe(self) -> None:
