@@ -64,7 +64,9 @@ per committed call of the offered run:
       + the start-key claim only until the writer committed the call's exact row:
             idx_calls_call_uuid 3.4-5.2 blocks; call_events insert 96-97 blocks, 148-214 us;
             startkey move 3.3-5.5 blocks, 26-43 us; advisory locks 2.5-3.7 us (batches with new calls);
-            flat out 2537 / 2766 / 2569 calls/s
+            flat out 2537 / 2766 / 2569 calls/s; on the final code (a call settled once its calls row is exact
+            too) 2305 vs 2344 before in the same pair, and 1548 in a run whose baseline fell to 410 calls/s
+            (the disk busy): the block counts fell in every run, calls/s flat out within the noise
     unchanged: the call_records upsert (~123 blocks, ~8.3 KB WAL, 360-560 us per call: 1 insert and
     ~1.8 non-HOT updates through 15 indexes) and the calls upsert (~46 blocks, 130-165 us).
 
