@@ -20,6 +20,7 @@ from eslbridge.calls.records import RecordUpdate
 from eslbridge.keys.keyring import Keyring
 from eslbridge.store.reconcile import close_rows, load_active
 from eslbridge.store.rows import FieldEncoder, batch_rows
+from eslbridge.store.startkey import LOCK_CLASS, Settled
 from eslbridge.store.upsert import METHODS
 from tests.writer_fixtures import call_updates, create_user, keyring  # noqa: F401
 
@@ -114,3 +115,76 @@ def test_a_resync_closes_the_row_whose_whole_second_start_was_made_exact(db, db_
     assert records == [(started.record.start_time, "Failed", True)]
     assert calls == [(started.record.start_time, "failed")]
     assert isinstance(records[0][0], datetime)
+
+
+def _write_in_thread(dsn: str, rows, settled: Settled) -> threading.Thread:
+    def write() -> None:
+        with psycopg.connect(dsn) as conn:
+            METHODS["arrays"].write(conn, rows, settled)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_writer_claims_an_exact_start_until_it_committed_it_then_never_again(db, db_dsn, keyring):  # noqa: F811
+    user = create_user(db)
+    started, answered, finished = call_updates(5, user)
+    uuid = started.record.call_uuid
+    enc = FieldEncoder(keyring)
+    settled = Settled()
+    first = batch_rows([started], enc)
+    assert settled.unclaimed(first) == first.call_records
+    with psycopg.connect(db_dsn) as conn:
+        METHODS["arrays"].write(conn, first, settled)
+    settled.add(first)
+    # Another daemon settles the call from a snapshot: its whole second resolves to the exact row.
+    with psycopg.connect(db_dsn) as conn:
+        METHODS["arrays"].write(conn, batch_rows([whole_second(answered)], enc), Settled())
+    with psycopg.connect(db_dsn) as holder, holder.transaction():  # a writer of the call still busy
+        holder.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, uuid))
+        unsettled = _write_in_thread(db_dsn, batch_rows([answered], enc), Settled())
+        settled_write = _write_in_thread(db_dsn, batch_rows([finished], enc), settled)
+        settled_write.join(10)
+        assert not settled_write.is_alive(), "a settled exact start still took the call's lock"
+        unsettled.join(0.5)
+        assert unsettled.is_alive(), "an unsettled exact start did not take the call's lock"
+    unsettled.join(10)
+    records, calls, events = rows(db, uuid)
+    assert records == [(started.record.start_time, "Completed", False)]
+    assert calls == [(started.record.start_time, "completed")]
+    assert events == [(started.record.start_time,)]
+
+
+def test_a_calls_row_that_comes_later_is_claimed_though_its_record_was_settled(db, db_dsn, keyring):  # noqa: F811
+    """An inbound call's local user is known at answer: its calls row comes with the second write,
+    and another daemon may have inserted it under the whole second meanwhile."""
+    bob = create_user(db, "bob")
+    started, answered, finished = call_updates(8)
+    answered.record.user_id = finished.record.user_id = bob
+    enc = FieldEncoder(keyring)
+    settled = Settled()
+    first = batch_rows([started], enc)
+    assert first.calls == []
+    with psycopg.connect(db_dsn) as conn:
+        METHODS["arrays"].write(conn, first, settled)
+        settled.add(first)
+        METHODS["arrays"].write(conn, batch_rows([whole_second(answered)], enc), Settled())  # the other daemon
+        METHODS["arrays"].write(conn, batch_rows([finished], enc), settled)
+    records, calls, events = rows(db, started.record.call_uuid)
+    assert records == [(started.record.start_time, "Completed", False)]
+    assert calls == [(started.record.start_time, "completed")]
+    assert events == [(started.record.start_time,)]
+
+
+def test_settled_keys_are_only_exact_starts_and_are_forgotten_on_clear(db, keyring):  # noqa: F811
+    enc = FieldEncoder(keyring)
+    user = create_user(db)
+    exact = batch_rows([call_updates(6, user)[0]], enc)
+    approximate = batch_rows([whole_second(call_updates(7, user)[0])], enc)
+    both = exact.merged(approximate)
+    settled = Settled()
+    settled.add(both)
+    assert settled.unclaimed(both) == approximate.call_records  # a whole second is always claimed
+    settled.clear()
+    assert settled.unclaimed(exact) == exact.call_records

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import psycopg
 import pytest
 
 from eslbridge.calls.records import Stage
+from eslbridge.store import upsert
+from eslbridge.store.rows import BatchRows, FieldEncoder, batch_rows
 from eslbridge.store.upsert import METHODS
 from tests.writer_fixtures import (
     call_updates,
@@ -150,3 +155,51 @@ def test_the_writer_works_through_the_daemons_pool(db, db_dsn, keyring, tmp_path
         with pool.connection() as conn:
             assert conn.autocommit and conn.info.parameter_status("application_name") == "eslbridge"
     assert count_by_uuid(db) == {call_uuid(11): 1}
+
+
+def _linked(db, uuid: str) -> list[tuple]:
+    return db.execute("SELECT e.call_id = c.id, e.call_initiated_at = c.initiated_at FROM call_events e"
+                      " JOIN calls c ON c.call_uuid = e.call_uuid WHERE e.call_uuid = %s", (uuid,)).fetchall()
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_events_without_their_record_in_the_batch_are_still_linked(db, db_dsn, keyring, method):
+    bob = create_user(db, "bob")
+    started, answered, _ = call_updates(9, bob)
+    enc = FieldEncoder(keyring)
+    write = METHODS[method]
+    with psycopg.connect(db_dsn) as conn:
+        write.prepare(conn)
+        write.write(conn, dataclasses.replace(batch_rows([started], enc), events=[]))
+        write.write(conn, BatchRows([], [], batch_rows([answered], enc).events))  # no start to bound the probe
+    assert _linked(db, call_uuid(9)) == [(True, True)] * len(answered.events)
+
+
+def test_the_events_probe_of_calls_reads_only_their_calls_partition(db, db_dsn, keyring):
+    bob = create_user(db, "bob")
+    started, answered, _ = call_updates(9, bob)
+    enc = FieldEncoder(keyring)
+    with psycopg.connect(db_dsn) as conn:
+        METHODS["arrays"].write(conn, batch_rows([started], enc))
+    rows = upsert._events_with_start(batch_rows([answered], enc))
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    with psycopg.connect(db_dsn) as conn:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        (plan,) = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {upsert._ARRAYS_SQL['call_events']}", columns,
+                               prepare=False).fetchone()
+        conn.rollback()
+    scanned = set()
+
+    def walk(node: dict) -> None:
+        if node.get("Relation Name", "").startswith("calls") and node.get("Actual Loops"):
+            scanned.add(node["Relation Name"])
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan[0]["Plan"])
+    partitions = db.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'calls'::regclass").fetchone()[0]
+    assert partitions > 2
+    # The fixtures' calls started in 2025: before every monthly partition, so in the default one, last
+    # in the plan's order (an unpruned probe would read each partition before it).
+    assert scanned == {"calls_default"}, plan
+    assert _linked(db, call_uuid(9)) == [(True, True)] * len(started.events)  # the probe's rows rolled back

@@ -115,7 +115,7 @@ class FieldEncoder:
         blob = self._cipher.get(key)
         if blob is None:
             blob = self._cipher[key] = self.keyring.encrypt(value, self.key_id)
-            _bound(self._cipher, self._max)
+            trim_oldest(self._cipher, self._max)
         return blob
 
     def blind(self, kind: str, value: str | None) -> bytes | None:
@@ -129,11 +129,12 @@ class FieldEncoder:
                 # A value the normaliser cannot read (e.g. a garbled URI) is still stored,
                 # encrypted; it just cannot be found by equality search.
                 self._blind[key] = None
-            _bound(self._blind, self._max)
+            trim_oldest(self._blind, self._max)
         return self._blind[key]
 
 
-def _bound(cache: dict, limit: int) -> None:
+def trim_oldest(cache: dict, limit: int) -> None:
+    """Keep a bounded cache bounded: beyond ``limit`` entries, drop the oldest tenth and the excess."""
     if len(cache) > limit:
         for key in list(itertools.islice(cache, len(cache) - limit * 9 // 10)):
             del cache[key]

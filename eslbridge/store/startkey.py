@@ -16,6 +16,11 @@ in the batch's transaction:
 3. ``resolved_start``: a whole-second start takes the key of a row stored in that second (the
    exact one if any).
 
+Steps 1 and 2 are skipped for an exact start whose row the same writer has already committed
+(``Settled``): from then on another writer's whole-second start resolves to that row (step 3) and
+the exact start finds its own row, so neither the lock nor the move can change anything. Most
+writes of a call are its later stages, so most rows skip them.
+
 "Approximate" is read as "a whole second": a snapshot's created time is the exact start
 truncated to the second, and an exact start that falls on a whole second equals its
 approximation, so the two share one key anyway.
@@ -23,12 +28,11 @@ approximation, so the two share one key anyway.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 
-from eslbridge.store.rows import CALL_RECORDS
+from eslbridge.store.rows import CALL_RECORDS, CALLS, BatchRows, trim_oldest
 
 # pg_advisory_xact_lock(int4, int4)'s first half: the writers' own namespace ("eslk" in ASCII).
 LOCK_CLASS = 0x65736C6B
@@ -68,15 +72,61 @@ def resolved_start(table: str, column: str) -> str:
             f" THEN COALESCE(({stored}), s.{column}) ELSE s.{column} END")
 
 
-_UUID = CALL_RECORDS.names.index("call_uuid")
-_START = CALL_RECORDS.names.index("start_time")
+# Where a call_records row holds its key (a calls row: call_uuid first too).
+RECORD_UUID = CALL_RECORDS.names.index("call_uuid")
+RECORD_START = CALL_RECORDS.names.index("start_time")
+_CALL_START = CALLS.names.index("initiated_at")
 
 
-def claim(cur: psycopg.Cursor, call_records: Sequence[tuple[Any, ...]]) -> None:
-    """Steps 1 and 2 for a batch's calls (every ``calls`` row has its ``call_records`` row);
-    run in the batch's transaction before its upserts."""
+def _exact_key(row: tuple[Any, ...], start_at: int = RECORD_START) -> tuple[str, Any] | None:
+    """(call_uuid, start) of a row (call_uuid first, its start at ``start_at``); None for a whole second."""
+    start = row[start_at]
+    return None if start.microsecond == 0 else (row[0], start)
+
+
+class Settled:
+    """The exact keys of the rows one writer has committed, per table (not yet claimed: the rest).
+
+    A call's ``calls`` row can come later than its ``call_records`` row (its local user known at
+    answer), and another writer may meanwhile have inserted it under the whole second: a call is
+    settled only once every row the batch writes for it was committed under its exact key.
+    Forgotten all at once after any failed write (``clear``): a PostgreSQL that crashed may have lost
+    commits its WAL had not flushed (the writer commits with synchronous_commit off), and a key it
+    forgets is only claimed again. Bounded: the oldest keys go first.
+    """
+
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self._max = max_entries
+        self._keys: dict[tuple[str, str, Any], None] = {}
+
+    def add(self, rows: BatchRows) -> None:
+        """Call after the transaction that wrote ``rows`` committed."""
+        for table, table_rows, start_at in (("call_records", rows.call_records, RECORD_START),
+                                            ("calls", rows.calls, _CALL_START)):
+            for row in table_rows:
+                if (key := _exact_key(row, start_at)) is not None:
+                    self._keys[(table, *key)] = None
+        trim_oldest(self._keys, self._max)
+
+    def clear(self) -> None:
+        self._keys.clear()
+
+    def unclaimed(self, rows: BatchRows) -> list[tuple[Any, ...]]:
+        """The call_records rows of ``rows`` still to claim."""
+        calls = {_exact_key(row, _CALL_START) for row in rows.calls}
+        return [row for row in rows.call_records if not self._holds(_exact_key(row), calls)]
+
+    def _holds(self, key: tuple[str, Any] | None, calls: set) -> bool:
+        return (key is not None and ("call_records", *key) in self._keys
+                and (key not in calls or ("calls", *key) in self._keys))
+
+
+def claim(cur: psycopg.Cursor, rows: BatchRows, settled: Settled | None = None) -> None:
+    """Steps 1 and 2 for a batch's calls (every ``calls`` row has its ``call_records`` row), but for
+    those ``settled`` holds; run in the batch's transaction before its upserts."""
+    call_records = rows.call_records if settled is None else settled.unclaimed(rows)
     if not call_records:
         return
-    params = {"uuid": [row[_UUID] for row in call_records], "start": [row[_START] for row in call_records]}
+    params = {"uuid": [row[RECORD_UUID] for row in call_records], "start": [row[RECORD_START] for row in call_records]}
     cur.execute(LOCK, params, prepare=False)
     cur.execute(MOVE, params, prepare=False)

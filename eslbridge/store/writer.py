@@ -55,6 +55,7 @@ from eslbridge.store.quarantine import Quarantine
 from eslbridge.store.queue import Queued, RecordQueue
 from eslbridge.store.rows import BatchRows, FieldEncoder, batch_rows
 from eslbridge.store.serialize import decode_update, encode_update
+from eslbridge.store.startkey import Settled
 from eslbridge.store.upsert import DEFAULT_METHOD, METHODS
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class Writer:
         self._wake = gevent.event.Event()
         self._barrier = DurabilityBarrier(journal, self._connect, lambda: self._written_seq, self._wake.set,
                                           interval=durability_interval, max_backoff=max_backoff)
+        self._settled = Settled()  # calls whose exact-start rows need no start-key claim any more
         self._in_flight: list[Queued] = []
         self._in_flight_rows: BatchRows | None = None  # _in_flight's rows when prefetched
         self._next: list[Queued] = []  # taken (and encoded) by the prefetcher while _in_flight was written
@@ -242,6 +244,7 @@ class Writer:
                     log.warning("writer: PostgreSQL lost its session; writing again what was not yet durable "
                                 "(journal seqs %d to %d)", self._barrier.durable_seq + 1, self._written_seq)
                     self._written_seq = self._barrier.rewind()
+                    self._settled.clear()  # rows committed since the last barrier may be gone
                     self.queue.spilled = True  # read from the journal, in seq order
                 if self._in_flight or self._take_batch():
                     self._busy = True
@@ -427,9 +430,12 @@ class Writer:
         try:
             with self._connection(lane) as conn:
                 self._method.prepare(conn)
-                self._method.write(conn, rows)
+                self._method.write(conn, rows, self._settled)
         except Exception as e:
+            # A failed write may come from a crashed server that lost unflushed commits: claim again.
+            self._settled.clear()
             return e
+        self._settled.add(rows)
         return None
 
     def _probe(self) -> None:
