@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from datetime import datetime
 
 import psycopg
@@ -42,6 +43,20 @@ def rows(db: psycopg.Connection, uuid: str) -> tuple[list[tuple], list[tuple], l
     return records, calls, events
 
 
+
+def waits_on_advisory_lock(dsn: str, thread: threading.Thread, timeout: float = 20.0) -> bool:
+    """True once a session is seen blocked on an advisory lock while ``thread`` still runs; False
+    if the thread finished first (it took no lock that another transaction held)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as watcher:
+        while thread.is_alive() and time.monotonic() < deadline:
+            if watcher.execute("SELECT count(*) FROM pg_stat_activity"
+                               " WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'").fetchone()[0]:
+                return True
+            time.sleep(0.02)
+    return False
+
+
 def write_concurrently(dsn: str, keyring: Keyring, first: RecordUpdate, second: RecordUpdate,  # noqa: F811
                        method: str) -> None:
     """``first`` written in a transaction left open while ``second`` is written from another
@@ -64,8 +79,7 @@ def write_concurrently(dsn: str, keyring: Keyring, first: RecordUpdate, second: 
             write.write(conn, batch_rows([first], enc))  # a savepoint: the locks stay held
             other = threading.Thread(target=second_writer)
             other.start()
-            other.join(0.5)
-            assert other.is_alive(), "the second writer did not wait for the first"
+            assert waits_on_advisory_lock(dsn, other), "the second writer did not wait for the first"
     other.join(20)
     assert not other.is_alive() and not errors, errors
 
@@ -147,8 +161,7 @@ def test_a_writer_claims_an_exact_start_until_it_committed_it_then_never_again(d
         settled_write = _write_in_thread(db_dsn, batch_rows([finished], enc), settled)
         settled_write.join(10)
         assert not settled_write.is_alive(), "a settled exact start still took the call's lock"
-        unsettled.join(0.5)
-        assert unsettled.is_alive(), "an unsettled exact start did not take the call's lock"
+        assert waits_on_advisory_lock(db_dsn, unsettled), "an unsettled exact start did not take the call's lock"
     unsettled.join(10)
     records, calls, events = rows(db, uuid)
     assert records == [(started.record.start_time, "Completed", False)]

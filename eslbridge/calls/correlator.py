@@ -613,7 +613,7 @@ class Correlator:
         for call in list(self._calls.values()):
             if call.root in call.legs or call.provisional or call.adopted:
                 continue
-            end = max(leg.latest_us for leg in call.legs.values())
+            end = max((leg.latest_us for leg in call.legs.values()), default=self._now)
             root = call.legs[call.root] = Leg(call.root)
             root.hungup, root.hangup_us = True, end
             call.reconciled = True
