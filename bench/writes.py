@@ -310,6 +310,14 @@ def _report(label: str, r: dict, calls_in_db: int) -> None:
           f"{'OK, zero loss' if lost == 0 and r['drained'] and not r['rejected'] else f'FAILED ({lost} missing)'}")
 
 
+def _result(args: argparse.Namespace, main_run: dict, hot: dict) -> dict:
+    """The offered run's figures for bench.run (the anchors join them in a full run)."""
+    return {"bench": "writes", "seconds": args.seconds, "sustained_cps": round(min(main_run["calls_per_s"], args.rate)),
+            "p50_ms": round(main_run["p50_ms"]), "p99_ms": round(main_run["p99_ms"]),
+            "steal": round(main_run["steal"], 1),
+            "lost": main_run["calls"] - main_run["landed"] if main_run["landed"] >= 0 else None, "hot_share": hot}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0, help="length of the offered-rate run (DESIGN: 60)")
@@ -319,6 +327,8 @@ def main() -> None:
     ap.add_argument("--compare", action="store_true", help="also run every write method as fast as possible")
     ap.add_argument("--compare-seconds", type=float, default=8.0)
     ap.add_argument("--baseline-seconds", type=float, default=10.0)
+    ap.add_argument("--p99-only", action="store_true",
+                    help="only the offered run (bench.run's repeats): no flat-out run, anchors or COPY")
     ap.add_argument("--fillfactor", type=int, help="set on every partition of the written tables first (a trial)")
     args = ap.parse_args()
 
@@ -358,6 +368,9 @@ def main() -> None:
         main_run = run(f"offered {args.rate:.0f} calls/s for {args.seconds:.0f} s", args.method, args.seconds,
                        args.rate)
         hot = print_costs(costs, table_costs(dsn), main_run["calls"])
+        if args.p99_only:
+            print("bench-result: " + json.dumps(_result(args, main_run, hot)))
+            return
         flat = run(f"\nflat out for {args.flat_seconds:.0f} s", args.method, args.flat_seconds, 0) \
             if args.flat_seconds else None
         if args.compare:
@@ -381,13 +394,9 @@ def main() -> None:
                   f" (3,000), {flat['calls_per_s'] / c['calls_per_s']:.2f}x COPY")
         print(f"  vs baseline: {main_run['calls_per_s'] / b['calls_per_s']:.1f}x (offered run), "
               + (f"{flat['calls_per_s'] / b['calls_per_s']:.1f}x (flat out)" if flat else ""))
-        print("bench-result: " + json.dumps({
-            "bench": "writes", "seconds": args.seconds, "sustained_cps": round(sustained),
-            "p50_ms": round(main_run["p50_ms"]), "p99_ms": round(main_run["p99_ms"]),
-            "steal": round(main_run["steal"], 1),
-            "lost": main_run["calls"] - main_run["landed"] if main_run["landed"] >= 0 else None,
+        print("bench-result: " + json.dumps(_result(args, main_run, hot) | {
             "flat_out_cps": round(flat["calls_per_s"]) if flat else None, "baseline_cps": round(b["calls_per_s"]),
-            "copy_cps": round(c["calls_per_s"]), "hot_share": hot}))
+            "copy_cps": round(c["calls_per_s"])}))
     finally:
         cluster.destroy()
 
