@@ -7,7 +7,7 @@ process's resident size sampled every tenth of `--calls` finished calls, `--conc
 "flat" means the last samples stop growing once the correlator's bounded memory of finished legs
 (duplicate detection, DESIGN section 9) is full.
 
-    python -m bench.memory [--calls 300000] [--active 10000]
+    python -m bench.memory [--calls 1000000] [--active 10000]   # DESIGN: flat RSS across 1,000,000 calls
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def rss_over_calls(factory: CallFactory, calls: int, concurrent: int) -> list[tu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=300_000)
+    parser.add_argument("--calls", type=int, default=1_000_000)
     parser.add_argument("--concurrent", type=int, default=500)
     parser.add_argument("--active", type=int, default=10_000)
     args = parser.parse_args()

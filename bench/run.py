@@ -105,7 +105,7 @@ def main() -> int:
     load = os.getloadavg()[0]
     r = {
         "crypto": run("crypto", ["--n", "2000" if q else "20000"]),
-        "memory": run("memory", ["--calls", "30000" if q else "300000", "--active", "2000" if q else "10000"]),
+        "memory": run("memory", ["--calls", "30000" if q else "1000000", "--active", "2000" if q else "10000"]),
         "correlate": run("correlate", ["--calls", "2000" if q else "20000"]),
         "intake": run("intake", ["--events", "20000", "--stock-events", "3000", "--genesis-events", "2000",
                                  "--correlated-events", "6000"] if q else ["--events", "200000"]),
