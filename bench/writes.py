@@ -42,6 +42,10 @@ On an idle machine, ``python -m bench.writes --seconds 60`` (offered 1000 calls/
         (the 545 ms run's baseline fell to 324 calls/s: the disk was slow then)
     + updates of written rows (ANSWERED) capped to a quarter of a batch beside other work:
         four 60 s runs: p50 93-173 ms, p99 246 / 443 / 493 / 494 ms; flat out 2363 calls/s
+    + batches of 250 records instead of 500 (a hangup waits for the batch being written, then its own):
+        alternating 60 s runs with --p99-only on a host loaded by other jobs (load average 2.8-5.1):
+        p99 634 / 848 ms (250) against 1,111 / 1,121 ms (500); 30 s runs: 422 / 593 against 829 / 814 ms;
+        flat out 1,560 / 1,395 against 1,634 / 1,657 calls/s in alternating 10 s runs
 
 PostgreSQL's own cost per committed call (printed after the offered run: pg_stat_user_tables,
 pg_statio_user_indexes, pg_stat_statements; ``--fillfactor N`` sets it on every partition first, a trial):
