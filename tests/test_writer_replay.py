@@ -185,7 +185,7 @@ def test_the_events_probe_of_calls_reads_only_their_calls_partition(db, db_dsn, 
     columns = [list(column) for column in zip(*rows, strict=True)]
     with psycopg.connect(db_dsn) as conn:
         conn.execute("SET plan_cache_mode = force_generic_plan")
-        (plan,) = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {upsert._ARRAYS_SQL['call_events']}", columns,
+        (plan,) = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {upsert._ARRAYS_SQL[('call_events', False)]}", columns,
                                prepare=False).fetchone()
         conn.rollback()
     scanned = set()

@@ -108,8 +108,9 @@ def _changed(spec: TableSpec) -> str:
     return rule
 
 
-def upsert_sql(spec: TableSpec, source: str) -> str:
-    """The upsert of ``spec``'s rows read from ``source`` (a VALUES list or a staging table, aliased s)."""
+def upsert_sql(spec: TableSpec, source: str, whole_seconds: bool = True) -> str:
+    """The upsert of ``spec``'s rows read from ``source`` (a VALUES list or a staging table, aliased s).
+    ``whole_seconds``: some rows may start on a whole second, whose key is resolved against stored rows."""
     join, exprs = _JOIN[spec.name]
     cols = ", ".join(spec.names)
     select = ", ".join(exprs.get(n, f"s.{n}") for n in spec.names)
@@ -118,9 +119,10 @@ def upsert_sql(spec: TableSpec, source: str) -> str:
         return (f"INSERT INTO {spec.name} AS t ({cols}, {_EVENT_LINK[0]}) SELECT {select}, {_EVENT_LINK[1]}"
                 f" FROM {source} {join} ON CONFLICT ({key}) DO NOTHING")
     updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in spec.names if n not in spec.key)
-    start = spec.key[1]  # a whole-second start takes the stored row's key (eslbridge.store.startkey)
-    resolved = ", ".join(f"{resolved_start(spec.name, n)} AS {n}" if n == start else f"s.{n}" for n in spec.names)
-    source = f"(SELECT {resolved} FROM {source}) AS s"
+    if whole_seconds:  # such a start takes the stored row's key (eslbridge.store.startkey)
+        start = spec.key[1]
+        resolved = ", ".join(f"{resolved_start(spec.name, n)} AS {n}" if n == start else f"s.{n}" for n in spec.names)
+        source = f"(SELECT {resolved} FROM {source}) AS s"
     sql = (f"INSERT INTO {spec.name} AS t ({cols}) SELECT {select} FROM {source} {join}"
            f" ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE {_changed(spec)}")
     if spec is CALLS:
@@ -146,8 +148,6 @@ def _staging_table(spec: TableSpec) -> str:
 
 
 TABLES = (CALL_RECORDS, CALLS, CALL_EVENTS)
-_ROW_SQL = {spec.name: upsert_sql(spec, _values_source(spec)) for spec in TABLES}
-_STAGED_SQL = {spec.name: upsert_sql(spec, f"{_staging_table(spec)} AS s") for spec in TABLES}
 
 
 def _arrays_source(spec: TableSpec) -> str:
@@ -156,7 +156,18 @@ def _arrays_source(spec: TableSpec) -> str:
     return f"unnest({params}) AS s({', '.join(c.name for c in columns)})"
 
 
-_ARRAYS_SQL = {spec.name: upsert_sql(spec, _arrays_source(spec)) for spec in TABLES}
+# Each statement twice, keyed (table, whole_seconds): a batch whose starts are all exact (the usual
+# case: whole seconds come from snapshots) skips resolving them, whose subquery over every
+# partition was most of the statement's planning (measured: call_records 0.58 -> 0.13 ms, calls
+# 0.64 -> 0.19 ms per batch and lane, empty tables, idle host); the batch statements are planned
+# afresh every time (see above).
+def _both(source: Callable[[TableSpec], str]) -> dict[tuple[str, bool], str]:
+    return {(spec.name, whole): upsert_sql(spec, source(spec), whole) for spec in TABLES for whole in (True, False)}
+
+
+_ROW_SQL = _both(_values_source)
+_STAGED_SQL = _both(lambda spec: f"{_staging_table(spec)} AS s")
+_ARRAYS_SQL = _both(_arrays_source)
 _SETTINGS = ("SELECT set_config('plan_cache_mode', 'force_generic_plan', true),"
              " set_config('synchronous_commit', 'off', true)")
 
@@ -167,28 +178,30 @@ def _events_with_start(rows: BatchRows) -> list[tuple]:
     return [(*event, start.get(event[0])) for event in rows.events]
 
 
-def _tables(rows: BatchRows) -> list[tuple[TableSpec, list]]:
-    # Order matters: calls before call_events, which point at them.
-    return [(CALL_RECORDS, rows.call_records), (CALLS, rows.calls), (CALL_EVENTS, _events_with_start(rows))]
+def _tables(rows: BatchRows) -> list[tuple[TableSpec, list, tuple[str, bool]]]:
+    """Each table's rows and the key of its statement. Order matters: calls before call_events,
+    which point at them."""
+    whole = any(row[RECORD_START].microsecond == 0 for row in rows.call_records)
+    return [(spec, table_rows, (spec.name, whole)) for spec, table_rows in
+            ((CALL_RECORDS, rows.call_records), (CALLS, rows.calls), (CALL_EVENTS, _events_with_start(rows)))]
 
 
 def write_executemany(conn: psycopg.Connection, rows: BatchRows, settled: Settled | None = None) -> None:
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
         claim(cur, rows, settled)
-        for spec, table_rows in _tables(rows):
+        for _, table_rows, sql in _tables(rows):
             if table_rows:
-                cur.executemany(_ROW_SQL[spec.name], table_rows)
+                cur.executemany(_ROW_SQL[sql], table_rows)
 
 
 def write_pipeline(conn: psycopg.Connection, rows: BatchRows, settled: Settled | None = None) -> None:
     with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
         claim(cur, rows, settled)
-        for spec, table_rows in _tables(rows):
-            sql = _ROW_SQL[spec.name]
+        for _, table_rows, sql in _tables(rows):
             for row in table_rows:
-                cur.execute(sql, row)
+                cur.execute(_ROW_SQL[sql], row)
 
 
 def _prepare_staging(conn: psycopg.Connection) -> None:
@@ -207,7 +220,7 @@ def write_copy(conn: psycopg.Connection, rows: BatchRows, settled: Settled | Non
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
         claim(cur, rows, settled)
-        for spec, table_rows in _tables(rows):
+        for spec, table_rows, sql in _tables(rows):
             if not table_rows:
                 continue
             columns = _source_columns(spec)
@@ -216,7 +229,7 @@ def write_copy(conn: psycopg.Connection, rows: BatchRows, settled: Settled | Non
                 cp.set_types([c.pg_type for c in columns])
                 for row in table_rows:
                     cp.write_row(row)
-            cur.execute(_STAGED_SQL[spec.name], prepare=False)
+            cur.execute(_STAGED_SQL[sql], prepare=False)
 
 
 def write_arrays(conn: psycopg.Connection, rows: BatchRows, settled: Settled | None = None) -> None:
@@ -224,10 +237,10 @@ def write_arrays(conn: psycopg.Connection, rows: BatchRows, settled: Settled | N
     with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
         claim(cur, rows, settled)
-        for spec, table_rows in _tables(rows):
+        for _, table_rows, sql in _tables(rows):
             if table_rows:
                 columns = [list(column) for column in zip(*table_rows, strict=True)]
-                cur.execute(_ARRAYS_SQL[spec.name], columns, prepare=False)
+                cur.execute(_ARRAYS_SQL[sql], columns, prepare=False)
 
 
 def _nothing(conn: psycopg.Connection) -> None:
