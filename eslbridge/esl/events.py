@@ -25,7 +25,7 @@ from binascii import a2b_qp
 from collections.abc import Callable, Iterable, Mapping
 from itertools import repeat
 from operator import contains
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import unquote_to_bytes
 
 import msgspec
@@ -196,7 +196,7 @@ _JSON_NAME, _PLAIN_NAME = b'{"Event-Name":"', b"Event-Name: "
 class EventDecoder:
     """Event bodies to dicts of only the `wanted` headers (None: every header), skipping the rest.
 
-    JSON goes through msgspec into a struct with one field per wanted header: the other ~100 headers of
+    JSON goes through msgspec into a TypedDict of the wanted headers: the other ~100 headers of
     a channel event are skipped in C without building a string. Plain events are split into lines
     first and only the values kept are URL-decoded. Values, errors and the first-of-repeated rule are
     those of parse_json_event / parse_plain_event, restricted to `wanted`.
@@ -257,10 +257,10 @@ def _plain_and_json(wanted: Iterable[str]) -> tuple[_Wanted, msgspec.json.Decode
     # about FreeSWITCH's order (its own headers, then the channel variables) are found sooner:
     # ~10 % of the decode (every skipped key still scans them all: the cost of each wanted header).
     ordered = sorted(names, key=lambda name: (name.startswith("variable_"), name))
-    # Fields f0..fN renamed to the headers (not identifiers); UNSET tells "absent" from JSON null.
-    struct = msgspec.defstruct("Event", [(f"f{i}", Any, msgspec.UNSET) for i in range(len(ordered))],
-                               rename={f"f{i}": name for i, name in enumerate(ordered)}, gc=False)
-    return _Wanted(frozenset(names)), msgspec.json.Decoder(struct)
+    # A TypedDict (total=False: any may be absent) decodes straight to the dict, ~1 us/event less than a
+    # Struct and its to_builtins; Any keeps FreeSWITCH's arrays and nulls for _flat.
+    event = TypedDict("Event", dict.fromkeys(ordered, Any), total=False)  # type: ignore[misc]
+    return _Wanted(frozenset(names)), msgspec.json.Decoder(event)
 
 
 def _json_decode(decoder: msgspec.json.Decoder, body: bytes) -> dict[str, str]:
@@ -270,8 +270,7 @@ def _json_decode(decoder: msgspec.json.Decoder, body: bytes) -> dict[str, str]:
         raise EventParseError("bad_json", "not an object") from None
     except msgspec.DecodeError:
         raise EventParseError("bad_json", body[:80].decode("utf-8", "replace")) from None
-    # to_builtins: a dict keyed by header, UNSET fields left out, in C (faster than a comprehension).
-    return _checked(_flat(msgspec.to_builtins(event)))
+    return _checked(_flat(event))
 
 
 def _parse_lines(lines: list[str], on_error: ErrorSink, wanted: frozenset[str] | None) -> dict[str, str]:
