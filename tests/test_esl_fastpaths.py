@@ -324,9 +324,12 @@ def test_plain_event_names_peeked_or_not(first, narrow):
     assert FAST.plain(body) == {k: v for k, v in full.items() if k in own}
 
 
-def test_plain_event_without_a_name_is_refused_as_before():
-    body = b"Unique-ID: u1\nEvent-Sequence: 5\n\n"
-    for decode in (parse_plain_event, FAST.plain):
+@pytest.mark.parametrize(("body", "decoders"), [
+    (b"Unique-ID: u1\nEvent-Sequence: 5\n\n", (parse_plain_event, FAST.plain)),
+    (b'{"Unique-ID":"u1","Event-Sequence":"5"}', (parse_json_event, FAST.json)),
+])
+def test_event_without_a_name_is_refused_as_before(body, decoders):
+    for decode in decoders:
         with pytest.raises(EventParseError) as raised:
             decode(body)
         assert raised.value.kind == "no_event_name"
