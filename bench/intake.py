@@ -30,8 +30,9 @@ event, since the simulator first renders a pool as big as the run. The last line
                            [--all] [--paused] [--repeat 1]
 
 --all subscribes to ALL (every event of the captured calls) instead of the daemon's subscription.
---decode-sample N (3000) decodes the stream's first N events alone, every header vs READ_HEADERS.
---every-header adds eslbridge rows decoding every header (the daemon decodes only READ_HEADERS).
+--decode-sample N (3000) decodes the stream's first N events alone, every header vs the daemon's decoder
+(each channel event's own headers, EVENT_HEADERS; READ_HEADERS for the rest).
+--every-header adds eslbridge rows decoding every header (the daemon decodes only those it reads).
 --paused keeps eslbridge's consumer blocked, so every event beyond the memory queue is spilled to disk:
 the rate printed is what the reader sustains while spilling (backpressure vs spill, spill.py).
 """
@@ -61,7 +62,7 @@ from gevent.event import Event
 from eslbridge.calls.correlator import Correlator
 from eslbridge.esl.events import EventDecoder
 from eslbridge.esl.framing import FrameParser
-from eslbridge.esl.headers import READ_HEADERS
+from eslbridge.esl.headers import EVENT_HEADERS, READ_HEADERS
 from eslbridge.esl.inbound import SUBSCRIBED_EVENTS, InboundClient
 
 MIX = "bridged=5,busy=1,no_answer=1,cancel=1,reject=1,blind_transfer=1,originate=1"
@@ -236,7 +237,7 @@ def run_raw(port: int, fmt: str, n: int, events: tuple[str, ...]) -> Row:
 
 def decode_costs(port: int, fmt: str, n: int, events: tuple[str, ...]) -> tuple[float, float]:
     """CPU microseconds per event body of the stream's first `n` events: decoding every header, and
-    only READ_HEADERS (what the daemon does); best of 5, the two interleaved."""
+    only those the daemon reads (its decoder); best of 5, the two interleaved."""
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.recv(4096)
         sock.sendall(b"auth ClueCon\n\n")
@@ -248,7 +249,7 @@ def decode_costs(port: int, fmt: str, n: int, events: tuple[str, ...]) -> tuple[
             if not data:
                 break
             bodies += [f.body for f in parser.feed(data) if f.content_type.startswith("text/event-")]
-    wanted = EventDecoder(READ_HEADERS)
+    wanted = EventDecoder(READ_HEADERS, EVENT_HEADERS)
     full, selective = (EventDecoder().json, wanted.json) if fmt == "json" else (EventDecoder().plain, wanted.plain)
     best = {full: float("inf"), selective: float("inf")}
     for _ in range(5):
@@ -298,7 +299,7 @@ def main() -> int:
     p.add_argument("--every-header", action="store_true",
                    help="also eslbridge decoding every header (as before intake read only READ_HEADERS)")
     p.add_argument("--decode-sample", type=int, default=3000,
-                   help="events of the stream decoded alone, every header vs READ_HEADERS (0: skip)")
+                   help="events of the stream decoded alone, every header vs those read (0: skip)")
     p.add_argument("--repeat", type=int, default=1, help="rounds; the result line holds each round's median")
     args = p.parse_args()
     events = ("ALL",) if args.all else SUBSCRIBED_EVENTS
@@ -320,7 +321,7 @@ def main() -> int:
                   f" {_ratio(row.eps, raw[row.fmt]):>10}")
         print(f"load average now {os.getloadavg()[0]:.1f}")
     if args.decode_sample:
-        print("decode alone, same stream, CPU us/event (best of 5): every header -> READ_HEADERS only")
+        print("decode alone, same stream, CPU us/event (best of 5): every header -> only those read")
         for fmt in ("json", "plain"):
             every, read = with_sim(args.decode_sample, POOL, decode_costs, fmt, args.decode_sample, events)
             result_decode[fmt] = round(every / read, 2)

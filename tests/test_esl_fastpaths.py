@@ -1,7 +1,9 @@
-"""The C-speed paths of intake give exactly what the plain, line-by-line definitions give."""
+"""The C-speed paths of intake give exactly what the plain, line-by-line definitions give, and decoding each
+channel event with only its own headers gives the records and rows of reading every header of every event."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from collections import Counter
@@ -9,11 +11,16 @@ from urllib.parse import unquote_to_bytes
 
 import pytest
 
-from eslbridge.esl.events import EventDecoder, parse_json_event, parse_plain_event
+from eslbridge.calls import legs
+from eslbridge.calls.correlator import Correlator
+from eslbridge.calls.errors import EventError
+from eslbridge.esl.events import EventDecoder, EventParseError, parse_json_event, parse_plain_event
 from eslbridge.esl.framing import MIN_FREE, FrameParser, parse_stream
+from eslbridge.esl.headers import EVENT_HEADERS, READ_HEADERS
 from eslbridge.esl.spill import SpillQueue
 from eslbridge.esl.stats import IntakeStats
-from tests.paths import CAPTURED
+from eslbridge.sim import calls as sim_calls
+from tests.paths import CAPTURED, PUBLIC, RECORDED
 
 
 def reference_plain(body: bytes) -> dict[str, str]:
@@ -178,3 +185,151 @@ def test_spilled_events_are_sealed_on_disk_and_come_back_in_order(tmp_path):
         assert got == events
         queue.put_many(events)
     queue.close()
+
+
+# ---------------------------------------------------------------- per event name: decode and correlate
+
+FAST = EventDecoder(READ_HEADERS, EVENT_HEADERS)  # what InboundClient decodes with
+FULL = {"text/event-json": parse_json_event, "text/event-plain": parse_plain_event}
+NARROW = {"text/event-json": FAST.json, "text/event-plain": FAST.plain}
+SHARED_CAPTURED = CAPTURED.parents[3] / "shared" / "fixtures" / "captured"
+
+
+def _file_streams() -> dict[str, list[tuple[str, bytes]]]:
+    """Every captured and recorded call (the repository's and ../shared's) and public event file."""
+    streams, seen = {}, set()
+    paths = [*sorted(CAPTURED.glob("*.esl")), *sorted(SHARED_CAPTURED.glob("*.esl")), *sorted(RECORDED.glob("*.esl")),
+             *sorted(PUBLIC.glob("*.stream")), *sorted(PUBLIC.glob("*.frame")), *sorted(PUBLIC.glob("*.json-frame"))]
+    for path in paths:
+        data = path.read_bytes()
+        if data not in seen:
+            seen.add(data)
+            frames = parse_stream(data, lambda kind, detail="": None)
+            streams[str(path)] = [(f.content_type, f.body) for f in frames if f.content_type in FULL]
+    for path in sorted(PUBLIC.glob("*.plain")):
+        streams[str(path)] = [("text/event-plain", path.read_bytes())]
+    return streams
+
+
+def _sim_streams() -> dict[str, list[tuple[str, bytes]]]:
+    """The simulator's calls of every scenario (transfers, originate, ...), each format, in event order."""
+    streams = {}
+    for name in sim_calls.SCENARIOS:
+        planned = sorted(sim_calls.plan_call(name, 1_790_000_000_000_000, "core-1", [1]), key=lambda ev: ev.at_us)
+        for fmt in ("json", "plain"):
+            streams[f"sim {name} {fmt}"] = [(f"text/event-{fmt}", ev.render(fmt)) for ev in planned]
+    return streams
+
+
+STREAMS = {**_file_streams(), **_sim_streams()}
+
+
+def test_each_event_decodes_at_least_its_own_headers_as_the_full_parse_does():
+    narrowed = 0
+    for content_type, body in (item for stream in STREAMS.values() for item in stream):
+        try:
+            full = FULL[content_type](body)
+        except EventParseError as exc:
+            with pytest.raises(EventParseError) as raised:
+                NARROW[content_type](body)
+            assert raised.value.kind == exc.kind
+            continue
+        fast = NARROW[content_type](body)
+        own = EVENT_HEADERS.get(full["Event-Name"], READ_HEADERS)
+        assert {k: v for k, v in full.items() if k in own}.items() <= fast.items()
+        assert fast.items() <= {k: v for k, v in full.items() if k in READ_HEADERS}.items()
+        narrowed += set(fast) <= own < READ_HEADERS
+    assert narrowed > 200  # FreeSWITCH's own events take the narrow path
+
+
+@pytest.fixture
+def every_header_on_every_event(monkeypatch):
+    """The correlator as it was before it read per event name: every leg field from every channel event."""
+    def patch() -> None:
+        monkeypatch.setattr(legs, "_FOLD", tuple((s, h, i, legs.CHANNEL_EVENTS) for s, h, i, _ in legs._FOLD))
+        monkeypatch.setattr(legs, "_HANGUP", legs.CHANNEL_EVENTS)
+        monkeypatch.setattr(legs, "_TAKE_NEWEST", {n: legs._compile_take_newest(n) for n in legs.CHANNEL_EVENTS})
+    return patch
+
+
+def _correlate(stream: list[tuple[str, bytes]], decode: dict) -> list:
+    correlator, out = Correlator("fs1", lambda user, realm: f"{user}@{realm}"), []
+    for content_type, body in stream:
+        try:
+            event = decode[content_type](body)
+        except EventParseError:
+            continue
+        with contextlib.suppress(EventError):  # a public fixture's odd event fails the same way in both
+            out += correlator.feed(event)
+    out += correlator.close_unheard()
+    return out
+
+
+def test_records_and_stored_rows_are_those_of_reading_every_header(every_header_on_every_event):
+    fast = {name: _correlate(stream, NARROW) for name, stream in STREAMS.items()}
+    every_header_on_every_event()
+    reference = {name: _correlate(stream, FULL) for name, stream in STREAMS.items()}
+    assert sum(len(updates) for updates in reference.values()) > 100
+    assert sum(1 for u in reference.values() for update in u if update.events) > 50
+    for name in STREAMS:
+        # CallRecord, Stage and each LifecycleEvent's data (call_events.event_data).
+        assert fast[name] == reference[name], name
+
+
+def _json_event(*pairs: tuple[str, str]) -> bytes:
+    return ("{" + ",".join(f'"{k}":"{v}"' for k, v in pairs) + "}").encode()
+
+
+CREATE_HEADERS = (("Unique-ID", "u1"), ("Event-Sequence", "5"), ("variable_sip_from_uri", "sip:a@b"),
+                  ("variable_billsec", "9"), ("x-unread", "x"))
+
+
+@pytest.mark.parametrize(("body", "expected_name", "narrow"), [
+    (_json_event(("Event-Name", "CHANNEL_BRIDGE"), *CREATE_HEADERS), "CHANNEL_BRIDGE", True),
+    (_json_event(("Event-Name", "CHANNEL_CREATE"), *CREATE_HEADERS), "CHANNEL_CREATE", True),
+    (_json_event(("Event-Name", "NOT_A_CHANNEL_EVENT"), *CREATE_HEADERS), "NOT_A_CHANNEL_EVENT", False),
+    (_json_event(*CREATE_HEADERS[:2], ("Event-Name", "CHANNEL_BRIDGE"), *CREATE_HEADERS[2:]), "CHANNEL_BRIDGE",
+     False),  # not first: not peeked
+    (_json_event(("Event-Name", "CHANNEL\\u005fBRIDGE"), *CREATE_HEADERS), "CHANNEL_BRIDGE", False),  # escaped
+    # A second Event-Name overrides the first in JSON: the one peeked is not the one decoded.
+    (_json_event(("Event-Name", "CHANNEL_BRIDGE"), *CREATE_HEADERS, ("Event-Name", "CHANNEL_CREATE")),
+     "CHANNEL_CREATE", False),
+    (_json_event(("Event-Name", "CHANNEL_BRIDGE")).replace(b'"}', b'"'), None, False),  # cut short: bad JSON
+    (b'{"Event-Name":"CHANNEL_BRIDGE', None, False),
+])
+def test_json_event_names_peeked_or_not(body, expected_name, narrow):
+    if expected_name is None:
+        with pytest.raises(EventParseError) as raised:
+            FAST.json(body)
+        assert raised.value.kind == "bad_json"
+        return
+    full = parse_json_event(body)
+    own = EVENT_HEADERS[expected_name] if narrow else READ_HEADERS
+    assert FAST.json(body) == {k: v for k, v in full.items() if k in own}
+    assert full["Event-Name"] == expected_name
+
+
+@pytest.mark.parametrize(("first", "narrow"), [
+    ("Event-Name: CHANNEL_BRIDGE\n", "CHANNEL_BRIDGE"),
+    ("Event-Name: CHANNEL_CREATE\n", "CHANNEL_CREATE"),
+    ("Event-Name: NOT_A_CHANNEL_EVENT\n", None),
+    ("Event-Name: CHANNEL%5FBRIDGE\n", None),  # encoded: told only once decoded, so every wanted header
+    ("Core-UUID: c\nEvent-Name: CHANNEL_BRIDGE\n", None),  # not first: not peeked
+    ("Event-Name: CHANNEL_BRIDGE\nEvent-Name: CHANNEL_CREATE\n", "CHANNEL_BRIDGE"),  # the first wins, as peeked
+])
+def test_plain_event_names_peeked_or_not(first, narrow):
+    body = (first + "".join(f"{k}: {v}\n" for k, v in CREATE_HEADERS) + "\n").encode()
+    full = parse_plain_event(body)
+    own = EVENT_HEADERS[narrow] if narrow else READ_HEADERS
+    assert FAST.plain(body) == {k: v for k, v in full.items() if k in own}
+
+
+@pytest.mark.parametrize(("body", "decoders"), [
+    (b"Unique-ID: u1\nEvent-Sequence: 5\n\n", (parse_plain_event, FAST.plain)),
+    (b'{"Unique-ID":"u1","Event-Sequence":"5"}', (parse_json_event, FAST.json)),
+])
+def test_event_without_a_name_is_refused_as_before(body, decoders):
+    for decode in decoders:
+        with pytest.raises(EventParseError) as raised:
+            decode(body)
+        assert raised.value.kind == "no_event_name"

@@ -19,7 +19,7 @@ from eslbridge.calls.correlator import Correlator
 from eslbridge.calls.errors import EventError
 from eslbridge.esl.events import EventDecoder, EventParseError, event_key, parse_json_event, parse_plain_event
 from eslbridge.esl.framing import parse_stream
-from eslbridge.esl.headers import READ_HEADERS
+from eslbridge.esl.headers import EVENT_HEADERS, READ_HEADERS
 from eslbridge.esl.nodemap import NodeMap
 from tests.paths import CAPTURED, PUBLIC
 
@@ -96,14 +96,21 @@ def test_every_header_the_daemon_reads_is_decoded():
     seen: set[str] = set()
     correlator, nodes = Correlator("fs1", lambda user, realm: None), NodeMap(["fs1"])
     events = _full_events("json") + _full_events("minimal.json") + _full_events("plain")
+    narrow = 0
     for event in events:
-        noting = _Noting(event, seen)
+        read: set[str] = set()
+        noting = _Noting(event, read)
         nodes.learn("fs1", noting)
         login_from_event(noting)
         event_key(noting)
         with contextlib.suppress(EventError):  # a fixture's odd event: its reads still count
             correlator.feed(noting)
+        # A channel event is decoded with only its own headers (EVENT_HEADERS), any other with all.
+        assert read - EVENT_HEADERS.get(event["Event-Name"], READ_HEADERS) == set(), event["Event-Name"]
+        narrow += event["Event-Name"] in EVENT_HEADERS
+        seen |= read
     assert "variable_sip_call_id" in seen and "username" in seen and "Core-UUID" in seen  # the probe works
+    assert narrow > 30
     assert seen - READ_HEADERS == set()
 
 

@@ -66,7 +66,7 @@ from typing import Any
 
 from eslbridge.calls.build import build_record, start_of
 from eslbridge.calls.errors import EventError
-from eslbridge.calls.legs import Leg, to_datetime, to_us, usec
+from eslbridge.calls.legs import CHANNEL_EVENTS, Leg, to_datetime, to_us, usec
 from eslbridge.calls.reconcile import (
     END_FROM_GAP,
     END_FROM_LAST_EVENT,
@@ -87,10 +87,6 @@ RESYNC_SLICE = 250  # snapshot rows, calls or Active rows per resync slice: the 
 # `show channels` callstate values of an answered channel (switch_channel_callstate_names).
 _ANSWERED_STATES = frozenset({"ACTIVE", "HELD", "UNHELD"})
 
-_CALL_EVENTS = frozenset({
-    "CHANNEL_CREATE", "CHANNEL_ORIGINATE", "CHANNEL_ANSWER", "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA",
-    "CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_UUID",
-})
 _BRIDGING = {"CHANNEL_BRIDGE": "bridged", "CHANNEL_UNBRIDGE": "unbridged"}
 _by_seq = itemgetter(0)
 _STARTED, _ANSWERED, _FINISHED = Stage.STARTED, Stage.ANSWERED, Stage.FINISHED
@@ -177,7 +173,7 @@ class Correlator:
     def feed(self, event: dict[str, str]) -> list[RecordUpdate]:
         """Fold one event (a flat dict of decoded headers); returns the record updates it causes."""
         name = event.get("Event-Name")
-        if name not in _CALL_EVENTS:
+        if name not in CHANNEL_EVENTS:
             if name == "HEARTBEAT":
                 return self._advance(usec(event, "Event-Date-Timestamp"))
             return []
@@ -207,7 +203,7 @@ class Correlator:
         if created and uuid == call.uuid and call.prior_answer:
             leg.answered_us = call.prior_answer
         was_answered = leg.answered_us
-        leg.fold(event, seq)
+        leg.fold(event, seq, name)
         leg.saw(ts)
         if created:
             _note_once(call, uuid, "created", leg.created_us or ts, _data(leg=uuid, direction=leg.direction))

@@ -19,40 +19,53 @@ from eslbridge.calls.errors import EventError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-# (slot, header). Values are interned: the same codec, host or cause repeats across
+# Which channel events a field is read from: the snapshots every channel gets, and the events that can
+# change it (FreeSWITCH 1.10, as the captured calls show). Reading only these is what lets intake skip the
+# rest of each event undecoded (eslbridge.esl.headers); a field no read event changed is still caught by
+# the channel's final HANGUP_COMPLETE, which carries every variable.
+SNAPSHOTS = frozenset({"CHANNEL_CREATE", "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "CHANNEL_ANSWER",
+                       "CHANNEL_HANGUP_COMPLETE"})
+# Every channel event the correlator folds (eslbridge.calls.correlator): the loopback check and the
+# caller-profile times are read from each (any of them may be the first a leg shows).
+CHANNEL_EVENTS = SNAPSHOTS | {"CHANNEL_ORIGINATE", "CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE", "CHANNEL_UUID"}
+_UNBRIDGED = SNAPSHOTS | {"CHANNEL_UNBRIDGE"}  # the causes of the bridge's end, before the hangup's
+_BRIDGED = SNAPSHOTS | {"CHANNEL_BRIDGE"}  # what the bridge application's originate left on the channel
+_HANGUP = frozenset({"CHANNEL_HANGUP_COMPLETE"})  # set only when the channel ends (billsec, RTP statistics)
+
+# (slot, header, events read from). Values are interned: the same codec, host or cause repeats across
 # thousands of live legs, and one shared string costs nothing per leg.
-_TEXT_FIELDS: tuple[tuple[str, str], ...] = (
-    ("direction", "Call-Direction"),
-    ("channel_name", "Channel-Name"),
-    ("cause", "Hangup-Cause"),
-    ("term_status", "variable_sip_term_status"),
-    ("proto_cause", "variable_proto_specific_hangup_cause"),
-    ("disposition", "variable_sip_hangup_disposition"),
-    ("originate_disposition", "variable_originate_disposition"),
-    ("last_app", "variable_last_app"),
-    ("last_arg", "variable_last_arg"),
-    ("call_id", "variable_sip_call_id"),
-    ("from_uri", "variable_sip_from_uri"),
-    ("from_user", "variable_sip_from_user"),
-    ("from_host", "variable_sip_from_host"),
-    ("to_uri", "variable_sip_to_uri"),
-    ("to_user", "variable_sip_to_user"),
-    ("dest", "Caller-Destination-Number"),
-    ("cid_name", "Caller-Caller-ID-Name"),
-    ("cid_num", "Caller-Caller-ID-Number"),
-    ("ip", "variable_sip_network_ip"),
-    ("sdp", "variable_switch_r_sdp"),
-    ("user_agent", "variable_sip_user_agent"),
-    ("codec", "variable_read_codec"),
-    ("authorized", "variable_sip_authorized"),
-    ("acl_authed", "variable_sip_acl_authed_by"),
-    ("user_name", "variable_user_name"),
-    ("domain_name", "variable_domain_name"),
-    ("dialed_user", "variable_dialed_user"),
-    ("dialed_domain", "variable_dialed_domain"),
-    ("billsec", "variable_billsec"),
-    ("originated_legs", "variable_originated_legs"),
-    ("transfer_history", "variable_transfer_history"),
+_TEXT_FIELDS: tuple[tuple[str, str, frozenset[str]], ...] = (
+    ("direction", "Call-Direction", SNAPSHOTS),
+    ("channel_name", "Channel-Name", CHANNEL_EVENTS),
+    ("cause", "Hangup-Cause", _UNBRIDGED),
+    ("term_status", "variable_sip_term_status", _UNBRIDGED),
+    ("proto_cause", "variable_proto_specific_hangup_cause", _UNBRIDGED),
+    ("disposition", "variable_sip_hangup_disposition", _UNBRIDGED),
+    ("originate_disposition", "variable_originate_disposition", _BRIDGED),
+    ("last_app", "variable_last_app", SNAPSHOTS),
+    ("last_arg", "variable_last_arg", SNAPSHOTS),
+    ("call_id", "variable_sip_call_id", SNAPSHOTS),
+    ("from_uri", "variable_sip_from_uri", SNAPSHOTS),
+    ("from_user", "variable_sip_from_user", SNAPSHOTS),
+    ("from_host", "variable_sip_from_host", SNAPSHOTS),
+    ("to_uri", "variable_sip_to_uri", SNAPSHOTS),
+    ("to_user", "variable_sip_to_user", SNAPSHOTS),
+    ("dest", "Caller-Destination-Number", SNAPSHOTS),
+    ("cid_name", "Caller-Caller-ID-Name", SNAPSHOTS),
+    ("cid_num", "Caller-Caller-ID-Number", SNAPSHOTS),
+    ("ip", "variable_sip_network_ip", SNAPSHOTS),
+    ("sdp", "variable_switch_r_sdp", SNAPSHOTS),
+    ("user_agent", "variable_sip_user_agent", SNAPSHOTS),
+    ("codec", "variable_read_codec", SNAPSHOTS),
+    ("authorized", "variable_sip_authorized", SNAPSHOTS),
+    ("acl_authed", "variable_sip_acl_authed_by", SNAPSHOTS),
+    ("user_name", "variable_user_name", SNAPSHOTS),
+    ("domain_name", "variable_domain_name", SNAPSHOTS),
+    ("dialed_user", "variable_dialed_user", SNAPSHOTS),
+    ("dialed_domain", "variable_dialed_domain", SNAPSHOTS),
+    ("billsec", "variable_billsec", _HANGUP),
+    ("originated_legs", "variable_originated_legs", _BRIDGED),
+    ("transfer_history", "variable_transfer_history", _UNBRIDGED),
 )
 _NOT_INTERNED = frozenset({"sdp", "call_id", "originated_legs", "transfer_history"})
 
@@ -71,19 +84,25 @@ MEDIA_FIELDS: tuple[tuple[str, str], ...] = (
 )
 
 
-_TIME_HEADERS = ("Caller-Channel-Created-Time", "Caller-Channel-Answered-Time", "Caller-Channel-Transfer-Time",
-                 "Caller-Channel-Hangup-Time")
-# Every header a leg reads: intake decodes only these (with the correlator's own, eslbridge.esl.headers),
-# so a new column is a new row in _TEXT_FIELDS and nothing else.
-HEADERS: tuple[str, ...] = (*(h for _, h in _TEXT_FIELDS), *(h for _, h in MEDIA_FIELDS), *_TIME_HEADERS)
+_CREATED, _ANSWERED, _TRANSFERRED, _HUNGUP = ("Caller-Channel-Created-Time", "Caller-Channel-Answered-Time",
+                                              "Caller-Channel-Transfer-Time", "Caller-Channel-Hangup-Time")
+# Every header a leg reads, with the channel events it is read from: intake decodes, per event name, only
+# these (with the correlator's own, eslbridge.esl.headers), so a new column is a new row in _TEXT_FIELDS
+# and nothing else.
+HEADERS: dict[str, frozenset[str]] = {
+    **{header: events for _, header, events in _TEXT_FIELDS},
+    **{header: _HANGUP for _, header in MEDIA_FIELDS},
+    _CREATED: CHANNEL_EVENTS, _ANSWERED: CHANNEL_EVENTS, _TRANSFERRED: CHANNEL_EVENTS, _HUNGUP: _HANGUP,
+}
 
-_FOLD: tuple[tuple[str, str, bool], ...] = tuple(
-    (slot, header, slot not in _NOT_INTERNED) for slot, header in _TEXT_FIELDS
+_FOLD: tuple[tuple[str, str, bool, frozenset[str]], ...] = tuple(
+    (slot, header, slot not in _NOT_INTERNED, events) for slot, header, events in _TEXT_FIELDS
 )
 
 
-def _compile_take_newest() -> Callable[[Leg, dict[str, str]], None]:
-    """``take_newest(leg, ev)``: every header of _TEXT_FIELDS the event carries overwrites its slot.
+def _compile_take_newest(name: str) -> Callable[[Leg, dict[str, str]], None]:
+    """``take_newest(leg, ev)`` for events named `name`: every header of _TEXT_FIELDS read from them that
+    the event carries overwrites its slot.
 
     Generated from the table as straight-line code (as dataclasses generates __init__): this runs
     for every channel event, and one ``get`` plus one comparison per header costs about half of a
@@ -91,16 +110,17 @@ def _compile_take_newest() -> Callable[[Leg, dict[str, str]], None]:
     interned) string.
     """
     lines = ["def take_newest(leg, ev):", "    get = ev.get"]
-    for slot, header, interned in _FOLD:
-        lines += [f"    value = get({header!r})",
-                  f"    if value and value != leg.{slot}:",
-                  f"        leg.{slot} = {'intern(value)' if interned else 'value'}"]
+    for slot, header, interned, events in _FOLD:
+        if name in events:
+            lines += [f"    value = get({header!r})",
+                      f"    if value and value != leg.{slot}:",
+                      f"        leg.{slot} = {'intern(value)' if interned else 'value'}"]
     namespace: dict[str, Any] = {"intern": sys.intern}
-    exec(compile("\n".join(lines), f"<{__name__} take_newest>", "exec"), namespace)
+    exec(compile("\n".join(lines), f"<{__name__} take_newest {name}>", "exec"), namespace)
     return namespace["take_newest"]
 
 
-_take_newest = _compile_take_newest()
+_TAKE_NEWEST = {name: _compile_take_newest(name) for name in CHANNEL_EVENTS}
 
 
 def usec(ev: dict[str, str], header: str) -> int:
@@ -211,33 +231,35 @@ class Leg:
     def is_loopback(self) -> bool:
         return bool(self.channel_name) and self.channel_name.startswith("loopback/")
 
-    def fold(self, ev: dict[str, str], seq: int) -> None:
-        """Take the fields of one event snapshot (newest wins; a late older one only fills gaps)."""
+    def fold(self, ev: dict[str, str], seq: int, name: str) -> None:
+        """Take the fields of one event snapshot named `name` (one of CHANNEL_EVENTS), those HEADERS reads
+        from it: newest wins, a late older one only fills gaps."""
         newer = seq >= self.seq
         if newer:
             self.seq = seq
-            _take_newest(self, ev)
+            _TAKE_NEWEST[name](self, ev)
         else:
-            for slot, header, interned in _FOLD:
-                value = ev.get(header)
-                if value and getattr(self, slot) is None:
-                    setattr(self, slot, sys.intern(value) if interned else value)
+            for slot, header, interned, events in _FOLD:
+                if name in events:
+                    value = ev.get(header)
+                    if value and getattr(self, slot) is None:
+                        setattr(self, slot, sys.intern(value) if interned else value)
         # FreeSWITCH writes "0" for a time not reached yet (most of these, on most events): that
         # case skips usec's call and parse, a tenth of the correlator's time when profiled.
         get = ev.get
-        if get("Caller-Channel-Created-Time", "0") != "0":
-            created = usec(ev, "Caller-Channel-Created-Time")
+        if get(_CREATED, "0") != "0":
+            created = usec(ev, _CREATED)
             if created and (newer or not self.created_us):
                 self.created_us = created
-        if get("Caller-Channel-Answered-Time", "0") != "0":
-            answered = usec(ev, "Caller-Channel-Answered-Time")
+        if get(_ANSWERED, "0") != "0":
+            answered = usec(ev, _ANSWERED)
             # The earliest wins: a snapshot can only say "answered by now", the channel's own
             # events say exactly when.
             if answered and (not self.answered_us or answered < self.answered_us):
                 self.answered_us = answered
-        if get("Caller-Channel-Transfer-Time", "0") != "0" and usec(ev, "Caller-Channel-Transfer-Time"):
+        if get(_TRANSFERRED, "0") != "0" and usec(ev, _TRANSFERRED):
             self.transferred = True
-        if "variable_rtp_audio_in_mos" in ev and (newer or self.media is None):
+        if name in _HANGUP and "variable_rtp_audio_in_mos" in ev and (newer or self.media is None):
             self.media = media_stats(ev)
 
     def saw(self, ts: int) -> None:
@@ -255,4 +277,4 @@ class Leg:
 
     def hang_up(self, ev: dict[str, str], at_us: int) -> None:
         self.hungup = True
-        self.hangup_us = usec(ev, "Caller-Channel-Hangup-Time") or at_us
+        self.hangup_us = usec(ev, _HUNGUP) or at_us

@@ -44,7 +44,7 @@ from eslbridge.errors import ConfigError, EslBridgeError
 from eslbridge.esl import protocol
 from eslbridge.esl.events import EventDecoder, EventParseError, event_key
 from eslbridge.esl.framing import FrameParser
-from eslbridge.esl.headers import READ_HEADERS
+from eslbridge.esl.headers import EVENT_HEADERS, READ_HEADERS
 from eslbridge.esl.snapshot import no_full_collections, parse_snapshot
 from eslbridge.esl.spill import SpillQueue
 from eslbridge.esl.stats import IntakeStats
@@ -248,7 +248,8 @@ class InboundClient:
         self.stats = stats if stats is not None else IntakeStats()
         self.stats.node = node
         self.events = events
-        self.decoder = EventDecoder(headers)  # None: every header
+        # None: every header; else each channel event's own (see EventDecoder).
+        self.decoder = EventDecoder(headers, EVENT_HEADERS)
         self.queue = SpillQueue(queue_size, self.stats, spill_dir)
         self.heartbeat_interval = heartbeat_interval
         self.connect_timeout, self.command_timeout = connect_timeout, command_timeout
