@@ -20,7 +20,11 @@ second; PostgreSQL runs on either):
 - with --standby        also eslbridge uncached reading a streaming standby (database.replica_url,
                         directory/replica.py), a second `postgres` made with pg_basebackup.
 
-"steal %" is the share of all CPU time the hypervisor took from this VM during the row (/proc/stat).
+"steal %" is the share of all CPU time the hypervisor took from this VM during the row (/proc/stat);
+"wait ms" the time the server process was runnable but not running during the measured part (another
+process held its core, or the host stole it: /proc/PID/schedstat), with wrk only; "load" the host's
+one-minute load average at the row's end. A p99 of a few ms moves with both: they say whether a slow
+row was the server's doing or the host's.
 
 Clients: keep-alive connections, each posting a real mod_xml_curl sip_auth body (the url_escape
 capture, user/domain replaced) for a random user; every answer must carry an a1-hash. With `wrk`
@@ -46,7 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.host import cpu_ticks, steal_percent
+from bench.host import cpu_ticks, run_queue_wait, steal_percent
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "tests" / "fixtures" / "public" / "url-escape__xmlcurl-directory-request__1.txt"
@@ -82,12 +86,14 @@ def serve_eslbridge() -> None:
 
     from eslbridge.config import DirectoryConfig, ListenAddress, Secret
     from eslbridge.directory import DirectoryService
+    from eslbridge.ops.heap import freeze_startup
 
     spec = json.loads(sys.stdin.readline())
     config = DirectoryConfig(ListenAddress("127.0.0.1", 0), "/directory", (ipaddress.ip_network("127.0.0.0/8"),),
                              "freeswitch", Secret(PASSWORD, "bench"), spec["cache_seconds"])
     service = DirectoryService(config, spec["dsn"], replica_dsn=spec.get("replica_dsn"))
     service.start()
+    freeze_startup()  # as the daemon does after its start-up
     port = service.address[1]
     if spec.get("pywsgi"):
         server = WSGIServer(("127.0.0.1", 0), wsgi_app(service), log=None)
@@ -279,13 +285,15 @@ end
 """
 
 
-def wrk_load(port: int, users: int, clients: int, seconds: float, warmup: float, rate: float = 0) -> dict:
+def wrk_load(port: int, users: int, clients: int, seconds: float, warmup: float, rate: float = 0,
+             server_pid: int | None = None) -> dict:
     """Load with wrk (one thread: the other core is the server's); latencies in ms.
 
     rate 0: every connection sends its next request as soon as the answer arrives (throughput at
     saturation, where latency is only queueing: clients / throughput). rate > 0: requests are sent on
     one schedule, `rate` per second over all connections (a connection waits for its next slot): latency
     at that load. The achieved rate falls short of `rate` only when the server cannot keep up.
+    With ``server_pid``, "wait_ms" is how long that process waited for a CPU during the measured part.
     """
     bodies = ", ".join(json.dumps(b) for b in _bodies(users))
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
@@ -293,13 +301,16 @@ def wrk_load(port: int, users: int, clients: int, seconds: float, warmup: float,
     try:
         base = [*(["taskset", "-c", "1"] if PINNED else []), "wrk", "-t1", f"-c{clients}", "-s", script.name, f"http://127.0.0.1:{port}/directory"]
         subprocess.run([*base, f"-d{max(1, round(warmup))}s"], check=True, capture_output=True)
+        waited = run_queue_wait(server_pid) if server_pid else 0.0
         out = subprocess.run([*base, f"-d{max(1, round(seconds))}s"], check=True, capture_output=True,
                              text=True).stdout
+        waited = run_queue_wait(server_pid) - waited if server_pid else None
     finally:
         os.unlink(script.name)
     requests, p50_us, p99_us, errors = re.search(r"RESULT (\d+) ([\d.]+) ([\d.]+) (\d+)", out).groups()
     return {"rps": int(requests) / max(1, round(seconds)), "p50": float(p50_us) / 1000,
-            "p99": float(p99_us) / 1000, "n": int(requests), "errors": int(errors)}
+            "p99": float(p99_us) / 1000, "n": int(requests), "errors": int(errors),
+            "wait_ms": None if waited is None else waited * 1000}
 
 
 # --- orchestration ----------------------------------------------------------------------------
@@ -379,7 +390,8 @@ def main() -> None:
               f"{os.cpu_count()} CPUs ("
               + ("server on CPU 0, wrk on CPU 1, PostgreSQL on either" if PINNED and wrk else "shared by all")
               + ")")
-        print(f"{'server':42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'steal %':>7}")
+        print(f"{'server':42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'steal %':>7}"
+              f" {'wait ms':>7} {'load':>5}")
         results = {}
         for label, role, extra, rate, idle in runs:
             if (rate or idle) and not wrk:
@@ -390,7 +402,8 @@ def main() -> None:
                 port = int(server.stdout.readline().split()[1])
                 if wrk:
                     with idle_connections(port, idle):
-                        result = wrk_load(port, args.users, args.clients, args.seconds, args.warmup, rate)
+                        result = wrk_load(port, args.users, args.clients, args.seconds, args.warmup, rate,
+                                          server.pid)
                 else:
                     client = _child("load", {"port": port, "users": args.users, "clients": args.clients,
                                              "seconds": args.seconds, "warmup": args.warmup})
@@ -400,15 +413,18 @@ def main() -> None:
                 server.kill()
                 server.wait()
             result["steal"] = steal_percent(ticks, cpu_ticks())
+            result["load"] = os.getloadavg()[0]
+            waited = "" if result.get("wait_ms") is None else f"{result['wait_ms']:.0f}"
             print(f"{label:42} {result['rps']:9.0f} {result['p50']:8.2f} {result['p99']:8.2f} {result['errors']:7d}"
-                  f" {result['steal']:7.1f}")
+                  f" {result['steal']:7.1f} {waited:>7} {result['load']:5.2f}")
             results[label] = result
 
         def pick(saturated: str, paced: str) -> dict:
             latency = results.get(paced, results[saturated])
             return {"rps": round(results[saturated]["rps"]), "p50": round(latency["p50"], 2),
                     "p99": round(latency["p99"], 2), "paced_rps": round(latency["rps"]),
-                    "steal": round(latency["steal"], 1)}
+                    "steal": round(latency["steal"], 1), "load": round(latency["load"], 2),
+                    **({"wait_ms": round(latency["wait_ms"])} if latency.get("wait_ms") is not None else {})}
 
         print("bench-result: " + json.dumps({"bench": "directory", "clients": args.clients,
               "cached": pick(runs[0][0], runs[1][0]), "uncached": pick(runs[2][0], runs[3][0]),

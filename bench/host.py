@@ -1,9 +1,14 @@
-"""What the hypervisor took from this VM during a measurement (``steal`` in /proc/stat).
+"""What the hypervisor took from this VM during a measurement (``steal`` in /proc/stat), and how
+long a server under test waited for a CPU (``run_queue_wait``).
 
 On this VM the share varies from run to run (0 to 27 % was seen), and every latency percentile
-moves with it, so the benchmarks print it beside their p99s."""
+moves with it, so the benchmarks print it beside their p99s. A server pinned to one core also
+waits whenever another process (PostgreSQL, other work on the host) holds that core: a p99 of a
+few milliseconds is mostly such waits, so the directory benchmark prints them too."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 def cpu_ticks() -> tuple[int, int]:
@@ -19,3 +24,15 @@ def cpu_ticks() -> tuple[int, int]:
 def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
     """The share of all CPU time between two ``cpu_ticks()`` readings that the host stole, in %."""
     return 100 * (after[0] - before[0]) / max(1, after[1] - before[1])
+
+
+def run_queue_wait(pid: int) -> float:
+    """Seconds the threads of process ``pid`` have spent runnable but not running, since they
+    started (``/proc/PID/task/*/schedstat``, second field); 0.0 where that is not available."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9

@@ -34,6 +34,7 @@ from eslbridge.esl.outbound import OutboundServer
 from eslbridge.flow.node import NodeFlow, Shared
 from eslbridge.keys.keyring import Keyring
 from eslbridge.ops import systemd
+from eslbridge.ops.heap import freeze_startup
 from eslbridge.ops.logs import setup_logging
 from eslbridge.ops.metrics import IntakeSource, Metrics, MetricsServer
 from eslbridge.privacy.retention import DailyRetention
@@ -126,6 +127,8 @@ class Daemon:
             node.start()
         self.upkeep.start()
         self._greenlets.append(gevent.spawn(self.logins.run))
+        # Last: what start-up built lives as long as the process; full collections need not walk it.
+        log.debug("froze %d objects built at start-up", freeze_startup())
         log.info("eslbridge running: %d FreeSWITCH node(s)", len(self.nodes))
 
     def stop(self) -> None:
