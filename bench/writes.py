@@ -45,7 +45,8 @@ On an idle machine, ``python -m bench.writes --seconds 60`` (offered 1000 calls/
     + batches of 250 records instead of 500 (a hangup waits for the batch being written, then its own):
         alternating 60 s runs with --p99-only on a host loaded by other jobs (load average 2.8-5.1):
         p99 634 / 848 ms (250) against 1,111 / 1,121 ms (500); 30 s runs: 422 / 593 against 829 / 814 ms;
-        flat out 1,560 / 1,395 against 1,634 / 1,657 calls/s in alternating 10 s runs
+        on the quiet host (load average 0.9-2.1): p99 319 / 216 ms (250) against 313 / 266 ms (500);
+        flat out 1,560 / 1,395 against 1,634 / 1,657 calls/s in alternating 10 s runs (loaded host)
 
 PostgreSQL's own cost per committed call (printed after the offered run: pg_stat_user_tables,
 pg_statio_user_indexes, pg_stat_statements; ``--fillfactor N`` sets it on every partition first, a trial):

@@ -63,7 +63,8 @@ log = logging.getLogger(__name__)
 # Records per batch at most. A hangup that arrives while a batch is written waits for it and then for
 # its own, so the batch's duration bounds hangup-to-commit: measured at 1,000 calls/s for 60 s on a
 # loaded host (bench.writes), p99 634 / 848 ms with 250 against 1,111 / 1,121 ms with 500, in
-# alternating runs; flat out, 250 takes 5-15 % fewer calls/s (more statements planned per call).
+# alternating runs; on a quiet one, 319 / 216 against 313 / 266 ms. Flat out, 250 takes 5-15 %
+# fewer calls/s (more statements planned per call).
 BATCH_SIZE = 250
 LATENCY_WINDOW = 20_000  # recent submit-to-commit latencies of FINISHED updates kept for stats()
 PROBE_INTERVAL = 5.0  # idle seconds between `SELECT 1` probes, so db_up stays true to life
