@@ -230,8 +230,9 @@ class EventDecoder:
                 on_error("invalid_utf8", "json event")
                 body = body.decode("utf-8", "replace").encode("utf-8")
         if body.startswith(_JSON_NAME):
-            end = body.find(b'"', 15)
-            named = self._by_name.get(body[15:end]) if end > 0 else None
+            start = len(_JSON_NAME)
+            end = body.find(b'"', start)
+            named = self._by_name.get(body[start:end]) if end > 0 else None
             if named is not None:
                 event = _json_decode(named[2], body)
                 if event.get("Event-Name") == named[0]:  # not overridden by a second Event-Name
@@ -241,8 +242,9 @@ class EventDecoder:
     def plain(self, body: bytes, on_error: ErrorSink = _noop) -> dict[str, str]:
         """A text/event-plain body to a dict of the wanted headers: split lines, then URL-decode those."""
         if self._wanted is not None and body.startswith(_PLAIN_NAME):
-            end = body.find(b"\n", 12)
-            named = self._by_name.get(body[12:end]) if end > 0 else None
+            start = len(_PLAIN_NAME)
+            end = body.find(b"\n", start)
+            named = self._by_name.get(body[start:end]) if end > 0 else None
             if named is not None:  # its first line: the Event-Name that counts (the first of a repeated one)
                 return _plain(body, on_error, named[1])
         return _plain(body, on_error, self._wanted)

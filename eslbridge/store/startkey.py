@@ -92,10 +92,15 @@ RECORD_START = CALL_RECORDS.names.index("start_time")
 _CALL_START = CALLS.names.index("initiated_at")
 
 
+def whole_second(start: datetime) -> bool:
+    """A start known only to the second (a snapshot's), whose key is resolved against stored rows."""
+    return start.microsecond == 0
+
+
 def _exact_key(row: tuple[Any, ...], start_at: int = RECORD_START) -> tuple[str, Any] | None:
     """(call_uuid, start) of a row (call_uuid first, its start at ``start_at``); None for a whole second."""
     start = row[start_at]
-    return None if start.microsecond == 0 else (row[0], start)
+    return None if whole_second(start) else (row[0], start)
 
 
 class Settled:

@@ -46,7 +46,7 @@ import psycopg
 
 from eslbridge.calls.records import Stage
 from eslbridge.store.rows import CALL_EVENTS, CALL_RECORDS, CALLS, BatchRows, Column, TableSpec
-from eslbridge.store.startkey import RECORD_START, RECORD_UUID, Settled, claim, resolved_start
+from eslbridge.store.startkey import RECORD_START, RECORD_UUID, Settled, claim, resolved_start, whole_second
 
 # Each event row reaches the server with its call's start (from the batch's call_records row, not
 # stored) so that its probe of the partitioned `calls` prunes to the partition of that second
@@ -181,7 +181,7 @@ def _events_with_start(rows: BatchRows) -> list[tuple]:
 def _tables(rows: BatchRows) -> list[tuple[TableSpec, list, tuple[str, bool]]]:
     """Each table's rows and the key of its statement. Order matters: calls before call_events,
     which point at them."""
-    whole = any(row[RECORD_START].microsecond == 0 for row in rows.call_records)
+    whole = any(whole_second(row[RECORD_START]) for row in rows.call_records)
     return [(spec, table_rows, (spec.name, whole)) for spec, table_rows in
             ((CALL_RECORDS, rows.call_records), (CALLS, rows.calls), (CALL_EVENTS, _events_with_start(rows)))]
 
@@ -190,18 +190,18 @@ def write_executemany(conn: psycopg.Connection, rows: BatchRows, settled: Settle
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
         claim(cur, rows, settled)
-        for _, table_rows, sql in _tables(rows):
+        for _, table_rows, statement in _tables(rows):
             if table_rows:
-                cur.executemany(_ROW_SQL[sql], table_rows)
+                cur.executemany(_ROW_SQL[statement], table_rows)
 
 
 def write_pipeline(conn: psycopg.Connection, rows: BatchRows, settled: Settled | None = None) -> None:
     with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
         claim(cur, rows, settled)
-        for _, table_rows, sql in _tables(rows):
+        for _, table_rows, statement in _tables(rows):
             for row in table_rows:
-                cur.execute(_ROW_SQL[sql], row)
+                cur.execute(_ROW_SQL[statement], row)
 
 
 def _prepare_staging(conn: psycopg.Connection) -> None:
@@ -220,7 +220,7 @@ def write_copy(conn: psycopg.Connection, rows: BatchRows, settled: Settled | Non
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
         claim(cur, rows, settled)
-        for spec, table_rows, sql in _tables(rows):
+        for spec, table_rows, statement in _tables(rows):
             if not table_rows:
                 continue
             columns = _source_columns(spec)
@@ -229,7 +229,7 @@ def write_copy(conn: psycopg.Connection, rows: BatchRows, settled: Settled | Non
                 cp.set_types([c.pg_type for c in columns])
                 for row in table_rows:
                     cp.write_row(row)
-            cur.execute(_STAGED_SQL[sql], prepare=False)
+            cur.execute(_STAGED_SQL[statement], prepare=False)
 
 
 def write_arrays(conn: psycopg.Connection, rows: BatchRows, settled: Settled | None = None) -> None:
@@ -237,10 +237,10 @@ def write_arrays(conn: psycopg.Connection, rows: BatchRows, settled: Settled | N
     with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
         claim(cur, rows, settled)
-        for _, table_rows, sql in _tables(rows):
+        for _, table_rows, statement in _tables(rows):
             if table_rows:
                 columns = [list(column) for column in zip(*table_rows, strict=True)]
-                cur.execute(_ARRAYS_SQL[sql], columns, prepare=False)
+                cur.execute(_ARRAYS_SQL[statement], columns, prepare=False)
 
 
 def _nothing(conn: psycopg.Connection) -> None:
