@@ -205,12 +205,15 @@ class _Wanted:
 
 
 def _alternation(names: list[str]) -> str:
-    """A regex matching exactly `names` (sorted), as a trie of their characters."""
+    """A regex matching exactly `names`, as a trie of their characters. sre tries a node's branches in
+    order, so the one holding the most names comes first (FreeSWITCH's lines are mostly channel
+    variables: measured ~10 % off the search)."""
     by_first: dict[str, list[str]] = {}
     for name in names:
         if name:
             by_first.setdefault(name[0], []).append(name[1:])
-    branches = [re.escape(first) + _alternation(rest) for first, rest in by_first.items()]
+    ordered = sorted(by_first.items(), key=lambda item: (-len(item[1]), item[0]))
+    branches = [re.escape(first) + _alternation(rest) for first, rest in ordered]
     body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
     if "" in names:
         return f"(?:{body})?" if branches else ""
