@@ -185,7 +185,7 @@ class _Wanted:
         ":" and after it one " " each (values are URL-encoded), then one blank line, nothing after it.
 
         That layout is proved without cutting the body into lines: deleting every other byte (one C
-        pass) must leave exactly ": \n" per line and the final "\n". A line's name is then what precedes
+        pass) must leave exactly ": \\n" per line and the final "\\n". A line's name is then what precedes
         its colon, its value what follows the colon and the space if it is next (as in _parse_lines,
         whose "Name: value" and "Name:value" are the only forms such a line can take), so a regex finds
         the wanted lines; no line can be garbage. Proving it cost ~4 us a channel event, the split and a
@@ -326,11 +326,11 @@ def _parse_lines(lines: list[str], on_error: ErrorSink, wanted: frozenset[str] |
 
 
 def _unquote_all(values: list[str], on_error: ErrorSink) -> list[str]:
-    """Every value URL-decoded. Fast and exact: all values joined by \x01 are decoded in one C call
+    """Every value URL-decoded. Fast and exact: all values joined by \\x01 are decoded in one C call
     (_qp_unquote) and split again. That is exact when every escape was well formed, which the lengths
     prove: each well-formed escape shortens the text by two, and a2b_qp shortens it by less for any
     malformed one (a CR, which a2b_qp reads as a line break, is left to the slow path); and when the
-    split gives back as many values, so no raw \x01 or %01 was taken for a separator. Otherwise, and
+    split gives back as many values, so no raw \\x01 or %01 was taken for a separator. Otherwise, and
     with invalid UTF-8 (counted per value), each value is decoded on its own."""
     joined = "\x01".join(values)
     if "\r" not in joined:
