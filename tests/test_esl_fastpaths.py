@@ -14,6 +14,7 @@ import pytest
 from eslbridge.calls import legs
 from eslbridge.calls.correlator import Correlator
 from eslbridge.calls.errors import EventError
+from eslbridge.esl import events
 from eslbridge.esl.events import EventDecoder, EventParseError, parse_json_event, parse_plain_event
 from eslbridge.esl.framing import MIN_FREE, FrameParser, parse_stream
 from eslbridge.esl.headers import EVENT_HEADERS, READ_HEADERS
@@ -51,6 +52,8 @@ def test_plain_fast_path_matches_reference_on_captures(scenario):
     "100%", "%zz%2", "%%41",  # malformed escapes stay as they are
     "a=3Db=c", "=41", "_under_",  # quoted-printable look-alikes are not decoded
     "%E2%82%AC%e2%82%ac",  # UTF-8, both hex cases
+    "%\r", "a%\rb", "=\r",  # a CR after the escape character (a line break to a2b_qp)
+    "%", "%4", "x%", "=",  # escapes cut short at the end of the value
 ])
 def test_plain_values_decode_like_urllib(value):
     body = f"Event-Name: CUSTOM\nA: pre%20fix\nValue: {value}\nB: %3Apost\nValue: second\n\n".encode()
@@ -72,6 +75,33 @@ def test_plain_random_values_match_reference():
         values = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8))) for _ in range(5)]
         body = ("Event-Name: X\n" + "".join(f"H{i % 3}: {v}\n" for i, v in enumerate(values)) + "\n").encode()
         assert parse_plain_event(body) == reference_plain(body), values
+
+
+def test_many_values_decode_at_once_like_each_alone():
+    # All kept values are URL-decoded in one C call; whatever sits where (a CR after the escape character
+    # on the last value, a raw or encoded \x01, escapes cut short), each must come out as urllib decodes
+    # it alone, with invalid UTF-8 counted per value.
+    rng = random.Random(1)
+    alphabet = ["%", "%4", "%41", "%0A", "%01", "\x01", "%FF", "%e2%82%ac", "=", "==", "%=", "=\r", "%\r", "\r", "é"]
+    for _ in range(5000):
+        values = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4))) for _ in range(rng.randint(1, 4))]
+        errors = Counter()
+        decoded = events._unquote_all(values, _counting(errors))
+        raw = [unquote_to_bytes(v) for v in values]
+        assert decoded == [r.decode("utf-8", "replace") for r in raw], values
+        assert errors["invalid_utf8"] == sum(not _is_utf8(r) for r in raw), values
+
+
+def _counting(errors: Counter):
+    return lambda kind, detail="": errors.update([kind])
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize(("body", "payload", "bad_utf8"), [
@@ -113,6 +143,62 @@ def test_plain_wanted_lines_match_reference_on_random_names():
             body = ("\n".join(["Event-Name: X", *lines, *extra]) + "\n\n").encode()
             expected = {k: v for k, v in reference_plain(body).items() if k in wanted | {"Event-Name"}}
             assert EventDecoder(wanted).plain(body) == expected, (wanted, lines, extra)
+
+
+def reference_wanted(body: bytes, wanted: set[str]) -> tuple[dict[str, str], int]:
+    """The careful definition, line by line: a line's name ends at its first ": ", else at its first ":"
+    ("Name:value"), else the line is garbage (counted unless blank); the first of a repeated name wins;
+    values URL-decoded. Returns the wanted headers and the number of garbage lines."""
+    head = body.partition(b"\n\n")[0].decode("utf-8", "replace")
+    event: dict[str, str] = {}
+    garbage = 0
+    for line in head.split("\n"):
+        name, sep, value = line.partition(": ")
+        if not sep:
+            name, sep, value = line.partition(":")
+        if not sep:
+            garbage += bool(line.strip())
+        elif name in wanted and name not in event:
+            event[name] = unquote_to_bytes(value).decode("utf-8", "replace")
+    return event, garbage
+
+
+# Line shapes: FreeSWITCH's own ("Name: value", its value URL-encoded) and every way a hostile line can
+# break or mimic that layout, alone or compensating one another (two ": " on one line, none on another).
+LINE_SHAPES = ["{n}: v", "{n}: v%20w%3A", "{n}: ", "{n}:v", "{n}:x y", "{n}: a: b", "{n}:a: b", "{n} :v", "{n}: a b",
+               "{n}::v", "{n}: :", "garbage", "", " ", "{n}: a%0A{n}: forged", "{n}: \r", "{n}: \udcff", "{n}: %FF"]
+
+
+def test_plain_layout_proof_matches_the_careful_definition():
+    # The wanted lines of a body laid out as FreeSWITCH writes it are found without cutting the body into
+    # lines; every other layout must give what the line-by-line definition gives, garbage counted.
+    rng = random.Random(18)
+    pool = ["A", "AB", "B", "x-y.z", "A B", "A:B", "variable_a"]
+    endings = ["\n\n", "\n", "", "\n\n\n", "\n\nB: after", "\n\n: \n", "\n\npayload"]
+    for _ in range(3000):
+        wanted = set(rng.sample([*pool, "_body"], rng.randint(1, len(pool)))) | {"Event-Name"}
+        lines = [rng.choice(LINE_SHAPES).format(n=rng.choice(pool)) for _ in range(rng.randint(0, 6))]
+        body = ("\n".join(["Event-Name: X", *lines]) + rng.choice(endings)).encode("utf-8", "surrogateescape")
+        errors = Counter()
+        got = EventDecoder(wanted).plain(body, _counting(errors))
+        expected, garbage = reference_wanted(body, wanted | ({"Content-Length"} if "_body" in wanted else set()))
+        if "_body" in wanted and "_body" in (full := parse_plain_event(body)):
+            expected["_body"] = full["_body"]
+        assert (got, errors["garbage_line"]) == (expected, garbage), (wanted, body)
+
+
+def test_freeswitch_events_never_take_the_careful_path(monkeypatch):
+    # Every captured FreeSWITCH event proves its layout; the line-by-line path is for anything else.
+    def careful(*args):
+        raise AssertionError("careful path taken")
+
+    captured = (str(CAPTURED), str(SHARED_CAPTURED), str(RECORDED))  # not the public files: trimmed by hand
+    bodies = [body for path, stream in _file_streams().items() if path.startswith(captured)
+              for content_type, body in stream if content_type == "text/event-plain"]
+    expected = [FAST.plain(body) for body in bodies]
+    monkeypatch.setattr(events, "_head_lines", careful)
+    assert len(bodies) > 150
+    assert [FAST.plain(body) for body in bodies] == expected
 
 
 def test_json_non_string_values_are_flattened():
