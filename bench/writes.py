@@ -92,6 +92,7 @@ gevent.monkey.patch_all()
 import argparse  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import deque  # noqa: E402
@@ -101,7 +102,7 @@ import gevent  # noqa: E402
 import psycopg  # noqa: E402
 
 import eslbridge.store.writer as writer_module  # noqa: E402
-from bench.host import cpu_ticks, steal_percent  # noqa: E402
+from bench.host import cpu_ticks, server_cpu, steal_percent  # noqa: E402
 from eslbridge.calls.records import RecordUpdate  # noqa: E402
 from eslbridge.sim.localpg import PgCluster  # noqa: E402
 from eslbridge.store.journal import Journal  # noqa: E402
@@ -123,7 +124,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float, rate: float,
-               first_call: int, user: str) -> dict:
+               first_call: int, user: str, postmaster: int = 0) -> dict:
     """Calls start at ``rate`` (0: as fast as the writer takes them); each is answered
     ANSWER_AFTER and hung up HANGUP_AFTER seconds after it started, so the writer sees the
     correlator's real mix: three updates per call, spread out in time."""
@@ -143,6 +144,7 @@ def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float
         later: deque[tuple[float, RecordUpdate]] = deque()  # (due, update), due in order per stage
         answers: deque[tuple[float, RecordUpdate]] = deque()
         t0, ticks = time.monotonic(), cpu_ticks()
+        cpu0, pg_cpu0 = time.process_time(), server_cpu(postmaster)
         while (now := time.monotonic()) - t0 < seconds or later or answers:
             for queue in (answers, later):
                 while queue and queue[0][0] <= now:
@@ -150,7 +152,7 @@ def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float
             target = int((now - t0) * rate) if rate else calls + 200
             if now - t0 >= seconds:
                 target = int(seconds * rate) if rate else calls  # the offered run offers every call
-            elif not rate and calls - len(writer.latencies()) > MAX_IN_FLIGHT:
+            elif not rate and calls - len(writer._latencies) > MAX_IN_FLIGHT:  # not a copy: every 2 ms
                 target = calls
             while calls < min(target, len(planned)):
                 started, answered, finished = planned[calls]
@@ -164,6 +166,7 @@ def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float
         drained = writer.flush(120)
         elapsed = time.monotonic() - t0
         steal = steal_percent(ticks, cpu_ticks())
+        cpu, pg_cpu = time.process_time() - cpu0, server_cpu(postmaster) - pg_cpu0
         stats = writer.stats()
         latencies = writer.latencies()
         writer.stop()
@@ -177,7 +180,8 @@ def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float
         "elapsed": elapsed, "calls_per_s": calls / busy, "records_per_s": stats.records_written / busy,
         "p50_ms": _pct(latencies, 0.50) * 1000, "p99_ms": _pct(latencies, 0.99) * 1000,
         "max_ms": max(latencies) * 1000 if latencies else float("nan"), "batches": stats.batches,
-        "rejected": stats.rejected, "steal": steal,
+        "rejected": stats.rejected, "steal": steal, "load": os.getloadavg()[0],
+        "cpu_ms_per_call": cpu * 1000 / max(1, calls), "pg_cpu_ms_per_call": pg_cpu * 1000 / max(1, calls),
     }
 
 
@@ -310,6 +314,8 @@ def _report(label: str, r: dict, calls_in_db: int) -> None:
           f"{r['batches']} batches, rejected {r['rejected']}")
     print(f"  FINISHED submit -> commit: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms"
           f" (CPU stolen by the host meanwhile: {r['steal']:.1f} %)")
+    print(f"  CPU per call: this process (writer and load generator) {r['cpu_ms_per_call']:.3f} ms, "
+          f"PostgreSQL {r['pg_cpu_ms_per_call']:.3f} ms; load average {r['load']:.2f} at the end")
     lost = r["calls"] - calls_in_db
     print(f"  loss check: {calls_in_db} of {r['calls']} calls in call_records, one row each: "
           f"{'OK, zero loss' if lost == 0 and r['drained'] and not r['rejected'] else f'FAILED ({lost} missing)'}")
@@ -356,13 +362,14 @@ def main() -> None:
                         "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = ANY(%s::regclass[])",
                         [list(WRITTEN)]).fetchall():
                     conn.execute(f"ALTER TABLE {part} SET (fillfactor = {args.fillfactor:d})")
+        postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
         print(f"PostgreSQL {cluster.port} with fsync=on; journal fsync'd in {tmp}; method {args.method}")
         first = 0
 
         def run(label: str, method: str, seconds: float, rate: float) -> dict:
             nonlocal first
             before = count_rows(dsn)
-            r = run_writer(dsn, keyring, tmp / f"j-{label}", method, seconds, rate, first, user)
+            r = run_writer(dsn, keyring, tmp / f"j-{label}", method, seconds, rate, first, user, postmaster)
             first += r["calls"]
             rows, distinct = count_rows(dsn)
             r["landed"] = distinct - before[1] if rows - before[0] == distinct - before[1] else -1  # -1: duplicates

@@ -1,0 +1,75 @@
+"""A batch's array parameters dumped ahead of its write (by the prefetcher) write the same rows."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import pq
+
+import eslbridge.store.upsert as upsert
+from eslbridge.store.rows import BatchRows, FieldEncoder, batch_rows
+from eslbridge.store.writer import Writer
+from tests.writer_fixtures import call_updates, count_by_uuid, create_user, open_journal
+
+# Every column but what the server fills in (ids, creation and update times) and the events' link
+# to their calls row (a server-made id).
+_ROWS = {
+    "call_records": "SELECT to_jsonb(t) - 'id' - 'created_at' - 'updated_at' FROM call_records t ORDER BY call_uuid",
+    "calls": "SELECT to_jsonb(t) - 'id' - 'created_at' - 'updated_at' FROM calls t ORDER BY call_uuid",
+    "call_events": "SELECT to_jsonb(t) - 'id' - 'created_at' - 'call_id' FROM call_events t"
+                   " ORDER BY call_uuid, event_type, seq",
+}
+
+
+def _stored(conn: psycopg.Connection) -> dict[str, list]:
+    return {table: [row[0] for row in conn.execute(query)] for table, query in _ROWS.items()}
+
+
+def _write(dsn: str, rows: BatchRows) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        upsert.METHODS["arrays"].prepare(conn)
+        upsert.write_arrays(conn, rows)
+
+
+def test_parameters_dumped_ahead_write_the_rows_of_parameters_dumped_at_write_time(db, db_dsn, keyring):
+    alice = create_user(db)
+    # First rows only: a column that is NULL in every row of the batch (no answer time, no callee IP)
+    # is dumped as text, the rest as binary.
+    updates = [call_updates(i, alice if i % 2 else None)[0] for i in range(8)]
+    rows = batch_rows(updates, FieldEncoder(keyring))
+    ahead = BatchRows(rows.call_records, rows.calls, rows.events)
+    upsert.encode_arrays(ahead)
+    formats = {p.format for _, params in ahead.encoded for p in params}
+    assert formats == {pq.Format.TEXT, pq.Format.BINARY}
+    assert rows.encoded is None
+
+    _write(db_dsn, ahead)
+    written_ahead = _stored(db)
+    db.execute("TRUNCATE call_events, calls, call_records")
+    _write(db_dsn, rows)
+    assert written_ahead == _stored(db)
+    assert [len(written_ahead[t]) for t in _ROWS] == [8, 4, 8]
+
+
+def test_the_writer_dumps_prefetched_batches_ahead_and_writes_them(db, db_dsn, keyring, tmp_path, monkeypatch):
+    dumped = []
+
+    def counting(column):
+        dumped.append(len(column))
+        return dump(column)
+
+    dump = upsert._dump_ahead
+    monkeypatch.setattr(upsert, "_dump_ahead", counting)
+    updates = [u for i in range(120) for u in call_updates(i)]
+    with open_journal(tmp_path / "j", keyring) as journal:
+        writer = Writer(db_dsn, keyring, journal, lanes=2, batch_size=20)
+        writer.start()
+        assert writer.flush(10)  # the start's journal replay (no prefetching) is over
+        for update in updates:
+            writer.submit(update)
+        assert writer.flush(60)
+        writer.stop()
+    assert writer.stats().rejected == 0
+    assert dumped  # some batches were prefetched, split and dumped ahead ...
+    assert count_by_uuid(db) == {u.record.call_uuid: 1 for u in updates}  # ... and every call landed once
+    finished = db.execute("SELECT count(*) FROM call_records WHERE end_time IS NOT NULL").fetchone()[0]
+    assert finished == 120
