@@ -75,6 +75,31 @@ per committed call of the offered run:
     unchanged: the call_records upsert (~123 blocks, ~8.3 KB WAL, 360-560 us per call: 1 insert and
     ~1.8 non-HOT updates through 15 indexes) and the calls upsert (~46 blocks, 130-165 us).
 
+Each run now prints the CPU per call of this process (the writer, and the load generator's submits)
+and of the PostgreSQL server (postmaster, backends and the ones that exited: /proc/PID/stat). Flat out
+the two together used ~1.6 of the 2 cores; the writer's process was the busier side (~80 % of its
+core, profiled with py-spy), so the writer's CPU came first. Three alternating runs each of
+``python -m bench.writes --seconds 20 --flat-seconds 10`` (load average 0.9-2.6 at their starts,
+steal 0.0-0.9 %):
+
+    before: flat out 2302 / 2166 / 1557 calls/s (the last with load 3.0 from other jobs);
+            writer 0.353 / 0.353 / 0.387 ms CPU per call, PostgreSQL 0.402 / 0.385 / 0.377 ms;
+            offered 1000/s for 20 s: p99 349 / 123 / 180 ms, zero loss
+    + a prefetched batch's array parameters dumped by the prefetcher, lane by lane, while PostgreSQL
+      writes the batch before (dumping was ~17 % of the writer's samples, run between two batches
+      with PostgreSQL idle), its JSON columns by orjson (psycopg's default json.dumps: ~5 %),
+      and this benchmark's flat-out pacing no longer copying every latency of the run every 2 ms:
+            flat out 2323 / 2452 / 2210 calls/s; writer 0.289 / 0.279 / 0.310 ms CPU per call,
+            PostgreSQL 0.337 / 0.357 / 0.338 ms; offered: p99 272 / 150 / 209 ms, zero loss
+    tried and not kept: batches of 500 records, alternating with this code's 250: flat out 2523 / 2021
+    against 2278 / 2056 calls/s, offered p99 409 / 315 against 298 / 158 ms (load 1.5-2.4).
+    Left for >= 3,000 calls/s flat out: the writer's CPU per call must fall by about another third
+    (3,000 calls/s at ~1.6 record updates per call, with PostgreSQL's ~0.35 ms per call on the other
+    core). The profile after the change (self time): the gevent hub (waiting) 16 %, psycopg's pipeline
+    bookkeeping 10 %, OpenPGP encryption 8 % (each call's first row encrypts 9 fields; later stages
+    reuse them), array dumping 5 %, the journal's JSON and seal 5 %. PostgreSQL's side is mostly the
+    call_records upsert (~110 us per row written, 15 indexes, no update HOT).
+
 Left: p99 <= 500 ms was met, with little margin (DESIGN now asks 250 ms). The writer's own work is off the commit path;
 what varies is PostgreSQL's time per upsert (call_records has the seed's 14 indexes, and each
 call rewrites its row twice), which grows as the table grows and with the disk's moods, and at

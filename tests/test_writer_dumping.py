@@ -1,4 +1,5 @@
-"""A batch's array parameters dumped ahead of its write (by the prefetcher) write the same rows."""
+"""How a batch's values reach PostgreSQL: JSON columns, and array parameters dumped ahead of the
+write (by the prefetcher) that write the same rows as those dumped at write time."""
 
 from __future__ import annotations
 
@@ -73,3 +74,21 @@ def test_the_writer_dumps_prefetched_batches_ahead_and_writes_them(db, db_dsn, k
     assert count_by_uuid(db) == {u.record.call_uuid: 1 for u in updates}  # ... and every call landed once
     finished = db.execute("SELECT count(*) FROM call_records WHERE end_time IS NOT NULL").fetchone()[0]
     assert finished == 120
+
+
+def test_json_columns_store_nan_as_unknown_like_the_journal(db, db_dsn, keyring, tmp_path):
+    started, answered, finished = call_updates(1)
+    finished.record.media_info = {"caller": {"mos": float("nan"), "jitter_ms": 1.5}}
+    finished.events[0].data["note"] = float("nan")
+    with open_journal(tmp_path / "j", keyring) as journal:
+        writer = Writer(db_dsn, keyring, journal)
+        writer.start()
+        for update in (started, answered, finished):
+            writer.submit(update)
+        assert writer.flush(30)
+        writer.stop()
+    assert writer.stats().rejected == 0
+    media = db.execute("SELECT media_info FROM call_records").fetchone()[0]
+    assert media == {"caller": {"mos": None, "jitter_ms": 1.5}}
+    notes = db.execute("SELECT event_data->'note' FROM call_events WHERE event_data ? 'note'").fetchall()
+    assert notes == [(None,)]
