@@ -7,6 +7,7 @@ import psycopg
 from psycopg import pq
 
 import eslbridge.store.upsert as upsert
+from eslbridge.store import dumping
 from eslbridge.store.rows import BatchRows, FieldEncoder, batch_rows
 from eslbridge.store.writer import Writer
 from tests.writer_fixtures import call_updates, count_by_uuid, create_user, open_journal
@@ -25,8 +26,8 @@ def _stored(conn: psycopg.Connection) -> dict[str, list]:
     return {table: [row[0] for row in conn.execute(query)] for table, query in _ROWS.items()}
 
 
-def _write(dsn: str, rows: BatchRows) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
+def _write(dsn: str, rows: BatchRows, client_encoding: str = "UTF8") -> None:
+    with psycopg.connect(dsn, autocommit=True, client_encoding=client_encoding) as conn:
         upsert.METHODS["arrays"].prepare(conn)
         upsert.write_arrays(conn, rows)
 
@@ -51,6 +52,18 @@ def test_parameters_dumped_ahead_write_the_rows_of_parameters_dumped_at_write_ti
     assert [len(written_ahead[t]) for t in _ROWS] == [8, 4, 8]
 
 
+def test_parameters_dumped_ahead_keep_their_text_on_a_connection_of_another_encoding(db, db_dsn, keyring):
+    """They are dumped without a connection, in UTF-8: a LATIN1 client must not garble them."""
+    update = call_updates(3)[2]
+    update.record.caller_user_agent = "Zoë's phone €"  # € is not in LATIN1: refused if sent as such
+    update.record.disconnect_reason = "NORMAL_CLEARING ü"
+    rows = batch_rows([update], FieldEncoder(keyring))
+    upsert.encode_arrays(rows)
+    _write(db_dsn, rows, client_encoding="LATIN1")
+    stored = db.execute("SELECT caller_user_agent, disconnect_reason FROM call_records").fetchone()
+    assert stored == ("Zoë's phone €", "NORMAL_CLEARING ü")
+
+
 def test_the_writer_dumps_prefetched_batches_ahead_and_writes_them(db, db_dsn, keyring, tmp_path, monkeypatch):
     dumped = []
 
@@ -58,8 +71,8 @@ def test_the_writer_dumps_prefetched_batches_ahead_and_writes_them(db, db_dsn, k
         dumped.append(len(column))
         return dump(column)
 
-    dump = upsert._dump_ahead
-    monkeypatch.setattr(upsert, "_dump_ahead", counting)
+    dump = dumping.dump_column
+    monkeypatch.setattr(dumping, "dump_column", counting)
     updates = [u for i in range(120) for u in call_updates(i)]
     with open_journal(tmp_path / "j", keyring) as journal:
         writer = Writer(db_dsn, keyring, journal, lanes=2, batch_size=20)

@@ -43,11 +43,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
-from psycopg import pq
-from psycopg.abc import Buffer, DumperKey
-from psycopg.adapt import Dumper, PyFormat, Transformer
 
 from eslbridge.calls.records import Stage
+from eslbridge.store import dumping
 from eslbridge.store.rows import CALL_EVENTS, CALL_RECORDS, CALLS, BatchRows, Column, TableSpec
 from eslbridge.store.startkey import RECORD_START, RECORD_UUID, Settled, claim, resolved_start, whole_second
 
@@ -235,42 +233,6 @@ def write_copy(conn: psycopg.Connection, rows: BatchRows, settled: Settled | Non
             cur.execute(_STAGED_SQL[statement], prepare=False)
 
 
-class _Dumped:
-    """A parameter already dumped, with the type and format its dumper chose (an array of NULLs
-    only goes as text)."""
-
-    __slots__ = ("data", "format", "oid")
-
-    def __init__(self, data: Buffer, oid: int, format: pq.Format) -> None:
-        self.data, self.oid, self.format = data, oid, format
-
-
-class _DumpedDumper(Dumper):
-    """Sends a ``_Dumped`` as it is, under its own type and format."""
-
-    format = pq.Format.BINARY
-
-    def get_key(self, obj: _Dumped, format: PyFormat) -> DumperKey:
-        return (_Dumped, obj.oid, obj.format)
-
-    def upgrade(self, obj: _Dumped, format: PyFormat) -> Dumper:
-        dumper = _DumpedDumper(_Dumped)
-        dumper.oid, dumper.format = obj.oid, obj.format
-        return dumper
-
-    def dump(self, obj: _Dumped) -> Buffer:
-        return obj.data
-
-
-# The default adapters, as a connection's start: the batch's columns dump the same there as here.
-_AHEAD = Transformer()
-
-
-def _dump_ahead(column: list[Any]) -> _Dumped:
-    dumper = _AHEAD.get_dumper(column, PyFormat.BINARY)
-    return _Dumped(dumper.dump(column), dumper.oid, dumper.format)
-
-
 def _array_statements(rows: BatchRows) -> list[tuple[str, list[Any]]]:
     """Each non-empty table's statement and its parameters: one list per column."""
     return [(_ARRAYS_SQL[statement], [list(column) for column in zip(*table_rows, strict=True)])
@@ -281,14 +243,8 @@ def encode_arrays(rows: BatchRows) -> None:
     """Dump the batch's arrays ahead of its write (the writer's prefetcher, while PostgreSQL works on
     the batch before): over a sixth of the writer's CPU, which would otherwise run between two
     batches with PostgreSQL idle."""
-    rows.encoded = [(statement, [_dump_ahead(column) for column in columns])
+    rows.encoded = [(statement, [dumping.dump_column(column) for column in columns])
                     for statement, columns in _array_statements(rows)]
-
-
-def _register_dumped(conn: psycopg.Connection) -> None:
-    if not getattr(conn, "_eslbridge_dumped", False):
-        conn.adapters.register_dumper(_Dumped, _DumpedDumper)
-        conn._eslbridge_dumped = True
 
 
 def write_arrays(conn: psycopg.Connection, rows: BatchRows, settled: Settled | None = None) -> None:
@@ -328,7 +284,7 @@ METHODS = {
         WriteMethod("executemany", write_executemany),
         WriteMethod("pipeline", write_pipeline),
         WriteMethod("copy", write_copy, _prepare_staging),
-        WriteMethod("arrays", write_arrays, _register_dumped, encode_arrays),
+        WriteMethod("arrays", write_arrays, dumping.register, encode_arrays),
     )
 }
 DEFAULT_METHOD = "arrays"
