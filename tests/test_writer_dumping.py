@@ -4,6 +4,7 @@ write (by the prefetcher) that write the same rows as those dumped at write time
 from __future__ import annotations
 
 import psycopg
+import pytest
 from psycopg import pq
 
 import eslbridge.store.upsert as upsert
@@ -87,6 +88,19 @@ def test_the_writer_dumps_prefetched_batches_ahead_and_writes_them(db, db_dsn, k
     assert count_by_uuid(db) == {u.record.call_uuid: 1 for u in updates}  # ... and every call landed once
     finished = db.execute("SELECT count(*) FROM call_records WHERE end_time IS NOT NULL").fetchone()[0]
     assert finished == 120
+
+
+@pytest.mark.parametrize(("waiting", "ahead"), [(10, True), (9, False)])
+def test_only_a_full_prefetched_batch_is_dumped_ahead(db_dsn, keyring, tmp_path, waiting, ahead):
+    """One with room left is usually joined by later hangups before its write, which dumps anew."""
+    with open_journal(tmp_path / "j", keyring) as journal:
+        writer = Writer(db_dsn, keyring, journal, lanes=2, batch_size=10)
+        for i in range(waiting):
+            writer.queue.submit(call_updates(i)[0], 0.0)
+        writer._prefetch()
+    parts = writer._next_rows.split(2)
+    assert sum(len(p.call_records) for p in parts) == waiting
+    assert [p.encoded is not None for p in parts] == [ahead] * len(parts)
 
 
 def test_json_columns_store_nan_as_unknown_like_the_journal(db, db_dsn, keyring, tmp_path):

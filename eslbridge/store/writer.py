@@ -318,8 +318,11 @@ class Writer:
         if items:
             try:
                 rows = batch_rows([u for _, u, _ in items], self._encoder)
-                for part in rows.split(len(self._conns)):  # as the write splits it (the parts are kept)
-                    self._method.encode(part)
+                # A full batch is written as it is: dump its parameters now. One with room left is
+                # usually joined by later hangups (_take_batch), which makes new rows to dump anyway.
+                if len(items) >= self._batch_size:
+                    for part in rows.split(len(self._conns)):  # as the write splits it (the parts are kept)
+                        self._method.encode(part)
             except (ValueError, TypeError, psycopg.Error):
                 rows = None  # the write encodes again and isolates the bad record
             self._next_rows = rows
