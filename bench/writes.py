@@ -91,6 +91,11 @@ steal 0.0-0.9 %):
       and this benchmark's flat-out pacing no longer copying every latency of the run every 2 ms:
             flat out 2323 / 2452 / 2210 calls/s; writer 0.289 / 0.279 / 0.310 ms CPU per call,
             PostgreSQL 0.337 / 0.357 / 0.338 ms; offered: p99 272 / 150 / 209 ms, zero loss
+    + only a full prefetched batch dumped ahead (one with room left is mostly joined by later hangups
+      and dumped again at write time), two alternating pairs on a host loaded by other jobs (load
+      2.3-10.9, steal 0.4-5.9 %): flat out 2042 / 1832 against 1906 / 2167 calls/s before, writer
+      0.358 / 0.389 against 0.395 / 0.371 ms CPU per call; offered p99 295 / 308 against 408 / 971 ms:
+      within that noise, neither better nor worse.
     tried and not kept: batches of 500 records, alternating with this code's 250: flat out 2523 / 2021
     against 2278 / 2056 calls/s, offered p99 409 / 315 against 298 / 158 ms (load 1.5-2.4).
     Left for >= 3,000 calls/s flat out: the writer's CPU per call must fall by about another third
