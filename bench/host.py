@@ -8,6 +8,7 @@ few milliseconds is mostly such waits, so the directory benchmark prints them to
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -36,3 +37,25 @@ def run_queue_wait(pid: int) -> float:
         except (OSError, IndexError, ValueError):
             continue  # a thread that ended meanwhile
     return total / 1e9
+
+
+def _proc_cpu(pid: int, children: bool = False) -> float:
+    """CPU seconds of process ``pid`` (user + system; with ``children``, also its reaped children's)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    ticks = [int(f) for f in fields[11:15]]  # utime stime cutime cstime
+    return sum(ticks if children else ticks[:2]) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(postmaster_pid: int) -> float:
+    """CPU seconds a PostgreSQL server has used so far: the postmaster, its live children (backends,
+    walwriter, checkpointer, ...) and the ones that exited (the postmaster reaps them)."""
+    total = _proc_cpu(postmaster_pid, children=True)
+    for task in Path(f"/proc/{postmaster_pid}/task").glob("*/children"):
+        try:
+            total += sum(_proc_cpu(int(pid)) for pid in task.read_text().split())
+        except OSError:
+            continue
+    return total

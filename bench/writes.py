@@ -75,6 +75,36 @@ per committed call of the offered run:
     unchanged: the call_records upsert (~123 blocks, ~8.3 KB WAL, 360-560 us per call: 1 insert and
     ~1.8 non-HOT updates through 15 indexes) and the calls upsert (~46 blocks, 130-165 us).
 
+Each run now prints the CPU per call of this process (the writer, and the load generator's submits)
+and of the PostgreSQL server (postmaster, backends and the ones that exited: /proc/PID/stat). Flat out
+the two together used ~1.6 of the 2 cores; the writer's process was the busier side (~80 % of its
+core, profiled with py-spy), so the writer's CPU came first. Three alternating runs each of
+``python -m bench.writes --seconds 20 --flat-seconds 10`` (load average 0.9-2.6 at their starts,
+steal 0.0-0.9 %):
+
+    before: flat out 2302 / 2166 / 1557 calls/s (the last with load 3.0 from other jobs);
+            writer 0.353 / 0.353 / 0.387 ms CPU per call, PostgreSQL 0.402 / 0.385 / 0.377 ms;
+            offered 1000/s for 20 s: p99 349 / 123 / 180 ms, zero loss
+    + a prefetched batch's array parameters dumped by the prefetcher, lane by lane, while PostgreSQL
+      writes the batch before (dumping was ~17 % of the writer's samples, run between two batches
+      with PostgreSQL idle), its JSON columns by orjson (psycopg's default json.dumps: ~5 %),
+      and this benchmark's flat-out pacing no longer copying every latency of the run every 2 ms:
+            flat out 2323 / 2452 / 2210 calls/s; writer 0.289 / 0.279 / 0.310 ms CPU per call,
+            PostgreSQL 0.337 / 0.357 / 0.338 ms; offered: p99 272 / 150 / 209 ms, zero loss
+    + only a full prefetched batch dumped ahead (one with room left is mostly joined by later hangups
+      and dumped again at write time), two alternating pairs on a host loaded by other jobs (load
+      2.3-10.9, steal 0.4-5.9 %): flat out 2042 / 1832 against 1906 / 2167 calls/s before, writer
+      0.358 / 0.389 against 0.395 / 0.371 ms CPU per call; offered p99 295 / 308 against 408 / 971 ms:
+      within that noise, neither better nor worse.
+    tried and not kept: batches of 500 records, alternating with this code's 250: flat out 2523 / 2021
+    against 2278 / 2056 calls/s, offered p99 409 / 315 against 298 / 158 ms (load 1.5-2.4).
+    Left for >= 3,000 calls/s flat out: the writer's CPU per call must fall by about another third
+    (3,000 calls/s at ~1.6 record updates per call, with PostgreSQL's ~0.35 ms per call on the other
+    core). The profile after the change (self time): the gevent hub (waiting) 16 %, psycopg's pipeline
+    bookkeeping 10 %, OpenPGP encryption 8 % (each call's first row encrypts 9 fields; later stages
+    reuse them), array dumping 5 %, the journal's JSON and seal 5 %. PostgreSQL's side is mostly the
+    call_records upsert (~110 us per row written, 15 indexes, no update HOT).
+
 Left: p99 <= 500 ms was met, with little margin (DESIGN now asks 250 ms). The writer's own work is off the commit path;
 what varies is PostgreSQL's time per upsert (call_records has the seed's 14 indexes, and each
 call rewrites its row twice), which grows as the table grows and with the disk's moods, and at
@@ -92,6 +122,7 @@ gevent.monkey.patch_all()
 import argparse  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import deque  # noqa: E402
@@ -101,7 +132,7 @@ import gevent  # noqa: E402
 import psycopg  # noqa: E402
 
 import eslbridge.store.writer as writer_module  # noqa: E402
-from bench.host import cpu_ticks, steal_percent  # noqa: E402
+from bench.host import cpu_ticks, server_cpu, steal_percent  # noqa: E402
 from eslbridge.calls.records import RecordUpdate  # noqa: E402
 from eslbridge.sim.localpg import PgCluster  # noqa: E402
 from eslbridge.store.journal import Journal  # noqa: E402
@@ -123,7 +154,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float, rate: float,
-               first_call: int, user: str) -> dict:
+               first_call: int, user: str, postmaster: int = 0) -> dict:
     """Calls start at ``rate`` (0: as fast as the writer takes them); each is answered
     ANSWER_AFTER and hung up HANGUP_AFTER seconds after it started, so the writer sees the
     correlator's real mix: three updates per call, spread out in time."""
@@ -143,6 +174,7 @@ def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float
         later: deque[tuple[float, RecordUpdate]] = deque()  # (due, update), due in order per stage
         answers: deque[tuple[float, RecordUpdate]] = deque()
         t0, ticks = time.monotonic(), cpu_ticks()
+        cpu0, pg_cpu0 = time.process_time(), server_cpu(postmaster)
         while (now := time.monotonic()) - t0 < seconds or later or answers:
             for queue in (answers, later):
                 while queue and queue[0][0] <= now:
@@ -150,7 +182,7 @@ def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float
             target = int((now - t0) * rate) if rate else calls + 200
             if now - t0 >= seconds:
                 target = int(seconds * rate) if rate else calls  # the offered run offers every call
-            elif not rate and calls - len(writer.latencies()) > MAX_IN_FLIGHT:
+            elif not rate and calls - len(writer._latencies) > MAX_IN_FLIGHT:  # not a copy: every 2 ms
                 target = calls
             while calls < min(target, len(planned)):
                 started, answered, finished = planned[calls]
@@ -164,6 +196,7 @@ def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float
         drained = writer.flush(120)
         elapsed = time.monotonic() - t0
         steal = steal_percent(ticks, cpu_ticks())
+        cpu, pg_cpu = time.process_time() - cpu0, server_cpu(postmaster) - pg_cpu0
         stats = writer.stats()
         latencies = writer.latencies()
         writer.stop()
@@ -177,7 +210,8 @@ def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float
         "elapsed": elapsed, "calls_per_s": calls / busy, "records_per_s": stats.records_written / busy,
         "p50_ms": _pct(latencies, 0.50) * 1000, "p99_ms": _pct(latencies, 0.99) * 1000,
         "max_ms": max(latencies) * 1000 if latencies else float("nan"), "batches": stats.batches,
-        "rejected": stats.rejected, "steal": steal,
+        "rejected": stats.rejected, "steal": steal, "load": os.getloadavg()[0],
+        "cpu_ms_per_call": cpu * 1000 / max(1, calls), "pg_cpu_ms_per_call": pg_cpu * 1000 / max(1, calls),
     }
 
 
@@ -310,6 +344,8 @@ def _report(label: str, r: dict, calls_in_db: int) -> None:
           f"{r['batches']} batches, rejected {r['rejected']}")
     print(f"  FINISHED submit -> commit: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms"
           f" (CPU stolen by the host meanwhile: {r['steal']:.1f} %)")
+    print(f"  CPU per call: this process (writer and load generator) {r['cpu_ms_per_call']:.3f} ms, "
+          f"PostgreSQL {r['pg_cpu_ms_per_call']:.3f} ms; load average {r['load']:.2f} at the end")
     lost = r["calls"] - calls_in_db
     print(f"  loss check: {calls_in_db} of {r['calls']} calls in call_records, one row each: "
           f"{'OK, zero loss' if lost == 0 and r['drained'] and not r['rejected'] else f'FAILED ({lost} missing)'}")
@@ -356,13 +392,14 @@ def main() -> None:
                         "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = ANY(%s::regclass[])",
                         [list(WRITTEN)]).fetchall():
                     conn.execute(f"ALTER TABLE {part} SET (fillfactor = {args.fillfactor:d})")
+        postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
         print(f"PostgreSQL {cluster.port} with fsync=on; journal fsync'd in {tmp}; method {args.method}")
         first = 0
 
         def run(label: str, method: str, seconds: float, rate: float) -> dict:
             nonlocal first
             before = count_rows(dsn)
-            r = run_writer(dsn, keyring, tmp / f"j-{label}", method, seconds, rate, first, user)
+            r = run_writer(dsn, keyring, tmp / f"j-{label}", method, seconds, rate, first, user, postmaster)
             first += r["calls"]
             rows, distinct = count_rows(dsn)
             r["landed"] = distinct - before[1] if rows - before[0] == distinct - before[1] else -1  # -1: duplicates

@@ -47,14 +47,19 @@ def _restore(cls: type, data: dict[str, Any], datetimes: frozenset[str]) -> Any:
     return cls(**data)
 
 
+def json_bytes(value: Any) -> bytes:
+    """``value`` as JSON (UTF-8); TypeError for anything but JSON values (NaN becomes null)."""
+    return orjson.dumps(value, option=_ONLY_JSON)
+
+
 def encode_update(update: RecordUpdate) -> bytes:
     """The journal payload of one RecordUpdate."""
-    return orjson.dumps({
+    return json_bytes({
         "v": FORMAT_VERSION,
         "stage": int(update.stage),
         "record": _fields(update.record, _RECORD_DATETIMES),
         "events": [_fields(e, _EVENT_DATETIMES) for e in update.events],
-    }, option=_ONLY_JSON)
+    })
 
 
 def decode_update(data: bytes) -> RecordUpdate:

@@ -40,11 +40,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import psycopg
 
 from eslbridge.calls.records import Stage
+from eslbridge.store import dumping
 from eslbridge.store.rows import CALL_EVENTS, CALL_RECORDS, CALLS, BatchRows, Column, TableSpec
 from eslbridge.store.startkey import RECORD_START, RECORD_UUID, Settled, claim, resolved_start, whole_second
 
@@ -232,18 +233,35 @@ def write_copy(conn: psycopg.Connection, rows: BatchRows, settled: Settled | Non
             cur.execute(_STAGED_SQL[statement], prepare=False)
 
 
+def _array_statements(rows: BatchRows) -> list[tuple[str, list[Any]]]:
+    """Each non-empty table's statement and its parameters: one list per column."""
+    return [(_ARRAYS_SQL[statement], [list(column) for column in zip(*table_rows, strict=True)])
+            for _, table_rows, statement in _tables(rows) if table_rows]
+
+
+def encode_arrays(rows: BatchRows) -> None:
+    """Dump the batch's arrays ahead of its write (the writer's prefetcher, while PostgreSQL works on
+    the batch before): over a sixth of the writer's CPU, which would otherwise run between two
+    batches with PostgreSQL idle."""
+    rows.encoded = [(statement, [dumping.dump_column(column) for column in columns])
+                    for statement, columns in _array_statements(rows)]
+
+
 def write_arrays(conn: psycopg.Connection, rows: BatchRows, settled: Settled | None = None) -> None:
+    statements = rows.encoded if rows.encoded is not None else _array_statements(rows)
     # The pipeline's only sync is at the end: BEGIN to COMMIT go out before the first wait.
     with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
         cur.execute(_SETTINGS)
         claim(cur, rows, settled)
-        for _, table_rows, statement in _tables(rows):
-            if table_rows:
-                columns = [list(column) for column in zip(*table_rows, strict=True)]
-                cur.execute(_ARRAYS_SQL[statement], columns, prepare=False)
+        for statement, params in statements:
+            cur.execute(statement, params, prepare=False)
 
 
 def _nothing(conn: psycopg.Connection) -> None:
+    return None
+
+
+def _no_encoding(rows: BatchRows) -> None:
     return None
 
 
@@ -258,6 +276,7 @@ class WriteMethod:
     name: str
     write: BatchWrite
     prepare: Callable[[psycopg.Connection], None] = _nothing  # per connection, before any transaction
+    encode: Callable[[BatchRows], None] = _no_encoding  # ahead of the write, off the commit path: rows.encoded
 
 
 METHODS = {
@@ -265,7 +284,7 @@ METHODS = {
         WriteMethod("executemany", write_executemany),
         WriteMethod("pipeline", write_pipeline),
         WriteMethod("copy", write_copy, _prepare_staging),
-        WriteMethod("arrays", write_arrays),
+        WriteMethod("arrays", write_arrays, dumping.register, encode_arrays),
     )
 }
 DEFAULT_METHOD = "arrays"

@@ -317,9 +317,15 @@ class Writer:
         self._next = items  # no switch since taking them: idle() and _spill_memory see them
         if items:
             try:
-                self._next_rows = batch_rows([u for _, u, _ in items], self._encoder)
-            except (ValueError, TypeError):
-                self._next_rows = None  # the write encodes again and isolates the bad record
+                rows = batch_rows([u for _, u, _ in items], self._encoder)
+                # A full batch is written as it is: dump its parameters now. One with room left is
+                # usually joined by later hangups (_take_batch), which makes new rows to dump anyway.
+                if len(items) >= self._batch_size:
+                    for part in rows.split(len(self._conns)):  # as the write splits it (the parts are kept)
+                        self._method.encode(part)
+            except (ValueError, TypeError, psycopg.Error):
+                rows = None  # the write encodes again and isolates the bad record
+            self._next_rows = rows
 
     def _replay_journal(self) -> None:
         """Write every journaled record not yet committed, in seq order; then leave overflow mode."""
