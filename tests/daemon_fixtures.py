@@ -79,9 +79,9 @@ class Env:
         generate_keyring(self.keyring_file)
         self.procs: list[subprocess.Popen] = []
 
-    def config(self, esl_port: int, name: str = "a", **overrides: object) -> Path:
+    def config(self, esl_port: int, name: str = "a", event_format: str = "json", **overrides: object) -> Path:
         cfg = {
-            "freeswitch": [{"name": "fs1", "host": "127.0.0.1", "port": esl_port,
+            "freeswitch": [{"name": "fs1", "host": "127.0.0.1", "port": esl_port, "event_format": event_format,
                             "password_file": secret(self.tmp / "esl_pw", ESL_PASSWORD)}],
             "outbound": {"listen": f"127.0.0.1:{free_port()}"},
             "database": {"url": self.dsn, "min_connections": 1, "max_connections": 4},

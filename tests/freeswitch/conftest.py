@@ -197,10 +197,17 @@ class Bridge:
 
 
 @pytest.fixture
-def bridge(freeswitch: FreeSwitch, env: Env, db_dsn: str) -> Iterator[Bridge]:
+def event_format() -> str:
+    """The daemon's ESL event format: its default, unless a module parametrizes this fixture."""
+    return "json"
+
+
+@pytest.fixture
+def bridge(freeswitch: FreeSwitch, env: Env, db_dsn: str, event_format: str) -> Iterator[Bridge]:
     freeswitch.wait_idle()
     config = env.config(
         freeswitch.esl_port,
+        event_format=event_format,
         directory={"listen": f"127.0.0.1:{freeswitch.directory_port}", "username": DIRECTORY_USER,
                    "password_file": secret(env.tmp / "fs_directory_pw", DIRECTORY_PASSWORD)},
         outbound={"listen": f"127.0.0.1:{freeswitch.outbound_port}"},

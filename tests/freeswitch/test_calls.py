@@ -13,6 +13,13 @@ from tests.freeswitch.landed import describe, judge, rows
 CALLER = ["-key", "caller", "alice", "-m", "1", "-timeout", "40s", "-timeout_error"]
 
 
+@pytest.fixture(params=["json", "plain"])
+def event_format(request: pytest.FixtureRequest) -> str:
+    """Every call of this module in both of FreeSWITCH's event formats: the plain decoder has fast paths
+    of its own, proved here on what a real FreeSWITCH sends."""
+    return request.param
+
+
 def test_answered_call_to_a_tone_is_completed_with_freeswitch_hanging_up(bridge: Bridge) -> None:
     run = bridge.sipp("uac_wait_bye", *CALLER, "-s", "tone", target=bridge.fs.external).wait()
     assert run.returncode == 0 and run.call.final_code == 200 and run.call.bye_from == "freeswitch", run.describe()
