@@ -45,12 +45,9 @@ class _DumpedDumper(Dumper):
 
 def register(conn: psycopg.Connection) -> None:
     """Let ``conn`` send ``Dumped`` parameters; call outside a transaction."""
-    if getattr(conn, "_eslbridge_dumped", False):
-        return
     if conn.info.encoding != "utf-8":
         conn.execute("SET client_encoding TO 'UTF8'")  # the server converts to the database's
     conn.adapters.register_dumper(Dumped, _DumpedDumper)
-    conn._eslbridge_dumped = True
 
 
 # The default adapters, as a connection's start: a column dumps the same there as here.

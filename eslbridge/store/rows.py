@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import itemgetter
 from typing import Any
@@ -218,8 +218,9 @@ class BatchRows:
     call_records: list[tuple[Any, ...]]
     calls: list[tuple[Any, ...]]
     events: list[tuple[Any, ...]]
-    encoded: Any = None
-    _parts: tuple[int, list[BatchRows]] | None = None  # the last split: the prefetcher encoded its parts
+    # Derived from the rows: neither compared nor shown.
+    encoded: Any = field(default=None, compare=False, repr=False)
+    _parts: tuple[int, list[BatchRows]] | None = field(default=None, compare=False, repr=False)  # the last split
 
     def merged(self, later: BatchRows) -> BatchRows:
         """This batch and a later one as one batch: a row per key, the higher stage winning

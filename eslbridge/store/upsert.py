@@ -38,6 +38,7 @@ is never written again, so a journal replay cannot bring an erased party back.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -207,14 +208,11 @@ def write_pipeline(conn: psycopg.Connection, rows: BatchRows, settled: Settled |
 
 def _prepare_staging(conn: psycopg.Connection) -> None:
     """Create the session's staging tables; call outside a transaction (autocommit) so a rolled
-    back batch cannot take them with it. Remembered on the connection: temp tables live per session."""
-    if getattr(conn, "_eslbridge_staging", False):
-        return
+    back batch cannot take them with it."""
     with conn.cursor() as cur:
         for spec in TABLES:
             cols = ", ".join(f"{c.name} {c.pg_type}" for c in _source_columns(spec))
             cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_staging_table(spec)} ({cols}) ON COMMIT DELETE ROWS")
-    conn._eslbridge_staging = True
 
 
 def write_copy(conn: psycopg.Connection, rows: BatchRows, settled: Settled | None = None) -> None:
@@ -261,6 +259,18 @@ def _nothing(conn: psycopg.Connection) -> None:
     return None
 
 
+def once_per_connection(prepare: Callable[[psycopg.Connection], None]) -> Callable[[psycopg.Connection], None]:
+    """``prepare`` run once per connection (its session state, e.g. temp tables, lasts as long): the
+    writer calls a method's prepare before every batch, on a connection that may be new or reused."""
+    prepared: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
+
+    def prepare_once(conn: psycopg.Connection) -> None:
+        if conn not in prepared:
+            prepare(conn)
+            prepared.add(conn)
+    return prepare_once
+
+
 def _no_encoding(rows: BatchRows) -> None:
     return None
 
@@ -275,7 +285,7 @@ class BatchWrite(Protocol):
 class WriteMethod:
     name: str
     write: BatchWrite
-    prepare: Callable[[psycopg.Connection], None] = _nothing  # per connection, before any transaction
+    prepare: Callable[[psycopg.Connection], None] = _nothing  # before a write, outside any transaction
     encode: Callable[[BatchRows], None] = _no_encoding  # ahead of the write, off the commit path: rows.encoded
 
 
@@ -283,8 +293,8 @@ METHODS = {
     m.name: m for m in (
         WriteMethod("executemany", write_executemany),
         WriteMethod("pipeline", write_pipeline),
-        WriteMethod("copy", write_copy, _prepare_staging),
-        WriteMethod("arrays", write_arrays, dumping.register, encode_arrays),
+        WriteMethod("copy", write_copy, once_per_connection(_prepare_staging)),
+        WriteMethod("arrays", write_arrays, once_per_connection(dumping.register), encode_arrays),
     )
 }
 DEFAULT_METHOD = "arrays"
