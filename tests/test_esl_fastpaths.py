@@ -77,18 +77,18 @@ def test_plain_random_values_match_reference():
         assert parse_plain_event(body) == reference_plain(body), values
 
 
-def test_many_values_decode_at_once_like_each_alone():
-    # All kept values are URL-decoded in one C call; whatever sits where (a CR after the escape character
-    # on the last value, a raw or encoded \x01, escapes cut short), each must come out as urllib decodes
-    # it alone, with invalid UTF-8 counted per value.
+def test_kept_values_decode_like_urllib_each_alone():
+    # Kept values are URL-decoded in C through binascii.a2b_qp when no escape is malformed; whatever a value
+    # holds (a CR after the escape character, a raw or encoded \x01, escapes cut short), it must come out
+    # as urllib decodes it, with invalid UTF-8 counted per value.
     rng = random.Random(1)
     alphabet = ["%", "%4", "%41", "%0A", "%01", "\x01", "%FF", "%e2%82%ac", "=", "==", "%=", "=\r", "%\r", "\r", "é"]
     for _ in range(5000):
         values = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4))) for _ in range(rng.randint(1, 4))]
         errors = Counter()
-        decoded = events._unquote_all(values, _counting(errors))
+        decoded = events._unquote_values({f"H{i}": v for i, v in enumerate(values)}, _counting(errors))
         raw = [unquote_to_bytes(v) for v in values]
-        assert decoded == [r.decode("utf-8", "replace") for r in raw], values
+        assert list(decoded.values()) == [r.decode("utf-8", "replace") for r in raw], values
         assert errors["invalid_utf8"] == sum(not _is_utf8(r) for r in raw), values
 
 

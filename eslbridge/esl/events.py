@@ -128,7 +128,11 @@ def _plain(body: bytes, on_error: ErrorSink, wanted: _Wanted | None) -> dict[str
 
 
 def _unquote_values(event: dict[str, str], on_error: ErrorSink) -> dict[str, str]:
-    return dict(zip(event, _unquote_all(list(event.values()), on_error), strict=True))
+    """`event` with its values URL-decoded in place: only the few holding a "%" are touched."""
+    for name, value in event.items():
+        if "%" in value:
+            event[name] = _unquote(value, on_error)
+    return event
 
 
 def _head_lines(body: bytes, on_error: ErrorSink) -> tuple[str, list[str], bytes]:
@@ -323,27 +327,6 @@ def _parse_lines(lines: list[str], on_error: ErrorSink, wanted: frozenset[str] |
         if name not in event:
             event[name] = value
     return event
-
-
-def _unquote_all(values: list[str], on_error: ErrorSink) -> list[str]:
-    """Every value URL-decoded. Fast and exact: all values joined by \\x01 are decoded in one C call
-    (_qp_unquote) and split again. That is exact when every escape was well formed, which the lengths
-    prove: each well-formed escape shortens the text by two, and a2b_qp shortens it by less for any
-    malformed one (a CR, which a2b_qp reads as a line break, is left to the slow path); and when the
-    split gives back as many values, so no raw \\x01 or %01 was taken for a separator. Otherwise, and
-    with invalid UTF-8 (counted per value), each value is decoded on its own."""
-    joined = "\x01".join(values)
-    if "\r" not in joined:
-        escaped = _qp_escaped(joined)
-        raw = a2b_qp(escaped)
-        if len(raw) == len(escaped) - 2 * escaped.count(b"="):
-            try:
-                decoded = raw.decode("utf-8").split("\x01")
-            except UnicodeDecodeError:
-                decoded = []
-            if len(decoded) == len(values):
-                return decoded
-    return [_unquote(v, on_error) if "%" in v else v for v in values]
 
 
 def _qp_unquote(value: str) -> bytes:
