@@ -51,12 +51,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, TypedDict, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gevent
 import greenswitch
+import msgspec
 from gevent.event import Event
 
 from eslbridge.calls.correlator import Correlator
@@ -67,6 +68,7 @@ from eslbridge.esl.inbound import SUBSCRIBED_EVENTS, InboundClient
 
 MIX = "bridged=5,busy=1,no_answer=1,cancel=1,reject=1,blind_transfer=1,originate=1"
 T = TypeVar("T")
+TARGET_EVENTS_PER_S = 50_000  # DESIGN section 11: intake + correlation on one core
 POOL = 400  # calls rendered by the simulator and sent round and round
 EVENTS_PER_CALL = 7  # a little below what MIX gives with the daemon's subscription (~7.7)
 
@@ -235,30 +237,43 @@ def run_raw(port: int, fmt: str, n: int, events: tuple[str, ...]) -> Row:
                    size / seconds / 1e6)
 
 
-def decode_costs(port: int, fmt: str, n: int, events: tuple[str, ...]) -> tuple[float, float]:
-    """CPU microseconds per event body of the stream's first `n` events: decoding every header, and
-    only those the daemon reads (its decoder); best of 5, the two interleaved."""
+def decode_costs(port: int, fmt: str, n: int, events: tuple[str, ...]) -> dict[str, float]:
+    """CPU microseconds per event of the stream's first `n` events, best of 5, interleaved: "framing"
+    (the bytes cut into frames), "every" (decoding every header), "read" (only those the daemon reads,
+    its decoder) and, for JSON, "skip_all" (msgspec skipping every key: what any decode of these bodies
+    with it costs at least)."""
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.recv(4096)
         sock.sendall(b"auth ClueCon\n\n")
         sock.recv(4096)
         sock.sendall(f"event {fmt} {' '.join(events)}\n\n".encode())
-        parser, bodies = FrameParser(), []
+        parser, chunks, bodies = FrameParser(), [], []
         while len(bodies) < n:
             data = sock.recv(1 << 20)
             if not data:
                 break
+            chunks.append(data)
             bodies += [f.body for f in parser.feed(data) if f.content_type.startswith("text/event-")]
     wanted = EventDecoder(READ_HEADERS, EVENT_HEADERS)
     full, selective = (EventDecoder().json, wanted.json) if fmt == "json" else (EventDecoder().plain, wanted.plain)
-    best = {full: float("inf"), selective: float("inf")}
+
+    def framing(chunks: list[bytes]) -> int:
+        parser = FrameParser()
+        return sum(len(parser.feed(chunk)) for chunk in chunks)
+
+    timed = {"framing": (framing, [chunks], framing(chunks)),
+             "every": (full, bodies, len(bodies)), "read": (selective, bodies, len(bodies))}
+    if fmt == "json":
+        skip_all = msgspec.json.Decoder(TypedDict("Nothing", {}, total=False))  # type: ignore[operator]
+        timed["skip_all"] = (skip_all.decode, bodies, len(bodies))
+    best = dict.fromkeys(timed, float("inf"))
     for _ in range(5):
-        for decode in best:
+        for name, (step, inputs, count) in timed.items():
             start = time.process_time()
-            for body in bodies:
-                decode(body)
-            best[decode] = min(best[decode], (time.process_time() - start) / len(bodies) * 1e6)
-    return best[full], best[selective]
+            for data in inputs:
+                step(data)
+            best[name] = min(best[name], (time.process_time() - start) / count * 1e6)
+    return best
 
 
 def measure(args: argparse.Namespace, events: tuple[str, ...]) -> list[Row]:
@@ -281,6 +296,17 @@ def measure(args: argparse.Namespace, events: tuple[str, ...]) -> list[Row]:
             rows.append(with_sim(n_corr, pool, run_ours, "json", n_corr, events, correlate=True, every_header=True))
     frame = {row.fmt: row.mbps * 1e6 / row.eps for row in rows if row.reader == "raw read"}
     return [row._replace(mbps=row.eps * frame[row.fmt] / 1e6) if not row.mbps else row for row in rows]
+
+
+def _budget_line(us: dict[str, float]) -> str:
+    """The json intake's CPU per event in parts, against what 50,000 events/s leaves (20 us, correlation
+    included): the daemon's, and the floor where its decode is msgspec skipping every key."""
+    ours = us["raw_read"] + us["framing"] + us["read"]
+    floor = us["raw_read"] + us["framing"] + us["skip_all"]
+    return (f"json intake, CPU us/event: raw read {us['raw_read']:.1f} + framing {us['framing']:.1f}"
+            f" + decode {us['read']:.1f} = {ours:.1f} ({1e6 / ours:,.0f} events/s) before correlation;"
+            f" floor with msgspec skipping every key {floor:.1f} ({1e6 / floor:,.0f} events/s);"
+            f" 50,000 events/s leaves {1e6 / TARGET_EVENTS_PER_S:.0f}")
 
 
 def _ratio(a: float, b: float | None) -> str:
@@ -306,7 +332,7 @@ def main() -> int:
     print(f"subscription: {'ALL' if args.all else 'daemon (DESIGN 5)'}; mix {MIX}"
           + ("; eslbridge consumer paused (spilling)" if args.paused else "")
           + f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    rounds, result_decode = [], {}
+    rounds, result_decode, costs, budget = [], {}, {}, {}
     for _ in range(args.repeat):
         rows = measure(args, events)
         rounds.append(rows)
@@ -323,9 +349,14 @@ def main() -> int:
     if args.decode_sample:
         print("decode alone, same stream, CPU us/event (best of 5): every header -> only those read")
         for fmt in ("json", "plain"):
-            every, read = with_sim(args.decode_sample, POOL, decode_costs, fmt, args.decode_sample, events)
+            costs[fmt] = with_sim(args.decode_sample, POOL, decode_costs, fmt, args.decode_sample, events)
+            every, read = costs[fmt]["every"], costs[fmt]["read"]
             result_decode[fmt] = round(every / read, 2)
             print(f"  {fmt:5} {every:7.1f} -> {read:7.1f}   {every / read:.2f}x")
+        raw_us = 1e6 / statistics.median(row.cpu_eps for rows in rounds for row in rows
+                                         if (row.reader, row.fmt) == ("raw read", "json"))
+        budget = {"raw_read": raw_us, **costs["json"]}
+        print(_budget_line(budget))
     print("greenswitch and Genesis json: n/a (neither reads text/event-json); their ratios are on the plain "
           "stream, per CPU-second; x raw read per wall second")
 
@@ -343,6 +374,7 @@ def main() -> int:
                        "stock_cpu_eps": round(median("greenswitch", "plain", "cpu_eps")),
                        "genesis_cpu_eps": round(median("genesis", "plain", "cpu_eps"))}
     result["decode_speedup"] = result_decode
+    result["budget_json_us"] = {name: round(us, 2) for name, us in budget.items()}
     result["correlated_eps"] = round(median("eslbridge+correlator", "json", "eps"))
     result["correlated_cpu_eps"] = round(median("eslbridge+correlator", "json", "cpu_eps"))
     print("bench-result: " + json.dumps(result))

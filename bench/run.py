@@ -49,6 +49,14 @@ def fmt(value: float | None, unit: str = "") -> str:
     return f"{value:,.0f}{unit}" if abs(value) >= 100 else f"{value:,.1f}{unit}"
 
 
+def _parts(us: dict[str, float]) -> str:
+    """The json intake's CPU per event as its parts and their sum (n/a without a decode sample)."""
+    parts = [us.get(name) for name in ("raw_read", "framing", "read")]
+    if None in parts:
+        return "n/a"
+    return " + ".join(fmt(part) for part in parts) + f" = {fmt(sum(parts))}"
+
+
 def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a is not None and b else "n/a"
 
@@ -135,6 +143,9 @@ def main() -> int:
         ("  plain, wall clock events/s", fmt(ip.get("ours_eps")), "",
          f"raw read {fmt(ip.get('raw_eps'))}", ratio(ip.get("ours_eps"), ip.get("raw_eps"))),
         ("  host load average (2 cores)", fmt(i.get("load")), "", "", ""),
+        ("  json intake, CPU us/event: raw read + framing + decode", _parts(i.get("budget_json_us", {})),
+         "<= 20 with correlation", f"msgspec skipping every key {fmt(i.get('budget_json_us', {}).get('skip_all'))}",
+         ""),
         ("correlator alone, minimal / ALL events, events/s",
          f"{fmt(c.get('minimal_eps'))} / {fmt(c.get('all_eps'))}", "(part of the first row)", "", ""),
         ("into PostgreSQL, sustained calls/s", fmt(w.get("sustained_cps")), ">= 1,000 for 60 s",
