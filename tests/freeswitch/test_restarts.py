@@ -28,11 +28,22 @@ def bridged_call(bridge: Bridge, hold_ms: int) -> tuple[Sipp, Sipp]:
     return uas, uac
 
 
+def answered_while_up(bridge: Bridge, calls: tuple[Sipp, ...], what: str) -> None:
+    """Until the call's Active row is in; a sipp that ends first fails at once with what it saw (a loaded
+    host can take a while to set a call up: the bound is generous, the early end is what tells)."""
+    def answered() -> bool:
+        for call in calls:
+            if call.proc.poll() is not None:
+                raise AssertionError(f"{what}: sipp ended first: {call.wait().describe()}")
+        return answered_rows(bridge.dsn, 1)
+    wait_for(answered, 60, what)
+
+
 def test_freeswitch_crash_and_restart_under_a_running_daemon(bridge: Bridge) -> None:
     fs = bridge.fs
     uas, uac = bridged_call(bridge, 60_000)
     try:
-        wait_for(lambda: answered_rows(bridge.dsn, 1), 20, "the bridged call's Active row")
+        answered_while_up(bridge, (uas, uac), "the bridged call's Active row")
         fs.kill()
         wait_for(lambda: not bridge.connected(), 30, "the daemon to notice FreeSWITCH is gone")
     finally:
