@@ -182,7 +182,7 @@ def run_writer(dsn: str, keyring, journal_dir: Path, method: str, seconds: float
             target = int((now - t0) * rate) if rate else calls + 200
             if now - t0 >= seconds:
                 target = int(seconds * rate) if rate else calls  # the offered run offers every call
-            elif not rate and calls - len(writer._latencies) > MAX_IN_FLIGHT:  # not a copy: every 2 ms
+            elif not rate and calls - writer.calls_finished > MAX_IN_FLIGHT:
                 target = calls
             while calls < min(target, len(planned)):
                 started, answered, finished = planned[calls]

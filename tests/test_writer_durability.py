@@ -11,6 +11,7 @@ import gevent
 import psycopg
 import pytest
 
+import eslbridge.store.writer as writer_module
 from eslbridge.sim.localpg import PgCluster
 from eslbridge.store.serialize import encode_update
 from eslbridge.store.writer import Writer
@@ -162,6 +163,25 @@ def test_the_writer_does_not_block_other_greenlets_while_it_waits_on_postgresql(
     assert int(written) == 0  # the writer was inside its stalled batch the whole second
     assert int(ticks) >= 50  # ~100 expected; a blocked event loop gives 0
     assert after == "after 1"
+
+
+def test_finished_calls_are_counted_past_the_latency_window(db, db_dsn, keyring, tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "LATENCY_WINDOW", 3)
+    with open_journal(tmp_path / "journal", keyring) as journal:
+        writer = Writer(db_dsn, keyring, journal, batch_size=4)
+        writer.start()
+        for i in range(5):
+            started, answered, _ = call_updates(i)
+            writer.submit(started)
+            writer.submit(answered)
+        assert writer.flush(30)
+        assert writer.calls_finished == 0  # answered is not finished
+        for i in range(5):
+            writer.submit(call_updates(i)[2])
+        assert writer.flush(30)
+        writer.stop()
+    assert writer.calls_finished == 5
+    assert len(writer.latencies()) == 3
 
 
 def test_bad_writer_arguments_are_refused(db_dsn, keyring, tmp_path):

@@ -139,6 +139,7 @@ class Writer:
         self._rejected = 0
         self._batches = 0
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._calls_finished = 0
         self._greenlets: list[gevent.Greenlet] = []
         self._journaling = JournalStage(journal, self.queue, self._wake.set, metrics=metrics, on_durable=on_durable)
         if metrics is not None:
@@ -222,6 +223,12 @@ class Writer:
             db_up=self._db_up, journal_failure=self._journaling.failure,
             latency_p50=_percentile(lat, 0.50), latency_p99=_percentile(lat, 0.99),
         )
+
+    @property
+    def calls_finished(self) -> int:
+        """Calls whose final update, submitted to this writer, is committed (what a load generator paces
+        on: the latency window above keeps only the recent ones)."""
+        return self._calls_finished
 
     def latencies(self) -> list[float]:
         """The recent submit-to-commit latencies in seconds (for benchmarks)."""
@@ -372,7 +379,9 @@ class Writer:
         self._batches += 1
         log.debug("writer: batch of %d records written in %.1f ms", len(items), (done - started) * 1000)
         self._records_written += len(items)
-        self._latencies.extend(done - t for _, u, t in items if t is not None and u.stage >= Stage.FINISHED)
+        finished = [done - t for _, u, t in items if t is not None and u.stage >= Stage.FINISHED]
+        self._latencies.extend(finished)
+        self._calls_finished += len(finished)
         if self._metrics is not None:
             self._metrics.db_write_seconds.observe(done - started)
             self._metrics.records_written.labels(table="call_records").inc(len(items))
