@@ -63,7 +63,7 @@ def test_plain_values_decode_like_urllib(value):
 def test_plain_invalid_utf8_counted_per_bad_value():
     errors = Counter()
     body = b"Event-Name: X\nA: %FF\nB: ok%20\nC: %C3%28\n\n"
-    event = parse_plain_event(body, lambda kind, detail="": errors.update([kind]))
+    event = parse_plain_event(body, _counting(errors))
     assert event == reference_plain(body)
     assert errors["invalid_utf8"] == 2
 
@@ -114,7 +114,7 @@ def _is_utf8(raw: bytes) -> bool:
 ])
 def test_plain_header_text_ends_at_the_first_blank_line(body, payload, bad_utf8):
     errors = Counter()
-    event = parse_plain_event(body, lambda kind, detail="": errors.update([kind]))
+    event = parse_plain_event(body, _counting(errors))
     assert event.pop("_body", None) == payload
     assert event == reference_plain(body)
     assert EventDecoder({"A", "B"}).plain(body) == {k: v for k, v in event.items() if k in ("Event-Name", "A", "B")}
@@ -124,7 +124,7 @@ def test_plain_header_text_ends_at_the_first_blank_line(body, payload, bad_utf8)
 def test_plain_odd_lines_take_the_careful_path():
     errors = Counter()
     body = b"Event-Name: X\nNoSpace:v%41\ngarbage\nTwo: a: b\n\n"
-    event = parse_plain_event(body, lambda kind, detail="": errors.update([kind]))
+    event = parse_plain_event(body, _counting(errors))
     assert event == {"Event-Name": "X", "NoSpace": "vA", "Two": "a: b"}
     assert errors["garbage_line"] == 1
 
